@@ -1,0 +1,19 @@
+"""lepton-opt: a graph-level ONNX model optimizer and compiler.
+
+Public API::
+
+    import lepton_opt
+    cm = lepton_opt.compile("model.onnx", target="llvm", input_shapes={"x": [1, 3, 224, 224]})
+    outputs = cm.run({"x": x})          # {output name: np.ndarray}, in graph order
+    cm.save("model.lepton")
+    cm = lepton_opt.load_compiled("model.lepton")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from lepton_opt.api import compile, inspect_model, load, load_compiled, verify  # noqa: A004
+from lepton_opt.errors import LeptonError
+
+__all__ = ["LeptonError", "__version__", "compile", "inspect_model", "load", "load_compiled", "verify"]

@@ -1,0 +1,1 @@
+"""Running models side by side with onnxruntime: accuracy now, latency and reports later."""

@@ -1,0 +1,90 @@
+"""Accuracy of a compiled model against onnxruntime on the same inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx
+
+
+@dataclasses.dataclass
+class OutputError:
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    ok: bool
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    outputs: list[OutputError]
+    atol: float
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outputs)
+
+    def lines(self) -> list[str]:
+        return [f"{o.name}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}, "
+                f"cosine {o.cosine:.6f} {'OK' if o.ok else 'FAIL'}" for o in self.outputs]
+
+
+def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = False):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(inputs: Sequence[Mapping], seed: int = 0,
+                 dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Seeded inputs for ``inputs`` (manifest-style specs); symbolic dims from ``dims``, else 1.
+
+    Floats are standard normal; integers are 0/1 (valid token ids and attention masks alike).
+    """
+    rng = np.random.default_rng(seed)
+    dims = dict(dims or {})
+    feeds = {}
+    for spec in inputs:
+        shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec["shape"]]
+        dtype = np.dtype(spec["dtype"]) if spec["dtype"] != "bfloat16" else np.float32
+        if dtype.kind == "f":
+            feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feeds[spec["name"]] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[spec["name"]] = rng.integers(0, 2, shape).astype(dtype)
+    return feeds
+
+
+def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+            atol: float = 1e-4, rtol: float = 1e-4) -> VerifyReport:
+    errors = []
+    for name, ref in reference.items():
+        out = np.asarray(got[name])
+        ref = np.asarray(ref)
+        if out.shape != ref.shape:
+            errors.append(OutputError(name, float("inf"), float("inf"), 0.0, False))
+            continue
+        r, o = ref.astype(np.float64), out.astype(np.float64)
+        diff = np.abs(r - o)
+        finite = np.isfinite(r) & np.isfinite(o)
+        same_nonfinite = np.array_equal(np.isnan(r), np.isnan(o)) and np.array_equal(r[np.isinf(r)], o[np.isinf(r)])
+        max_abs = float(diff[finite].max()) if finite.any() else 0.0
+        max_rel = float((diff[finite] / np.maximum(np.abs(r[finite]), 1e-12)).max()) if finite.any() else 0.0
+        denom = np.linalg.norm(r[finite]) * np.linalg.norm(o[finite])
+        cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
+        ok = same_nonfinite and bool(np.allclose(o[finite], r[finite], atol=atol, rtol=rtol))
+        errors.append(OutputError(name, max_abs, max_rel, cosine, ok))
+    return VerifyReport(errors, atol, rtol)

@@ -1,0 +1,217 @@
+"""The ``lepton-opt`` command line. Every command calls :mod:`lepton_opt.api`, nothing else.
+
+User errors print one line (``error: ...``) and exit with code 2; ``--verify`` failures exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import click
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from lepton_opt.errors import InputError, LeptonError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return fn(*args, **kwargs)
+        except LeptonError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+        except Exception as e:
+            if os.environ.get("LEPTON_OPT_DEBUG"):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} "
+                      "(this is a lepton-opt bug; rerun with LEPTON_OPT_DEBUG=1 for the traceback)",
+                      highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def _input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
+    from lepton_opt.ir.load import parse_input_shape
+
+    shapes = dict(parse_input_shape(v) for v in values)
+    return shapes or None
+
+
+input_shape_option = click.option(
+    "--input-shape", "input_shapes", multiple=True, metavar="NAME:DIMS",
+    help="Fix an input's shape, e.g. input:1x3x224x224 (repeatable). Needed for dynamic dims.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lepton-opt", prog_name="lepton-opt")
+def main() -> None:
+    """lepton-opt: optimize and compile ONNX models for CPU (LLVM) and CUDA with Apache TVM."""
+
+
+@main.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu) or cuda.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Artifact directory to write [default: MODEL name with .lepton].")
+@input_shape_option
+@click.option("--mcpu", help="LLVM CPU name to compile for (default: the host CPU and its features).")
+@click.option("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_80, sm_86, sm_89, sm_90.")
+@click.option("--verify", is_flag=True, help="Compare with onnxruntime on seeded inputs; exit 1 beyond tolerance.")
+@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance for --verify.")
+@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for --verify.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --verify inputs.")
+@_handle_errors
+def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed):
+    """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
+    import lepton_opt
+
+    shapes = _input_shapes(input_shapes)
+    output = output or Path(model.name).with_suffix(".lepton")
+    start = time.perf_counter()
+    with err.status(f"compiling {model.name} for {target}…"):
+        compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch)
+    elapsed = time.perf_counter() - start
+    if verify and compiled.target["kind"] == "cuda":
+        err.print("note: --verify runs the model; a CUDA build cannot run without a GPU, "
+                  "so the check is skipped (verify a --target llvm build instead)")
+        verify = False
+    report = None
+    if verify:
+        with err.status("verifying against onnxruntime…"):
+            report = lepton_opt.verify(compiled, model, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
+    compiled.save(output)
+    out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s "
+              f"-> [bold]{output}[/]", highlight=False)
+    if report is not None:
+        for line in report.lines():
+            out.print(f"  {line}", highlight=False)
+        if not report.ok:
+            err.print(f"[bold red]error:[/] outputs differ from onnxruntime beyond atol={atol:g}, rtol={rtol:g}")
+            sys.exit(1)
+
+
+def _describe_target(target: dict) -> str:
+    if target["kind"] == "cuda":
+        return f"cuda {target.get('cuda_arch')}"
+    return f"llvm ({target.get('mcpu', 'generic')})"
+
+
+@main.command("run")
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
+              help="An input from a .npy file (repeatable). Missing inputs: seeded random data.")
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Write each output to OUTPUT_DIR/<name>.npy.")
+@click.option("--seed", default=0, show_default=True, help="Seed for inputs not given with --input.")
+@_handle_errors
+def run_cmd(artifact, inputs, output_dir, seed):
+    """Run a compiled ARTIFACT directory on inputs from .npy files."""
+    import lepton_opt
+    from lepton_opt.bench.accuracy import random_feeds
+
+    compiled = lepton_opt.load_compiled(artifact)
+    feeds = {}
+    for item in inputs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise InputError(f"--input {item!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(f"--input {name}: cannot read {path!r} as a .npy array ({e})") from None
+    missing = [spec for spec in compiled.inputs if spec["name"] not in feeds]
+    if missing:
+        dims = {d: v for f, spec in ((feeds.get(s["name"]), s) for s in compiled.inputs) if f is not None
+                for d, v in zip(spec["shape"], np.shape(f)) if isinstance(d, str)}
+        feeds.update(random_feeds(missing, seed=seed, dims=dims))
+        err.print("note: seeded random data for " + ", ".join(s["name"] for s in missing))
+    start = time.perf_counter()
+    results = compiled.run(feeds)
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"{artifact} ({elapsed * 1e3:.2f} ms)")
+    for col in ("output", "shape", "dtype", "values"):
+        table.add_column(col)
+    for name, value in results.items():
+        preview = np.array2string(value.reshape(-1)[:6], precision=4, separator=", ")
+        table.add_row(name, str(list(value.shape)), str(value.dtype), preview)
+    out.print(table)
+    if output_dir is not None:
+        _write_outputs(output_dir, results)
+        out.print(f"outputs written to {output_dir}")
+
+
+def _write_outputs(output_dir: Path, results: dict[str, np.ndarray]) -> None:
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        for name, value in results.items():
+            np.save(tmp / f"{_safe_filename(name)}.npy", value)
+        if output_dir.exists():
+            for f in tmp.iterdir():
+                os.replace(f, output_dir / f.name)
+            tmp.rmdir()
+        else:
+            os.replace(tmp, output_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _safe_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "output"
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@input_shape_option
+@_handle_errors
+def inspect_cmd(model, input_shapes):
+    """Print MODEL's inputs/outputs, op histogram, parameter count and what would not lower."""
+    import lepton_opt
+
+    summary = lepton_opt.inspect_model(model, _input_shapes(input_shapes))
+    out.print(f"[bold]{summary.source}[/]  opset {summary.opset}, {summary.num_nodes} nodes, "
+              f"{summary.num_parameters:,} parameters", highlight=False)
+    io = Table(title="inputs and outputs")
+    for col in ("kind", "name", "shape", "dtype"):
+        io.add_column(col)
+    for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
+        for v in values:
+            shape = "?" if v["shape"] is None else "x".join(str(d) for d in v["shape"]) or "scalar"
+            io.add_row(kind, v["name"], shape, v["dtype"])
+    out.print(io)
+    ops = Table(title="ops")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op_type, count in summary.op_histogram.items():
+        ops.add_row(op_type + (" [red](unsupported)[/]" if op_type in summary.unsupported else ""), str(count))
+    out.print(ops)
+    if summary.unsupported:
+        out.print("[bold red]would not lower:[/] " + "; ".join(
+            f"{op} ({', '.join(nodes[:5])}{', …' if len(nodes) > 5 else ''})"
+            for op, nodes in summary.unsupported.items()), highlight=False)
+    else:
+        out.print("every op has a converter", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Load an ONNX model (path, bytes or ``onnx.ModelProto``) into an onnx-ir model.
+
+The user's model is never modified: a path is read, bytes are parsed, and a ``ModelProto`` is
+copied before anything else happens. Loading also
+
+* checks what the compiler can handle (IR version, ``ai.onnx`` opset),
+* applies input-shape overrides (``--input-shape NAME:1x3x224x224``), substituting a named
+  symbolic dimension everywhere it appears once one input fixes it, and
+* computes the SHA-256 of the serialized source, recorded in compiled artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Union
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from lepton_opt.errors import ModelLoadError, ShapeError
+
+ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
+InputShapes = Mapping[str, Sequence[Union[int, str]]]
+
+# Newest ai.onnx opset whose operator schemas the installed onnx package knows.
+MAX_SUPPORTED_OPSET = onnx.defs.onnx_opset_version()
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: ir.Model
+    source: str  # a path, or "<bytes>" / "<ModelProto>" for in-memory models
+    sha256: str
+
+    @property
+    def opset(self) -> int:
+        return self.model.opset_imports.get("", 1)
+
+
+def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> LoadedModel:
+    """Read ``source`` into a fresh onnx-ir model and apply ``input_shapes``."""
+    proto, name, digest = _read(source)
+    _check_versions(proto, name)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx-ir rejects malformed graphs (dangling names, bad attributes)
+        raise ModelLoadError(f"{name}: cannot read the ONNX graph: {_first_line(e)}") from e
+    if input_shapes:
+        apply_input_shapes(model, input_shapes, name)
+    return LoadedModel(model, name, digest)
+
+
+def _read(source: ModelSource) -> tuple[onnx.ModelProto, str, str]:
+    if isinstance(source, ir.Model):
+        proto = ir.serde.serialize_model(source)  # a copy: the caller's IR stays untouched
+        return proto, "<ir.Model>", _sha256(proto.SerializeToString())
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)
+        return proto, "<ModelProto>", _sha256(proto.SerializeToString())
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return _parse(data, "<bytes>"), "<bytes>", _sha256(data)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ModelLoadError(
+            f"cannot load a model from a {type(source).__name__}: pass a path, bytes or onnx.ModelProto"
+        )
+    path = Path(source)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file (expected an .onnx model)")
+    data = path.read_bytes()
+    proto = _parse(data, str(path))
+    if _uses_external_data(proto):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+        except OSError as e:
+            raise ModelLoadError(
+                f"{path}: external data file missing or unreadable ({e.strerror}: "
+                f"{Path(e.filename).name if e.filename else '?'}); keep it beside the model"
+            ) from e
+    return proto, str(path), _sha256(data)
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{name}: empty file, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeWarning, ValueError) as e:
+        raise ModelLoadError(
+            f"{name}: not an ONNX model or truncated protobuf ({_first_line(e)}); re-export or re-download it"
+        ) from e
+    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
+        raise ModelLoadError(f"{name}: parsed as protobuf but holds no ONNX graph; is it an ONNX model?")
+    return proto
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL
+        for t in onnx.external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - the helper onnx itself uses
+    )
+
+
+def _check_versions(proto: onnx.ModelProto, name: str) -> None:
+    if proto.ir_version and proto.ir_version < 3:
+        raise ModelLoadError(
+            f"{name}: ONNX IR version {proto.ir_version} is too old (need ≥ 3); "
+            "upgrade it with onnx.version_converter"
+        )
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > MAX_SUPPORTED_OPSET:
+            raise ModelLoadError(
+                f"{name}: opset {opset.version} is newer than the newest supported ({MAX_SUPPORTED_OPSET}); "
+                f"export with opset ≤ {MAX_SUPPORTED_OPSET} or upgrade the onnx package"
+            )
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int]]:
+    """Parse ``NAME:1x3x224x224`` (also ``NAME:1,3,224,224``; ``NAME:`` for a scalar)."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name:
+        raise ShapeError(f"--input-shape {text!r}: expected NAME:DIMS such as input:1x3x224x224")
+    dims = dims.strip()
+    if not dims:
+        return name, []
+    parts = re.split(r"[x,]", dims)
+    if not all(p.strip().isdigit() for p in parts):
+        raise ShapeError(
+            f"--input-shape {text!r}: dimensions must be non-negative integers, as in {name}:1x3x224x224"
+        )
+    return name, [int(p) for p in parts]
+
+
+def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) -> None:
+    """Fix input dimensions in place; symbolic names fixed by one input are fixed everywhere."""
+    inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+    unknown = [n for n in input_shapes if n not in inputs]
+    if unknown:
+        raise ShapeError(
+            f"{source}: --input-shape names unknown input {unknown[0]!r}; the model's inputs are "
+            + ", ".join(repr(n) for n in inputs)
+        )
+    symbols: dict[str, int] = {}
+    for name, dims in input_shapes.items():
+        dims = [int(d) for d in dims]
+        if any(d < 0 for d in dims):
+            raise ShapeError(f"{source}: --input-shape for {name!r} has a negative dimension {dims}")
+        value = inputs[name]
+        old = value.shape
+        if old is not None:
+            if len(old) != len(dims):
+                raise ShapeError(
+                    f"{source}: input {name!r} has rank {len(old)} ({_fmt_shape(old)}) but "
+                    f"--input-shape gives {len(dims)} dimensions ({'x'.join(map(str, dims))})"
+                )
+            for axis, (old_dim, new_dim) in enumerate(zip(old, dims)):
+                if isinstance(old_dim, int) and old_dim != new_dim:
+                    raise ShapeError(
+                        f"{source}: input {name!r} dimension {axis} is fixed at {old_dim} in the model; "
+                        f"--input-shape gives {new_dim}"
+                    )
+                if isinstance(old_dim, ir.SymbolicDim) and old_dim.value is not None:
+                    if symbols.setdefault(old_dim.value, new_dim) != new_dim:
+                        raise ShapeError(
+                            f"{source}: dimension {old_dim.value!r} is given two values "
+                            f"({symbols[old_dim.value]} and {new_dim}) by --input-shape"
+                        )
+        value.shape = ir.Shape(dims)
+    if symbols:
+        for value in _all_values(model.graph):
+            shape = value.shape
+            if shape is not None and any(
+                isinstance(d, ir.SymbolicDim) and d.value in symbols for d in shape
+            ):
+                value.shape = ir.Shape(
+                    [symbols.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d for d in shape]
+                )
+
+
+def _all_values(graph: ir.Graph):
+    yield from graph.inputs
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        yield from node.outputs
+
+
+def _fmt_shape(shape: ir.Shape) -> str:
+    return "x".join(str(d.value if isinstance(d, ir.SymbolicDim) else d) for d in shape)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

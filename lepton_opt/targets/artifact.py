@@ -1,0 +1,241 @@
+"""Compiled artifacts: :class:`CompiledModel` and its on-disk form.
+
+An artifact is a directory::
+
+    model.lepton/
+      model.so         the compiled library (Relax VM executable + kernels)
+      manifest.json    inputs/outputs (names, shapes, dtypes), target, passes run,
+                       source model sha256, lepton-opt / TVM / onnx versions
+
+It is written to a temporary directory beside the destination and renamed into place, so an
+interrupted save never leaves a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from lepton_opt.errors import ArtifactError, InputError
+
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+FORMAT = "lepton-opt-artifact"
+FORMAT_VERSION = 1
+
+
+class CompiledModel:
+    """A compiled model: run it on numpy inputs, save it, inspect what was built."""
+
+    def __init__(self, executable: Any, manifest: dict, *, library_path: str | None = None):
+        self._executable = executable  # relax.Executable (fresh build) or a loaded runtime Module
+        self.manifest = manifest
+        self._library_path = library_path
+        self._vm: relax.VirtualMachine | None = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def inputs(self) -> list[dict]:
+        return self.manifest["inputs"]
+
+    @property
+    def outputs(self) -> list[dict]:
+        return self.manifest["outputs"]
+
+    @property
+    def target(self) -> dict:
+        return self.manifest["target"]
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{i['name']}:{_fmt_shape(i['shape'])}:{i['dtype']}" for i in self.inputs)
+        return f"CompiledModel(target={self.target.get('kind')}, inputs=[{ins}])"
+
+    def imported_module_kinds(self) -> list[str]:
+        """Kinds of the device modules linked into the library (e.g. ``['cuda']`` for a CUDA build)."""
+        mod = self._executable.mod if isinstance(self._executable, relax.Executable) else self._executable
+        kinds: list[str] = []
+        stack = list(mod.imports)
+        while stack:
+            m = stack.pop()
+            kinds.append(m.kind)
+            stack.extend(m.imports)
+        return kinds
+
+    def device_source(self, fmt: str = "") -> str:
+        """The generated device code (CUDA C for a CUDA build), for inspection and tests."""
+        mod = self._executable.mod if isinstance(self._executable, relax.Executable) else self._executable
+        for m in mod.imports:
+            if m.kind == "cuda":
+                return m.inspect_source(fmt)
+        raise ArtifactError("this artifact holds no device module (it is a CPU build)")
+
+    # ------------------------------------------------------------------ running
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run on ``feeds`` (input name -> array); returns output name -> array in graph order."""
+        args = self._check_feeds(feeds)
+        vm = self._virtual_machine()
+        result = vm["main"](*[tvm.runtime.tensor(a, self._device()) for a in args])
+        values = list(result) if not hasattr(result, "numpy") else [result]
+        return {o["name"]: _to_numpy(v) for o, v in zip(self.outputs, values)}
+
+    def _device(self):
+        return tvm.cpu() if self.target["kind"] == "llvm" else tvm.cuda()
+
+    def _virtual_machine(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            if self.target["kind"] == "cuda" and not tvm.cuda().exist:
+                raise ArtifactError(
+                    "this artifact was built for CUDA but no CUDA device is available here; "
+                    "run it on a machine with an NVIDIA GPU, or compile with --target llvm"
+                )
+            self._vm = relax.VirtualMachine(self._executable, self._device())
+        return self._vm
+
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError("inputs must be a dict of input name -> array")
+        names = [i["name"] for i in self.inputs]
+        unknown = [k for k in feeds if k not in names]
+        if unknown:
+            raise InputError(f"unknown input {unknown[0]!r}; the model's inputs are {', '.join(map(repr, names))}")
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise InputError(f"missing input {missing[0]!r}; the model's inputs are {', '.join(map(repr, names))}")
+        symbols: dict[str, int] = {}
+        arrays = []
+        for spec in self.inputs:
+            name = spec["name"]
+            array = np.asarray(feeds[name])
+            if array.dtype != np.dtype(_numpy_dtype(spec["dtype"])):
+                raise InputError(
+                    f"input {name!r} has dtype {array.dtype}, expected {spec['dtype']}; "
+                    f"convert it with .astype(np.{spec['dtype']})" if spec["dtype"] != "bfloat16"
+                    else f"input {name!r} has dtype {array.dtype}, expected bfloat16 (ml_dtypes.bfloat16)"
+                )
+            expected = spec["shape"]
+            if array.ndim != len(expected):
+                raise InputError(f"input {name!r} has shape {list(array.shape)}, expected {_fmt_shape(expected)} "
+                                 f"(rank {len(expected)})")
+            for axis, (got, want) in enumerate(zip(array.shape, expected)):
+                if isinstance(want, int):
+                    if got != want:
+                        raise InputError(f"input {name!r} has shape {list(array.shape)}, expected "
+                                         f"{_fmt_shape(expected)} (dimension {axis} must be {want})")
+                elif symbols.setdefault(want, got) != got:
+                    raise InputError(f"input {name!r} dimension {axis} ({want}) is {got}, but another input "
+                                     f"gave {want}={symbols[want]}")
+            arrays.append(np.ascontiguousarray(array))
+        return arrays
+
+    # ------------------------------------------------------------------ saving / loading
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact directory atomically; an existing artifact at ``path`` is replaced."""
+        dest = Path(path)
+        if dest.exists() and not (dest / MANIFEST).is_file():
+            raise ArtifactError(f"{dest}: exists and is not a lepton-opt artifact; choose another output path")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            if isinstance(self._executable, relax.Executable):
+                self._executable.export_library(str(tmp / LIBRARY))
+            else:
+                shutil.copyfile(self._library_path, tmp / LIBRARY)
+            (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
+            _replace_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    if not dest.exists():
+        os.replace(new, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_compiled(path: str | os.PathLike) -> CompiledModel:
+    """Load an artifact directory written by :meth:`CompiledModel.save` / ``lepton-opt compile``."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such artifact directory (create one with `lepton-opt compile`)")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{root}: no {MANIFEST}; not a lepton-opt artifact") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{root}/{MANIFEST}: corrupt ({e.msg}); recompile the model") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{root}: artifact format {manifest.get('format_version')!r} is not supported "
+                            f"(this lepton-opt reads version {FORMAT_VERSION}); recompile the model")
+    lib = root / manifest.get("library", LIBRARY)
+    if not lib.is_file():
+        raise ArtifactError(f"{root}: the compiled library {lib.name} is missing; recompile the model")
+    built_with = manifest.get("versions", {}).get("tvm")
+    if built_with and built_with != tvm.__version__:
+        raise ArtifactError(f"{root}: built with TVM {built_with}, this installation has {tvm.__version__}; "
+                            "recompile the model")
+    try:
+        module = tvm.runtime.load_module(str(lib))
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if manifest.get("target", {}).get("kind") == "cuda":
+            raise ArtifactError(f"{root}: a CUDA artifact cannot be loaded without the CUDA driver ({first}); "
+                                "load it on a machine with an NVIDIA GPU") from None
+        raise ArtifactError(f"{root}: cannot load {lib.name} ({first}); recompile the model") from None
+    return CompiledModel(module, manifest, library_path=str(lib))
+
+
+def make_manifest(*, inputs: list[dict], outputs: list[dict], target: dict, tvm_target: str,
+                  passes: list[str], source: str, sha256: str, opset: int) -> dict:
+    import onnx
+
+    from lepton_opt import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library": LIBRARY,
+        "inputs": inputs,
+        "outputs": outputs,
+        "target": target,
+        "tvm_target": tvm_target,
+        "passes": passes,
+        "source": {"path": source, "sha256": sha256, "opset": opset},
+        "versions": {"lepton_opt": __version__, "tvm": tvm.__version__, "onnx": onnx.__version__},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _numpy_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return dtype
+
+
+def _to_numpy(value) -> np.ndarray:
+    with contextlib.suppress(AttributeError):
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _fmt_shape(shape: list) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"

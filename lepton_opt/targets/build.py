@@ -1,0 +1,122 @@
+"""Targets and builds: resolve what the user asked for into a TVM target, then compile.
+
+* ``llvm`` (alias ``cpu``): the host CPU. LLVM's name for the host is not trusted alone (a VM can
+  report an older model than its features say), so ``-mattr`` is built from the CPU flags the
+  kernel reports: AVX-512, VNNI, BF16/FP16 and AMX are used when present. ``mcpu`` overrides.
+* ``cuda``: cross-compiled with nvcc for ``cuda_arch`` (``sm_80`` ...) with dlight's default GPU
+  schedules; this needs nvcc but no GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+
+import tvm
+from tvm import relax
+
+from lepton_opt.errors import TargetError
+
+TARGET_ALIASES = {"llvm": "llvm", "cpu": "llvm", "cuda": "cuda", "gpu": "cuda"}
+DEFAULT_CUDA_ARCH = "sm_80"
+
+# /proc/cpuinfo flag -> LLVM feature, for the features that change generated code.
+_CPU_FEATURES = {
+    "avx2": "+avx2", "fma": "+fma", "f16c": "+f16c", "avx512f": "+avx512f", "avx512bw": "+avx512bw",
+    "avx512dq": "+avx512dq", "avx512vl": "+avx512vl", "avx512cd": "+avx512cd",
+    "avx512_vnni": "+avx512vnni", "avx_vnni": "+avxvnni", "avx512_bf16": "+avx512bf16",
+    "avx512_fp16": "+avx512fp16", "amx_int8": "+amx-int8", "amx_bf16": "+amx-bf16", "amx_tile": "+amx-tile",
+    "avx512vbmi": "+avx512vbmi", "avx512_vbmi2": "+avx512vbmi2",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    kind: str  # "llvm" or "cuda"
+    mcpu: str | None = None
+    mattr: tuple[str, ...] = ()
+    cuda_arch: str | None = None
+    num_cores: int | None = None
+
+    def tvm_target(self) -> tvm.target.Target:
+        host = {"kind": "llvm"}
+        if self.mcpu:
+            host["mcpu"] = self.mcpu
+        if self.mattr:
+            host["mattr"] = list(self.mattr)
+        if self.kind == "llvm":
+            if self.num_cores:
+                host["num-cores"] = self.num_cores
+            return tvm.target.Target(host)
+        return tvm.target.Target({"kind": "cuda", "arch": self.cuda_arch}, host=host)
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
+                if v not in (None, ())}
+
+
+def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None = None) -> TargetSpec:
+    kind = TARGET_ALIASES.get(str(name).strip().lower())
+    if kind is None:
+        raise TargetError(f"unknown target {name!r}; use one of: llvm (alias cpu), cuda")
+    host_cpu, host_features = detect_host_cpu()
+    cores = os.cpu_count() or 1
+    if kind == "llvm":
+        if mcpu and not _valid_mcpu(mcpu):
+            raise TargetError(f"--mcpu {mcpu!r} is not a CPU LLVM knows; try e.g. x86-64-v3, skylake-avx512, znver4")
+        # With an explicit mcpu the user chose the CPU: do not add the host's features to it.
+        return TargetSpec("llvm", mcpu or host_cpu, () if mcpu else host_features, num_cores=cores)
+    arch = (cuda_arch or DEFAULT_CUDA_ARCH).strip().lower()
+    if not re.fullmatch(r"sm_\d{2,3}[a-z]?", arch):
+        raise TargetError(f"--cuda-arch {cuda_arch!r} is not a CUDA architecture; use e.g. sm_80, sm_86, sm_89, sm_90")
+    if find_nvcc() is None:
+        raise TargetError("--target cuda needs nvcc (the CUDA toolkit) on PATH or in CUDA_HOME; "
+                          "install the CUDA toolkit or build for --target llvm")
+    return TargetSpec("cuda", host_cpu, host_features, cuda_arch=arch)
+
+
+def find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    return None
+
+
+def detect_host_cpu() -> tuple[str, tuple[str, ...]]:
+    """LLVM's host CPU name and the code-relevant features the OS reports."""
+    name = tvm.target.codegen.llvm_get_system_cpu()
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return name, tuple(feature for flag, feature in _CPU_FEATURES.items() if flag in flags)
+
+
+def _valid_mcpu(mcpu: str) -> bool:
+    try:
+        return bool(tvm.target.codegen.llvm_cpu_has_features([], tvm.target.Target({"kind": "llvm", "mcpu": mcpu}))
+                    is not None)
+    except Exception:
+        return False
+
+
+def build(mod: tvm.IRModule, spec: TargetSpec) -> relax.Executable:
+    """Compile a lowered Relax module for ``spec``."""
+    target = spec.tvm_target()
+    if spec.kind == "llvm":
+        if os.environ.get("LEPTON_STOCK"):  # TEMPORARY until cpu_schedule lands
+            return tvm.compile(mod, target=target)
+        from lepton_opt.targets.cpu_schedule import build_cpu
+
+        return build_cpu(mod, target)
+    return tvm.compile(mod, target=target)

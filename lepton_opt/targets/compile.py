@@ -1,0 +1,68 @@
+"""IR model -> Relax -> built library -> :class:`CompiledModel`."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from tvm import relax
+from tvm import tirx as tir
+from tvm.ir.prim import expr as prim
+
+from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
+from lepton_opt.targets.artifact import CompiledModel, make_manifest
+from lepton_opt.targets.build import TargetSpec, build
+from lepton_opt.targets.lower import Lowerer, LoweredModule
+from lepton_opt.targets.ops import converter_table
+
+
+def lower_model(model: ir.Model, source: str = "model") -> LoweredModule:
+    return Lowerer(model, converter_table(), source).lower()
+
+
+def unsupported_ops(model: ir.Model) -> dict[str, list[str]]:
+    """Op type -> node names for every node the lowering has no converter for."""
+    table = converter_table()
+    from lepton_opt.targets.lower import op_key
+
+    missing: dict[str, list[str]] = {}
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if op_key(node) not in table:
+            missing.setdefault(op_key(node), []).append(node.name or "?")
+    return missing
+
+
+def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str,
+                  passes: list[str]) -> CompiledModel:
+    lowered = lower_model(model, source)
+    try:
+        executable = build(lowered.mod, spec)
+    except LeptonError:
+        raise
+    except Exception as e:
+        first = _first_line(e)
+        if lowered.symbols:
+            names = ", ".join(f"{o.input_name}[{o.axis}]" for o in lowered.symbols.values())
+            raise ShapeError(f"{source}: building with dynamic dimensions ({names}) failed ({first}); "
+                             "fix them with --input-shape NAME:DIMS") from e
+        raise UnsupportedModelError(f"{source}: TVM failed to build the model for {spec.kind}: {first}") from e
+    func = lowered.mod["main"]
+    inputs = [{"name": name, "shape": _dims(p.ty), "dtype": str(p.ty.dtype)}
+              for name, p in zip(lowered.input_names, func.params)]
+    outputs = [{"name": name, "shape": _dims(s), "dtype": str(s.dtype)}
+               for name, s in zip(lowered.output_names, func.ret_ty.fields)]
+    manifest = make_manifest(inputs=inputs, outputs=outputs, target=spec.to_json(),
+                             tvm_target=str(spec.tvm_target()), passes=passes, source=source,
+                             sha256=sha256, opset=model.opset_imports.get("", 0))
+    return CompiledModel(executable, manifest)
+
+
+def _dims(sinfo: relax.TensorType) -> list:
+    if sinfo.shape is None:
+        return [f"d{i}" for i in range(sinfo.ndim)]
+    return [int(d) if isinstance(d, tir.IntImm) else str(d) for d in sinfo.shape.values]
+
+
+def _first_line(e: BaseException) -> str:
+    for line in str(e).splitlines():
+        if line.strip() and not line.strip().startswith(("Traceback", "File ", "  ")):
+            return line.strip()[:300]
+    return type(e).__name__

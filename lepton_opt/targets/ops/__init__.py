@@ -1,0 +1,18 @@
+"""The op table: ONNX op type -> converter.
+
+Our own converters (elementwise, nn, tensor) come first; op types we have not written yet fall
+back to TVM's reference importer one op at a time (:mod:`.reference`).
+"""
+
+from __future__ import annotations
+
+from lepton_opt.targets.lower import Converter
+from lepton_opt.targets.ops import elementwise, nn, tensor
+from lepton_opt.targets.ops.reference import reference_converters
+
+OWN_CONVERTERS: dict[str, Converter] = {**elementwise.CONVERTERS, **nn.CONVERTERS, **tensor.CONVERTERS}
+
+
+def converter_table() -> dict[str, Converter]:
+    """Every op type the lowering accepts: ours, then the reference importer's for the rest."""
+    return {**reference_converters(exclude=set(OWN_CONVERTERS)), **OWN_CONVERTERS}

@@ -1,0 +1,349 @@
+"""Tensor-manipulation converters: reshape, slicing, gather/scatter, reductions, casts, padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from tvm import relax
+from tvm import tirx as tir
+from tvm.ir.prim import expr as prim
+
+from lepton_opt.targets.lower import DTYPES, LoweringError, dtype_of, shape_of
+from lepton_opt.targets.ops.elementwise import scalar
+
+op = relax.op
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    axis = int(axis)
+    if not -rank <= axis < max(rank, 1):
+        raise LoweringError(f"axis {axis} is out of range for rank {rank}")
+    return axis + rank if axis < 0 else axis
+
+
+def _axes_from(ctx, index: int, attr_axes, since_opset: int):
+    """Axes given as an attribute before ``since_opset`` and as an input from then on."""
+    if ctx.opset < since_opset:
+        return None if attr_axes is None else [int(a) for a in attr_axes]
+    axes = ctx.static(index, "axes")
+    return None if axes is None else [int(a) for a in axes.reshape(-1)]
+
+
+def Identity(ctx, x):
+    return x
+
+
+def Cast(ctx, x, *, to, saturate=1, round_mode="up"):
+    dtype = DTYPES.get(ir.DataType(to))
+    if dtype is None:
+        raise LoweringError(f"Cast to {ir.DataType(to).name} is not supported")
+    return op.astype(x, dtype)
+
+
+def CastLike(ctx, x, like, *, saturate=1, round_mode="up"):
+    return op.astype(x, dtype_of(like))
+
+
+def Reshape(ctx, x, shape_in=None, *, allowzero=0, **attrs):
+    target = attrs["shape"] if ctx.opset < 5 else ctx.sym_shape(1, "Reshape's shape")
+    dims = shape_of(x)
+    # 0 copies the input's dim (unless allowzero); -1 is inferred by Relax.
+    return op.reshape(x, [dims[i] if isinstance(d, int) and d == 0 and not allowzero else d
+                          for i, d in enumerate(target)])
+
+
+def Transpose(ctx, x, *, perm=None):
+    rank = len(shape_of(x))
+    return op.permute_dims(x, list(perm) if perm is not None else list(range(rank))[::-1])
+
+
+def Concat(ctx, *xs, axis):
+    xs = [x for x in xs if x is not None]
+    return op.concat(xs, axis=axis)
+
+
+def Split(ctx, x, split_in=None, *, axis=0, num_outputs=None, **attrs):
+    dims = shape_of(x)
+    axis = _norm_axis(axis, len(dims))
+    n_out = len(ctx.node.outputs)
+    sizes = attrs.get("split") if ctx.opset < 13 else ctx.static(1, "Split's split")
+    if sizes is None:
+        total = dims[axis]
+        if not isinstance(total, int):
+            return _as_list(ctx, op.split(x, n_out, axis=axis), n_out)
+        chunk = -(-total // n_out)
+        sizes = [min(chunk, total - i * chunk) for i in range(n_out)]
+    sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    indices = list(np.cumsum(sizes)[:-1])
+    return _as_list(ctx, op.split(x, [int(i) for i in indices], axis=axis), n_out)
+
+
+def _as_list(ctx, tuple_expr, n):
+    t = ctx.emit(tuple_expr)
+    return [relax.TupleGetItem(t, i) for i in range(n)]
+
+
+def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **attrs):
+    dims = shape_of(x)
+    rank = len(dims)
+    if ctx.opset < 10:
+        starts, ends = attrs["starts"], attrs["ends"]
+        axes_v, steps_v = attrs.get("axes"), None
+    else:
+        starts, ends = ctx.static(1, "Slice's starts"), ctx.static(2, "Slice's ends")
+        axes_v, steps_v = ctx.static(3, "Slice's axes"), ctx.static(4, "Slice's steps")
+    starts = [int(s) for s in np.asarray(starts).reshape(-1)]
+    ends = [int(e) for e in np.asarray(ends).reshape(-1)]
+    axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
+    steps_v = [1] * len(starts) if steps_v is None else [int(s) for s in np.asarray(steps_v).reshape(-1)]
+    begin, end, stride = [], [], []
+    for ax, s, e, st in zip(axes_v, starts, ends, steps_v):
+        dim = dims[ax]
+        if st == 0:
+            raise LoweringError("Slice step must not be 0")
+        if isinstance(dim, int):
+            s, e, st = slice(s, e, st).indices(dim)
+            if st < 0 and e < 0:
+                e = -(2**31)  # "before index 0" in Relax's end convention for negative strides
+        else:
+            s = max(min(s, 2**62), -(2**62))
+            e = max(min(e, 2**62), -(2**62))
+        begin.append(s)
+        end.append(e)
+        stride.append(st)
+    return op.strided_slice(x, axes_v, begin, end, stride)
+
+
+def _wrap_indices(ctx, indices, dim, index_input: int):
+    """ONNX allows negative indices; Relax's take does not. Symbolic dims are left as they are."""
+    known = ctx.known(index_input)
+    if known is not None and not known.is_symbolic and isinstance(dim, int):
+        idx = known.numeric()
+        return relax.const(np.where(idx < 0, idx + dim, idx).astype(idx.dtype), known.dtype)
+    if not isinstance(dim, int) or dtype_of(indices).startswith("uint"):
+        return indices
+    return op.where(op.less(indices, scalar(indices, 0)), op.add(indices, scalar(indices, dim)), indices)
+
+
+def Gather(ctx, x, indices, *, axis=0):
+    dims = shape_of(x)
+    axis = _norm_axis(axis, len(dims))
+    indices = _wrap_indices(ctx, indices, dims[axis], 1)
+    return op.take(x, indices, axis=axis)
+
+
+def GatherElements(ctx, x, indices, *, axis=0):
+    dims = shape_of(x)
+    axis = _norm_axis(axis, len(dims))
+    return op.gather_elements(x, _wrap_indices(ctx, indices, dims[axis], 1), axis=axis)
+
+
+def GatherND(ctx, x, indices, *, batch_dims=0):
+    return op.gather_nd(x, indices, batch_dims=batch_dims)
+
+
+def ScatterElements(ctx, x, indices, updates, *, axis=0, reduction="none"):
+    dims = shape_of(x)
+    axis = _norm_axis(axis, len(dims))
+    mode = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}[reduction]
+    return op.scatter_elements(x, _wrap_indices(ctx, indices, dims[axis], 1), updates, axis=axis, reduction=mode)
+
+
+def ScatterND(ctx, x, indices, updates, *, reduction="none"):
+    mode = {"none": "update", "add": "add", "mul": "mul", "max": "max", "min": "min"}[reduction]
+    return op.scatter_nd(x, indices, updates, reduction=mode)
+
+
+def Squeeze(ctx, x, axes_in=None, **attrs):
+    dims = shape_of(x)
+    axes = _axes_from(ctx, 1, attrs.get("axes"), 13)
+    if axes is None:
+        axes = [i for i, d in enumerate(dims) if isinstance(d, int) and d == 1]
+    return op.squeeze(x, [_norm_axis(a, len(dims)) for a in axes])
+
+
+def Unsqueeze(ctx, x, axes_in=None, **attrs):
+    axes = _axes_from(ctx, 1, attrs.get("axes"), 13)
+    rank = len(shape_of(x)) + len(axes)
+    out = x
+    for a in sorted(_norm_axis(a, rank) for a in axes):
+        out = ctx.emit(op.expand_dims(out, a))
+    return out
+
+
+def _broadcast_dims(a: list, b: list) -> list:
+    rank = max(len(a), len(b))
+    a = [1] * (rank - len(a)) + list(a)
+    b = [1] * (rank - len(b)) + list(b)
+    out = []
+    for p, q in zip(a, b):
+        if isinstance(p, int) and p == 1:
+            out.append(q)
+        elif isinstance(q, int) and q == 1:
+            out.append(p)
+        else:
+            out.append(p)
+    return out
+
+
+def Expand(ctx, x, shape):
+    target = ctx.sym_shape(1, "Expand's shape")
+    return op.broadcast_to(x, _broadcast_dims(shape_of(x), target))
+
+
+def Tile(ctx, x, repeats):
+    reps = ctx.static(1, "Tile's repeats")
+    return op.tile(x, [int(r) for r in reps.reshape(-1)])
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+
+
+def Pad(ctx, x, pads_in=None, value_in=None, axes_in=None, *, mode="constant", **attrs):
+    dims = shape_of(x)
+    rank = len(dims)
+    if ctx.opset < 11:
+        pad_list = [int(p) for p in attrs["pads"]]
+        value = float(attrs.get("value", 0.0))
+        axes_v = list(range(rank))
+    else:
+        pad_list = [int(p) for p in ctx.static(1, "Pad's pads").reshape(-1)]
+        cv = ctx.static(2, "Pad's constant_value")
+        value = 0.0 if cv is None or cv.size == 0 else cv.reshape(-1)[0].item()
+        a = ctx.static(3, "Pad's axes")
+        axes_v = list(range(rank)) if a is None else [_norm_axis(v, rank) for v in a.reshape(-1)]
+    n = len(axes_v)
+    before = [0] * rank
+    after = [0] * rank
+    for i, ax in enumerate(axes_v):
+        before[ax], after[ax] = pad_list[i], pad_list[i + n]
+    if any(p < 0 for p in before + after):
+        # Negative pads crop: slice first, then pad what remains positive.
+        x = ctx.emit(op.strided_slice(
+            x, list(range(rank)), [max(-b, 0) for b in before],
+            [d - max(-a, 0) if isinstance(d, int) else d - max(-a, 0) for d, a in zip(dims, after)]))
+        before = [max(b, 0) for b in before]
+        after = [max(a, 0) for a in after]
+    if not any(before + after):
+        return x
+    width = [v for pair in zip(before, after) for v in pair]
+    if mode not in _PAD_MODES:
+        raise LoweringError(f"Pad mode {mode!r} is not supported")
+    return op.nn.pad(x, width, pad_mode=_PAD_MODES[mode], pad_value=value)
+
+
+def ConstantOfShape(ctx, shape, *, value=None):
+    dims = ctx.sym_shape(0, "ConstantOfShape's shape")
+    fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
+    dtype = str(fill.dtype) if value is not None else "float32"
+    return op.full(dims, relax.const(fill[0], dtype), dtype)
+
+
+def Range(ctx, start, limit, delta):
+    values = [ctx.static(i, "Range's bounds") for i in range(3)]
+    a, b, c = (v.reshape(-1)[0].item() for v in values)
+    return relax.const(np.arange(a, b, c, dtype=values[0].dtype), dtype_of(start))
+
+
+def _reduce(fn, since_opset=18):
+    def convert(ctx, x, axes_in=None, *, keepdims=1, noop_with_empty_axes=0, **attrs):
+        dims = shape_of(x)
+        axes_v = _axes_from(ctx, 1, attrs.get("axes"), since_opset)
+        if not axes_v:
+            if noop_with_empty_axes:
+                return x
+            axes_v = list(range(len(dims)))
+        return fn(x, [_norm_axis(a, len(dims)) for a in axes_v], bool(keepdims))
+
+    return convert
+
+
+def _log_sum_exp(x, axes, keep):
+    peak = op.max(x, axes, keepdims=True)
+    summed = op.sum(op.exp(op.subtract(x, peak)), axes, keepdims=True)
+    out = op.add(op.log(summed), peak)
+    return out if keep else op.squeeze(out, axes)
+
+
+REDUCERS = {
+    "ReduceSum": (lambda x, a, k: op.sum(x, a, k), 13),
+    "ReduceMean": (lambda x, a, k: op.mean(x, a, k), 18),
+    "ReduceMax": (lambda x, a, k: op.max(x, a, k), 18),
+    "ReduceMin": (lambda x, a, k: op.min(x, a, k), 18),
+    "ReduceProd": (lambda x, a, k: op.prod(x, a, k), 18),
+    "ReduceL1": (lambda x, a, k: op.sum(op.abs(x), a, k), 18),
+    "ReduceL2": (lambda x, a, k: op.sqrt(op.sum(op.multiply(x, x), a, k)), 18),
+    "ReduceSumSquare": (lambda x, a, k: op.sum(op.multiply(x, x), a, k), 18),
+    "ReduceLogSum": (lambda x, a, k: op.log(op.sum(x, a, k)), 18),
+    "ReduceLogSumExp": (_log_sum_exp, 18),
+}
+
+
+def _arg_reduce(fn):
+    def convert(ctx, x, *, axis=0, keepdims=1, select_last_index=0):
+        dims = shape_of(x)
+        axis = _norm_axis(axis, len(dims))
+        if not select_last_index:
+            return op.astype(fn(x, axis, bool(keepdims)), "int64")
+        # The last extreme index is the first one in the flipped tensor, mirrored back.
+        first = op.astype(fn(ctx.emit(op.flip(x, axis)), axis, bool(keepdims)), "int64")
+        return op.subtract(relax.const(dims[axis] - 1, "int64"), ctx.emit(first))
+
+    return convert
+
+
+def CumSum(ctx, x, axis, *, exclusive=0, reverse=0):
+    dims = shape_of(x)
+    ax = _norm_axis(int(ctx.static(1, "CumSum's axis").reshape(-1)[0]), len(dims))
+    if reverse:
+        x = ctx.emit(op.flip(x, ax))
+    out = op.cumsum(x, axis=ax, exclusive=bool(exclusive))
+    if reverse:
+        out = op.flip(ctx.emit(out), ax)
+    return out
+
+
+def Einsum(ctx, *xs, equation):
+    return op.einsum(list(xs), equation.replace(" ", ""))
+
+
+def Trilu(ctx, x, k=None, *, upper=1):
+    kv = ctx.static(1, "Trilu's k")
+    k = 0 if kv is None else int(kv.reshape(-1)[0])
+    return op.triu(x, k) if upper else op.tril(x, k)
+
+
+def OneHot(ctx, indices, depth, values, *, axis=-1):
+    depth_v = int(ctx.static(1, "OneHot's depth").reshape(-1)[0])
+    vals = ctx.static(2, "OneHot's values").reshape(-1)
+    dtype = dtype_of(values)
+    idx = op.where(op.less(indices, scalar(indices, 0)), op.add(indices, scalar(indices, depth_v)), indices)
+    if not dtype_of(indices).startswith("int"):
+        idx = op.astype(idx, "int64")
+    return op.one_hot(idx, relax.prim_value(tir.const(vals[1].item(), dtype)),
+                      relax.prim_value(tir.const(vals[0].item(), dtype)), depth_v, axis=axis)
+
+
+def _never(what):
+    def convert(ctx, *args, **kwargs):
+        raise LoweringError(what)
+
+    return convert
+
+
+CONVERTERS = {
+    "Identity": Identity, "Cast": Cast, "CastLike": CastLike, "Reshape": Reshape, "Transpose": Transpose,
+    "Concat": Concat, "Split": Split, "Slice": Slice, "Gather": Gather, "GatherElements": GatherElements,
+    "GatherND": GatherND, "ScatterElements": ScatterElements, "Scatter": ScatterElements,
+    "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
+    "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
+    "Trilu": Trilu, "OneHot": OneHot,
+    "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
+    "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
+    # Shape, Size and numeric Constants are evaluated at compile time (shape_eval); these only
+    # run for what that cannot represent.
+    "Shape": _never("Shape of a tensor of unknown rank"),
+    "Size": _never("Size of a tensor of unknown rank"),
+    "Constant": _never("string and sparse Constant values are not supported"),
+}
+CONVERTERS.update({name: _reduce(fn, since) for name, (fn, since) in REDUCERS.items()})

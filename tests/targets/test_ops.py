@@ -1,0 +1,291 @@
+"""Every converter against onnxruntime: one single-node model per case, compiled for the CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lepton_opt
+from tests.models import ort_run
+
+F, I64, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+NP = {F: np.float32, I64: np.int64, B: np.bool_, TensorProto.INT32: np.int32}
+
+
+def node_model(op_type, inputs, outputs, attrs=None, inits=None, opset=17):
+    """inputs: [(name, elem_type, shape)]; outputs: [(name, elem_type)]; inits: {name: array}."""
+    inits = inits or {}
+    node = helper.make_node(op_type, [n for n, *_ in inputs] + list(inits), [n for n, _ in outputs],
+                            name=f"{op_type.lower()}_node", **(attrs or {}))
+    graph = helper.make_graph(
+        [node], f"{op_type}_test",
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def feeds_for(model, seed=0):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in model.graph.input:
+        t = vi.type.tensor_type
+        shape = [d.dim_value for d in t.shape.dim]
+        if t.elem_type == F:
+            feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+        elif t.elem_type == B:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[vi.name] = rng.integers(0, 4, shape).astype(NP[t.elem_type])
+    return feeds
+
+
+def check(model, atol=1e-5, rtol=1e-4, feeds=None):
+    feeds = feeds or feeds_for(model)
+    expected = ort_run(model, feeds)
+    got = lepton_opt.compile(model).run(feeds)
+    assert list(got) == list(expected)
+    for name, ref in expected.items():
+        assert got[name].shape == ref.shape, name
+        assert got[name].dtype == ref.dtype, name
+        np.testing.assert_allclose(got[name], ref, atol=atol, rtol=rtol, err_msg=name)
+
+
+X = [("x", F, [2, 3, 4, 5])]
+Y = [("y", F)]
+
+UNARY = ["Abs", "Neg", "Exp", "Sqrt", "Floor", "Ceil", "Erf", "Sigmoid", "Tanh", "Relu", "Sin", "Cos",
+         "Softplus", "Softsign", "HardSwish", "Mish", "Round", "Sign", "Atan", "Reciprocal"]
+
+
+@pytest.mark.parametrize("op_type", UNARY)
+def test_unary(op_type):
+    model = node_model(op_type, X, Y, opset=18)
+    feeds = feeds_for(model)
+    if op_type in ("Sqrt",):
+        feeds["x"] = np.abs(feeds["x"]) + 0.1
+    if op_type == "Reciprocal":
+        feeds["x"] = feeds["x"] + np.sign(feeds["x"]) * 0.5
+    check(model, feeds=feeds)
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"])
+def test_binary_broadcast(op_type):
+    model = node_model(op_type, [("a", F, [2, 3, 4]), ("b", F, [3, 1])], Y)
+    feeds = feeds_for(model)
+    if op_type == "Pow":
+        feeds["a"] = np.abs(feeds["a"]) + 0.5
+    if op_type == "Div":
+        feeds["b"] = feeds["b"] + np.sign(feeds["b"]) * 0.5
+    check(model, feeds=feeds)
+
+
+@pytest.mark.parametrize("op_type", ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"])
+def test_comparison(op_type):
+    check(node_model(op_type, [("a", I64, [3, 4]), ("b", I64, [4])], [("y", B)]))
+
+
+def test_integer_div_truncates_toward_zero():
+    model = node_model("Div", [("a", I64, [6])], [("y", I64)], inits={"b": np.array([3, -3, 3, -3, 2, 5], np.int64)})
+    check(model, feeds={"a": np.array([7, 7, -7, -7, -1, 4], np.int64)})
+
+
+@pytest.mark.parametrize("op_type,attrs", [
+    ("LeakyRelu", {"alpha": 0.2}), ("Elu", {"alpha": 0.7}), ("Selu", {}), ("Celu", {"alpha": 1.5}),
+    ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("ThresholdedRelu", {"alpha": 0.3}),
+    ("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Softmax", {"axis": 1}), ("LogSoftmax", {}),
+    ("Hardmax", {"axis": -1}),
+])
+def test_activation(op_type, attrs):
+    check(node_model(op_type, X, Y, attrs, opset=20))
+
+
+def test_softmax_opset11_coerces_to_2d():
+    check(node_model("Softmax", X, Y, {"axis": 1}, opset=11))
+
+
+def test_clip_with_min_max_inputs():
+    model = node_model("Clip", X, Y, inits={"lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)})
+    check(model, feeds={"x": np.linspace(-10, 10, 120, dtype=np.float32).reshape(2, 3, 4, 5)})
+
+
+def test_prelu():
+    check(node_model("PRelu", X, Y, inits={"slope": np.array([0.1, 0.2, 0.3], np.float32).reshape(3, 1, 1)}))
+
+
+@pytest.mark.parametrize("attrs", [
+    {"pads": [1, 1, 1, 1]},
+    {"strides": [2, 2], "pads": [0, 1, 1, 0]},
+    {"auto_pad": "SAME_UPPER", "strides": [2, 2]},
+    {"dilations": [2, 2]},
+    {"group": 2},
+])
+def test_conv2d(attrs):
+    rng = np.random.default_rng(1)
+    group = attrs.get("group", 1)
+    inits = {"w": rng.standard_normal((4, 4 // group, 3, 3)).astype(np.float32),
+             "b": rng.standard_normal(4).astype(np.float32)}
+    check(node_model("Conv", [("x", F, [1, 4, 9, 9])], Y, attrs, inits), atol=1e-4)
+
+
+def test_depthwise_conv_and_conv1d():
+    rng = np.random.default_rng(2)
+    check(node_model("Conv", [("x", F, [1, 6, 8, 8])], Y, {"group": 6, "pads": [1, 1, 1, 1]},
+                     {"w": rng.standard_normal((6, 1, 3, 3)).astype(np.float32)}), atol=1e-4)
+    check(node_model("Conv", [("x", F, [1, 3, 10])], Y, {"strides": [2]},
+                     {"w": rng.standard_normal((5, 3, 3)).astype(np.float32)}), atol=1e-4)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+                                   {"strides": [2, 2], "output_shape": [10, 10]}])
+def test_conv_transpose(attrs):
+    rng = np.random.default_rng(3)
+    inits = {"w": rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "b": rng.standard_normal(2).astype(np.float32)}
+    check(node_model("ConvTranspose", [("x", F, [1, 4, 5, 5])], Y, attrs, inits), atol=1e-4)
+
+
+@pytest.mark.parametrize("op_type,attrs", [
+    ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    ("MaxPool", {"kernel_shape": [2, 2], "ceil_mode": 1, "strides": [2, 2]}),
+    ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
+    ("AveragePool", {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}),
+    ("GlobalAveragePool", {}), ("GlobalMaxPool", {}),
+])
+def test_pooling(op_type, attrs):
+    check(node_model(op_type, [("x", F, [1, 3, 7, 7])], Y, attrs))
+
+
+def test_batchnorm_instance_norm_layer_norm():
+    rng = np.random.default_rng(4)
+    c = 3
+    bn = {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": rng.standard_normal(c).astype(np.float32),
+          "m": rng.standard_normal(c).astype(np.float32), "v": rng.uniform(0.5, 2, c).astype(np.float32)}
+    check(node_model("BatchNormalization", X, Y, {"epsilon": 1e-3}, bn), atol=1e-4)
+    check(node_model("InstanceNormalization", X, Y, {}, {"s": bn["s"], "b": bn["b"]}), atol=1e-4)
+    ln = {"s": rng.standard_normal((4, 5)).astype(np.float32), "b": rng.standard_normal((4, 5)).astype(np.float32)}
+    check(node_model("LayerNormalization", X, Y, {"axis": -2}, ln), atol=1e-4)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"transA": 1}, {"transB": 1, "alpha": 0.5, "beta": 2.0}])
+def test_gemm(attrs):
+    rng = np.random.default_rng(5)
+    a_shape = [6, 4] if attrs.get("transA") else [4, 6]
+    b = rng.standard_normal((5, 6) if attrs.get("transB") else (6, 5)).astype(np.float32)
+    check(node_model("Gemm", [("a", F, a_shape)], Y, attrs, {"b": b, "c": rng.standard_normal(5).astype(np.float32)}),
+          atol=1e-4)
+
+
+@pytest.mark.parametrize("a,b", [([2, 3, 4, 5], [5, 6]), ([2, 3, 4, 5], [2, 3, 5, 2]), ([4], [4, 3]), ([3, 4], [4])])
+def test_matmul(a, b):
+    check(node_model("MatMul", [("a", F, a), ("b", F, b)], Y), atol=1e-4)
+
+
+def test_reshape_transpose_flatten():
+    check(node_model("Reshape", X, Y, inits={"shape": np.array([0, -1, 5], np.int64)}))
+    check(node_model("Transpose", X, Y, {"perm": [0, 2, 3, 1]}))
+    check(node_model("Transpose", X, Y))
+    check(node_model("Flatten", X, Y, {"axis": 2}))
+
+
+def test_concat_split_slice():
+    check(node_model("Concat", [("a", F, [2, 3]), ("b", F, [2, 5])], Y, {"axis": 1}))
+    check(node_model("Split", X, [("y0", F), ("y1", F)], {"axis": 3}, {"split": np.array([2, 3], np.int64)}))
+    check(node_model("Split", X, [("y0", F), ("y1", F)], {"axis": 1, "num_outputs": 2}, opset=18))
+    check(node_model("Slice", X, Y, inits={"starts": np.array([1, -3], np.int64), "ends": np.array([3, 100], np.int64),
+                                            "axes": np.array([2, 3], np.int64)}))
+    check(node_model("Slice", X, Y, inits={"starts": np.array([-1], np.int64),
+                                            "ends": np.array([-(2**63)], np.int64),
+                                            "axes": np.array([3], np.int64), "steps": np.array([-2], np.int64)}))
+
+
+def test_gather_family():
+    check(node_model("Gather", X, Y, {"axis": 1}, {"i": np.array([[0, -1], [2, 1]], np.int64)}))
+    check(node_model("Gather", [("x", F, [10, 4]), ("i", I64, [2, 3])], Y))
+    check(node_model("GatherElements", [("x", F, [3, 4])], Y, {"axis": 1},
+                     {"i": np.array([[0, 3], [1, -1], [2, 2]], np.int64)}))
+
+
+def test_squeeze_unsqueeze_expand_tile():
+    check(node_model("Unsqueeze", X, Y, inits={"axes": np.array([0, -1], np.int64)}))
+    check(node_model("Squeeze", [("x", F, [1, 3, 1, 5])], Y, inits={"axes": np.array([2], np.int64)}))
+    check(node_model("Squeeze", [("x", F, [1, 3, 1, 5])], Y))
+    check(node_model("Unsqueeze", X, Y, {"axes": [1]}, opset=11))
+    check(node_model("Expand", [("x", F, [3, 1])], Y, inits={"s": np.array([2, 3, 4], np.int64)}))
+    check(node_model("Tile", [("x", F, [2, 3])], Y, inits={"r": np.array([2, 2], np.int64)}))
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+def test_pad(mode):
+    inits = {"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}
+    if mode == "constant":
+        inits["value"] = np.array(1.5, np.float32)
+    check(node_model("Pad", X, Y, {"mode": mode}, inits))
+
+
+@pytest.mark.parametrize("op_type", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                                     "ReduceL2", "ReduceLogSumExp", "ReduceSumSquare"])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_reduce(op_type, opset):
+    axes = [1, -1]
+    if opset >= 18 or (op_type == "ReduceSum" and opset >= 13):
+        model = node_model(op_type, X, Y, {"keepdims": 0}, {"axes": np.array(axes, np.int64)}, opset=opset)
+    else:
+        model = node_model(op_type, X, Y, {"keepdims": 0, "axes": axes}, opset=opset)
+    check(model, atol=1e-4)
+
+
+@pytest.mark.parametrize("op_type", ["ArgMax", "ArgMin"])
+def test_arg_reduce(op_type):
+    check(node_model(op_type, X, [("y", I64)], {"axis": 2, "keepdims": 1}))
+    check(node_model(op_type, [("x", I64, [3, 4])], [("y", I64)], {"axis": 1, "keepdims": 0, "select_last_index": 1}))
+
+
+def test_cast_where_constant_of_shape_range():
+    check(node_model("Cast", X, [("y", I64)], {"to": I64}), feeds={"x": (feeds_for(node_model("Abs", X, Y))["x"] * 10)})
+    check(node_model("Where", [("c", B, [3, 4]), ("a", F, [3, 4]), ("b", F, [4])], Y))
+    check(node_model("ConstantOfShape", [], Y, {"value": numpy_helper.from_array(np.array([2.5], np.float32))},
+                     {"s": np.array([2, 3], np.int64)}))
+    check(node_model("Range", [], [("y", I64)], inits={"a": np.array(1, np.int64), "b": np.array(10, np.int64),
+                                                     "c": np.array(3, np.int64)}))
+
+
+def test_cumsum_einsum_trilu_onehot_depth_to_space():
+    check(node_model("CumSum", X, Y, {"reverse": 1, "exclusive": 1}, {"axis": np.array(2, np.int64)}))
+    check(node_model("Einsum", [("a", F, [2, 3, 4]), ("b", F, [2, 4, 5])], Y, {"equation": "bij,bjk->bik"}), atol=1e-4)
+    check(node_model("Trilu", [("x", F, [4, 5])], Y, {"upper": 0}, {"k": np.array(1, np.int64)}))
+    check(node_model("OneHot", [("i", I64, [3])], Y, {"axis": -1},
+                     {"d": np.array(5, np.int64), "v": np.array([0.0, 2.0], np.float32)}),
+          feeds={"i": np.array([0, 4, -1], np.int64)})
+    check(node_model("DepthToSpace", [("x", F, [1, 8, 2, 3])], Y, {"blocksize": 2, "mode": "CRD"}))
+    check(node_model("SpaceToDepth", [("x", F, [1, 2, 4, 6])], Y, {"blocksize": 2}))
+
+
+def test_resize_via_reference_converter():
+    model = node_model("Resize", [("x", F, [1, 2, 4, 4])], Y, {"mode": "nearest"},
+                       {"roi": np.array([], np.float32), "scales": np.array([1, 1, 2, 2], np.float32)})
+    check(model)
+
+
+def test_shape_arithmetic_with_dynamic_batch_is_evaluated_at_compile_time():
+    # x: [N, 6] -> Reshape(x, Concat(Shape(x)[0:1], [2, 3])) -> [N, 2, 3]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "tail"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", F, ["N", 6])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                               numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+                               numpy_helper.from_array(np.array([2, 3], np.int64), "tail")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    compiled = lepton_opt.compile(model)
+    assert compiled.inputs[0]["shape"] == ["N", 6]
+    for n in (1, 5):
+        x = np.arange(n * 6, dtype=np.float32).reshape(n, 6)
+        np.testing.assert_array_equal(compiled.run({"x": x})["y"], x.reshape(n, 2, 3))
