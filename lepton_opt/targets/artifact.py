@@ -39,7 +39,7 @@ class CompiledModel:
     """A compiled model: run it on numpy inputs, save it, inspect what was built."""
 
     def __init__(self, executable: Any, manifest: dict, *, library_path: str | None = None):
-        self._executable = executable  # relax.Executable (fresh build) or a loaded runtime Module
+        self._executable = executable  # tvm.runtime.Executable (fresh build) or a loaded runtime Module
         self.manifest = manifest
         self._library_path = library_path
         self._vm: relax.VirtualMachine | None = None
@@ -63,7 +63,7 @@ class CompiledModel:
 
     def imported_module_kinds(self) -> list[str]:
         """Kinds of the device modules linked into the library (e.g. ``['cuda']`` for a CUDA build)."""
-        mod = self._executable.mod if isinstance(self._executable, relax.Executable) else self._executable
+        mod = self._executable.mod if isinstance(self._executable, tvm.runtime.Executable) else self._executable
         kinds: list[str] = []
         stack = list(mod.imports)
         while stack:
@@ -74,7 +74,7 @@ class CompiledModel:
 
     def device_source(self, fmt: str = "") -> str:
         """The generated device code (CUDA C for a CUDA build), for inspection and tests."""
-        mod = self._executable.mod if isinstance(self._executable, relax.Executable) else self._executable
+        mod = self._executable.mod if isinstance(self._executable, tvm.runtime.Executable) else self._executable
         for m in mod.imports:
             if m.kind == "cuda":
                 return m.inspect_source(fmt)
@@ -147,7 +147,7 @@ class CompiledModel:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            if isinstance(self._executable, relax.Executable):
+            if isinstance(self._executable, tvm.runtime.Executable):
                 self._executable.export_library(str(tmp / LIBRARY))
             else:
                 shutil.copyfile(self._library_path, tmp / LIBRARY)

@@ -110,7 +110,7 @@ def _valid_mcpu(mcpu: str) -> bool:
         return False
 
 
-def build(mod: tvm.IRModule, spec: TargetSpec) -> relax.Executable:
+def build(mod: tvm.IRModule, spec: TargetSpec) -> tvm.runtime.Executable:
     """Compile a lowered Relax module for ``spec``."""
     target = spec.tvm_target()
     if spec.kind == "llvm":

@@ -558,13 +558,13 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> relax.Executable:
+def build_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
     """Compile a Relax module for a CPU target with the default schedules."""
     return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
 
 
 def profile_kernels(
-    ex: relax.Executable, inputs: Sequence, repeat: int = 10
+    ex: tvm.runtime.Executable, inputs: Sequence, repeat: int = 10
 ) -> list[tuple[str, float]]:
     """Seconds per model call spent in each kernel of ``main``, largest first.
 

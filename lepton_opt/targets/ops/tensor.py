@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import tvm
 from tvm import relax
 from tvm import tirx as tir
 from tvm.ir.prim import expr as prim
@@ -129,7 +130,10 @@ def Gather(ctx, x, indices, *, axis=0):
     dims = shape_of(x)
     axis = _norm_axis(axis, len(dims))
     indices = _wrap_indices(ctx, indices, dims[axis], 1)
-    return op.take(x, indices, axis=axis)
+    # Indices computed at run time (token ids) are clipped: an out-of-range id must not read
+    # outside the table (TVM's "fast" mode would). Constant indices were range-checked above.
+    mode = "fast" if isinstance(indices, tvm.ir.Constant) else "clip"
+    return op.take(x, indices, axis=axis, mode=mode)
 
 
 def GatherElements(ctx, x, indices, *, axis=0):

@@ -1,0 +1,65 @@
+"""Latency of a compiled model against onnxruntime, measured in the same run.
+
+Both engines get the same inputs and thread count. After warm-up they are timed interleaved
+(one lepton-opt run, one onnxruntime run, repeated) so that load from other processes and
+frequency changes hit both alike; medians are reported, and the ratio is the figure to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from lepton_opt.bench.accuracy import ort_session
+
+DEFAULT_THREADS = 2
+
+
+@dataclasses.dataclass
+class LatencyComparison:
+    lepton_ms: float
+    ort_ms: float
+    runs: int
+    threads: int
+
+    @property
+    def ratio(self) -> float:
+        """lepton-opt median / onnxruntime median: below 1 means lepton-opt is faster."""
+        return self.lepton_ms / self.ort_ms
+
+    def line(self) -> str:
+        return (f"latency (median of {self.runs}, {self.threads} threads): lepton-opt {self.lepton_ms:.3f} ms, "
+                f"onnxruntime {self.ort_ms:.3f} ms, ratio {self.ratio:.2f}x")
+
+
+def set_runtime_threads(threads: int) -> None:
+    """Thread count for lepton-opt's CPU runtime; effective only before TVM's thread pool starts."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
+def compare_latency(compiled, model_bytes: bytes, feeds: Mapping[str, np.ndarray], *,
+                    threads: int = DEFAULT_THREADS, repeat: int = 50, warmup: int = 5,
+                    ort_optimize: bool = True) -> LatencyComparison:
+    """Times ``compiled.run`` and an onnxruntime session of ``model_bytes`` interleaved.
+
+    onnxruntime runs with its graph optimizations on (what users deploy), ``threads`` intra-op
+    threads. Call :func:`set_runtime_threads` with the same count before TVM starts.
+    """
+    session = ort_session(model_bytes, threads=threads, optimize=ort_optimize)
+    feeds = dict(feeds)
+    engines: list[Callable[[], object]] = [lambda: compiled.run(feeds), lambda: session.run(None, feeds)]
+    for _ in range(warmup):
+        for run in engines:
+            run()
+    times: list[list[float]] = [[], []]
+    for _ in range(repeat):
+        for i, run in enumerate(engines):
+            start = time.perf_counter()
+            run()
+            times[i].append(time.perf_counter() - start)
+    return LatencyComparison(statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, repeat, threads)
