@@ -81,10 +81,10 @@ def _read(source: ModelSource) -> tuple[onnx.ModelProto, str, str]:
     if _uses_external_data(proto):
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
-        except OSError as e:
+        except (OSError, ValueError, onnx.checker.ValidationError) as e:
+            files = ", ".join(sorted(_external_locations(proto))) or "?"
             raise ModelLoadError(
-                f"{path}: external data file missing or unreadable ({e.strerror}: "
-                f"{Path(e.filename).name if e.filename else '?'}); keep it beside the model"
+                f"{path}: external data file missing or unreadable ({files}); keep it beside the model"
             ) from e
     return proto, str(path), _sha256(data)
 
@@ -109,6 +109,16 @@ def _uses_external_data(proto: onnx.ModelProto) -> bool:
         t.data_location == onnx.TensorProto.EXTERNAL
         for t in onnx.external_data_helper._get_all_tensors(proto)  # noqa: SLF001 - the helper onnx itself uses
     )
+
+
+def _external_locations(proto: onnx.ModelProto) -> set[str]:
+    locations = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):  # noqa: SLF001
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = onnx.external_data_helper.ExternalDataInfo(tensor).location
+            if location:
+                locations.add(location)
+    return locations
 
 
 def _check_versions(proto: onnx.ModelProto, name: str) -> None:
