@@ -69,7 +69,7 @@ def main() -> None:
 
 
 @main.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu) or cuda.")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Artifact directory to write [default: MODEL name with .lepton].")
@@ -144,10 +144,11 @@ def run_cmd(artifact, inputs, output_dir, seed):
         dims = {d: v for f, spec in ((feeds.get(s["name"]), s) for s in compiled.inputs) if f is not None
                 for d, v in zip(spec["shape"], np.shape(f)) if isinstance(d, str)}
         feeds.update(random_feeds(missing, seed=seed, dims=dims))
-        err.print("note: seeded random data for " + ", ".join(s["name"] for s in missing))
     start = time.perf_counter()
     results = compiled.run(feeds)
     elapsed = time.perf_counter() - start
+    if missing:
+        err.print("note: seeded random data for " + ", ".join(s["name"] for s in missing))
     table = Table(title=f"{artifact} ({elapsed * 1e3:.2f} ms)")
     for col in ("output", "shape", "dtype", "values"):
         table.add_column(col)
@@ -181,7 +182,7 @@ def _safe_filename(name: str) -> str:
 
 
 @main.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
 @_handle_errors
 def inspect_cmd(model, input_shapes):

@@ -186,14 +186,21 @@ class Lowerer:
         for value in self.graph.initializers.values():
             self._register_initializer(value)
         failures: list[str] = []
+        error: Exception | None = None
         with self.bb.function("main", params=params):
             with self.bb.dataflow():
-                self.lower_nodes(self.graph, failures)
-                if failures:
-                    raise UnsupportedModelError(self._failure_message(failures))
-                outputs = [self.expr(v, f"graph output {v.name!r}") for v in self.graph.outputs]
+                try:
+                    self.lower_nodes(self.graph, failures)
+                    if failures:
+                        raise UnsupportedModelError(self._failure_message(failures))
+                    outputs = [self.expr(v, f"graph output {v.name!r}") for v in self.graph.outputs]
+                except Exception as e:  # noqa: BLE001 - re-raised below, once the builder is closed
+                    # Close the function cleanly so TVM does not warn about open blocks on stderr.
+                    error, outputs = e, []
                 result = self.bb.emit_output(relax.Tuple(outputs))
             self.bb.emit_func_output(result)
+        if error is not None:
+            raise error
         mod = self.bb.get()
         mod = relax.transform.DeadCodeElimination(["main"])(mod)
         return LoweredModule(
@@ -313,6 +320,21 @@ class Lowerer:
             except Exception as e:  # a converter bug or an unsupported attribute combination
                 failures.append(f"{node.op_type} node {node.name or '?'!r}: {_first_line(e)}")
                 poisoned.update(node.outputs)
+
+    def lower_subgraph(self, graph: ir.Graph) -> list[relax.Expr | Known]:
+        """Lower a nested graph (an ``If`` branch) inline into the current block.
+
+        Outer-scope values are visible as they are: onnx-ir links a subgraph's references to the
+        outer ``ir.Value``. Returns the graph's outputs; those known at compile time stay ``Known``.
+        """
+        for value in graph.initializers.values():
+            self._register_initializer(value)
+        failures: list[str] = []
+        self.lower_nodes(graph, failures)
+        if failures:
+            raise UnsupportedModelError("; ".join(failures))
+        return [self.known[v] if v not in self.exprs and v in self.known else self.expr(v, "subgraph output")
+                for v in graph.outputs]
 
     def lower_node(self, node: ir.Node) -> None:
         from lepton_opt.targets.ops.shape_eval import evaluate_known
