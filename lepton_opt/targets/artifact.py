@@ -61,21 +61,22 @@ class CompiledModel:
         ins = ", ".join(f"{i['name']}:{_fmt_shape(i['shape'])}:{i['dtype']}" for i in self.inputs)
         return f"CompiledModel(target={self.target.get('kind')}, inputs=[{ins}])"
 
-    def imported_module_kinds(self) -> list[str]:
-        """Kinds of the device modules linked into the library (e.g. ``['cuda']`` for a CUDA build)."""
+    def _imported_modules(self) -> list:
         mod = self._executable.mod if isinstance(self._executable, tvm.runtime.Executable) else self._executable
-        kinds: list[str] = []
-        stack = list(mod.imports)
+        found, stack = [], list(mod.imports)
         while stack:
             m = stack.pop()
-            kinds.append(m.kind)
+            found.append(m)
             stack.extend(m.imports)
-        return kinds
+        return found
+
+    def imported_module_kinds(self) -> list[str]:
+        """Kinds of the modules linked into the library (``'cuda'`` among them for a CUDA build)."""
+        return [m.kind for m in self._imported_modules()]
 
     def device_source(self, fmt: str = "") -> str:
         """The generated device code (CUDA C for a CUDA build), for inspection and tests."""
-        mod = self._executable.mod if isinstance(self._executable, tvm.runtime.Executable) else self._executable
-        for m in mod.imports:
+        for m in self._imported_modules():
             if m.kind == "cuda":
                 return m.inspect_source(fmt)
         raise ArtifactError("this artifact holds no device module (it is a CPU build)")
@@ -94,7 +95,7 @@ class CompiledModel:
 
     def _virtual_machine(self) -> relax.VirtualMachine:
         if self._vm is None:
-            if self.target["kind"] == "cuda" and not tvm.cuda().exist:
+            if self.target["kind"] == "cuda" and not cuda_available():
                 raise ArtifactError(
                     "this artifact was built for CUDA but no CUDA device is available here; "
                     "run it on a machine with an NVIDIA GPU, or compile with --target llvm"
@@ -159,6 +160,14 @@ class CompiledModel:
         return dest
 
 
+def cuda_available() -> bool:
+    """Whether a CUDA device can run kernels here (driver loaded and a GPU present)."""
+    try:
+        return bool(tvm.cuda().exist)
+    except Exception:  # noqa: BLE001 - no CUDA runtime in this TVM build, or no driver
+        return False
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
     if not dest.exists():
         os.replace(new, dest)
@@ -202,7 +211,7 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
     return CompiledModel(module, manifest, library_path=str(lib))
 
 
-def make_manifest(*, inputs: list[dict], outputs: list[dict], target: dict, tvm_target: str,
+def make_manifest(*, inputs: list[dict], outputs: list[dict], target: dict, tvm_target: dict | str,
                   passes: list[str], source: str, sha256: str, opset: int) -> dict:
     import onnx
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import onnx_ir as ir
 from tvm import relax
 from tvm import tirx as tir
@@ -50,9 +52,17 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     outputs = [{"name": name, "shape": _dims(s), "dtype": str(s.dtype)}
                for name, s in zip(lowered.output_names, func.ret_ty.fields)]
     manifest = make_manifest(inputs=inputs, outputs=outputs, target=spec.to_json(),
-                             tvm_target=str(spec.tvm_target()), passes=passes, source=source,
+                             tvm_target=_target_json(spec), passes=passes, source=source,
                              sha256=sha256, opset=model.opset_imports.get("", 0))
     return CompiledModel(executable, manifest)
+
+
+def _target_json(spec: TargetSpec) -> dict | str:
+    text = str(spec.tvm_target())
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _dims(sinfo: relax.TensorType) -> list:

@@ -1,0 +1,59 @@
+"""Artifacts: save -> load_compiled -> run gives the compile-time results; the manifest is complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+
+import lepton_opt
+from tests.models import random_inputs, transformer_layer
+
+
+def test_save_load_run_round_trip(tmp_path):
+    model = transformer_layer(batch="N")
+    path = tmp_path / "layer.onnx"
+    onnx.save(model, path)
+    compiled = lepton_opt.compile(path)
+    feeds = random_inputs(model, seed=0, shapes={"N": 2})
+    expected = compiled.run(feeds)
+
+    saved = compiled.save(tmp_path / "layer.lepton")
+    loaded = lepton_opt.load_compiled(saved)
+    got = loaded.run(feeds)
+    assert list(got) == ["y"]
+    np.testing.assert_array_equal(got["y"], expected["y"])
+    assert lepton_opt.verify(loaded, path, feeds=feeds).ok
+
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest == loaded.manifest
+    assert manifest["format"] == "lepton-opt-artifact" and manifest["format_version"] == 1
+    assert manifest["inputs"] == [{"name": "x", "shape": ["N", 16, 64], "dtype": "float32"},
+                                  {"name": "attention_mask", "shape": ["N", 16], "dtype": "int64"}]
+    assert manifest["outputs"] == [{"name": "y", "shape": ["N", 16, 64], "dtype": "float32"}]
+    assert manifest["source"] == {"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                  "opset": 17}
+    assert manifest["target"]["kind"] == "llvm" and manifest["target"]["mcpu"]
+    assert manifest["tvm_target"]["kind"] == "llvm"
+
+    # A saved artifact can be saved again (copied), e.g. by a deployment pipeline.
+    again = lepton_opt.load_compiled(loaded.save(tmp_path / "copy.lepton"))
+    np.testing.assert_array_equal(again.run(feeds)["y"], expected["y"])
+
+
+def test_outputs_keep_graph_order_and_constant_outputs(tmp_path):
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [2], [1, 2])),
+             helper.make_node("Neg", ["x"], ["n"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("n", "c", "r")])
+    compiled = lepton_opt.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    out = compiled.run({"x": np.array([-1.0, 3.0], np.float32)})
+    assert list(out) == ["n", "c", "r"]
+    np.testing.assert_array_equal(out["n"], [1.0, -3.0])
+    np.testing.assert_array_equal(out["c"], [1.0, 2.0])
+    np.testing.assert_array_equal(out["r"], [0.0, 3.0])
