@@ -83,15 +83,13 @@ LSTM_CASES = {
     "forward": {},
     "reverse": {"direction": "reverse"},
     "bidirectional": {"direction": "bidirectional"},
-    "no_bias": {"bias": False},
     "initial_states": {"initial": True, "direction": "bidirectional"},
     "seq_lens": {"seq_lens": [4, 2, 1], "direction": "bidirectional"},
     "seq_lens_initial": {"seq_lens": [3, 4, 2], "initial": True, "direction": "reverse"},
     "peepholes": {"peepholes": True, "initial": True},
     "layout1": {"layout": 1, "initial": True, "direction": "bidirectional"},
-    "clip": {"clip": 0.5},
     "input_forget": {"input_forget": 1},
-    "only_Y_h": {"outputs": ("", "Y_h")},
+    "no_bias_clip_only_Y_h": {"bias": False, "clip": 0.5, "outputs": ("", "Y_h")},
     "weights_as_inputs": {"weights_as_inputs": True, "direction": "bidirectional", "peepholes": True,
                           "initial": True},
     "activations": {"activations": ["HardSigmoid", "LeakyRelu", "Softsign"],
@@ -153,6 +151,15 @@ def test_symbolic_sequence_length_asks_for_input_shape():
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"
     with pytest.raises(ShapeError, match="--input-shape X"):
         lepton_opt.compile(model)
+
+
+@pytest.mark.parametrize("op_type", ["LSTM", "GRU"])
+def test_symbolic_batch(op_type):
+    model, feeds = rnn_model(op_type, direction="bidirectional", initial=True, seq_lens=[4, 2, 3])
+    for vi in model.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        dims[0 if vi.name == "L" else 1].dim_param = "N"
+    compare(model, feeds)
 
 
 def test_torch_style_lstm_model():

@@ -114,7 +114,7 @@ class _Params:
         if known is not None and not known.is_symbolic:
             self.array = known.numeric()
         elif isinstance(expr, tvm.ir.Constant):
-            self.array = expr.data.numpy()
+            self.array = expr.value.numpy()
 
     def direction(self, d: int, lo: int | None = None, hi: int | None = None,
                   transpose: bool = False) -> relax.Expr:
@@ -198,7 +198,6 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
         if full_b is not None:
             xw = op.add(emit(xw, "xw"), full_b)
         xw = emit(xw, "xw")
-        steps = emit(op.split(xw, seq, axis=0), "steps") if seq > 1 else None
 
         if kind == "GRU":
             r_zr = R.direction(d, 0, 2 * H, transpose=True)
@@ -220,8 +219,8 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
 
         ys: list[relax.Expr] = [None] * seq
         for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
-            xt = relax.TupleGetItem(steps, t) if steps is not None else xw
-            xt = emit(op.reshape(xt, [batch, gates * H]), f"x{t}")
+            # (take with a constant index: one kernel for every step; a seq-way split is slow to build)
+            xt = emit(op.take(xw, relax.const(t, "int64"), axis=0), f"x{t}")
             if kind == "LSTM":
                 g = emit(op.add(xt, op.matmul(h, r_all)), f"g{t}")
                 gi, go, gf, gc = _split(emit, g, 4, f"g{t}")
@@ -273,9 +272,11 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
     results: list[relax.Expr | None] = [None] * len(outputs)
     if wanted[0]:
         # [seq, num_dir, batch, H]
-        per_step = [_stack(emit, [ys_all[d][t] for d in range(num_dir)], 0, f"y{t}")
-                    for t in range(seq)]
-        y = _stack(emit, per_step, 0, "Y")
+        # Each direction's steps concatenated on axis 0 ([seq * batch, H]) and reshaped: no
+        # per-step expand_dims, which make the fused concat kernel slow to schedule.
+        per_dir = [emit(op.reshape(emit(op.concat(ys_all[d], axis=0), "Y") if seq > 1 else ys_all[d][0],
+                                   [seq, 1, batch, H]), "Y") for d in range(num_dir)]
+        y = emit(op.concat(per_dir, axis=1), "Y") if num_dir > 1 else per_dir[0]
         results[0] = op.permute_dims(y, [2, 0, 1, 3]) if layout else y
     for k, finals in ((1, hs_last), (2, cs_last)):
         if k < len(outputs) and wanted[k]:
