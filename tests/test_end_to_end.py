@@ -66,3 +66,42 @@ def test_bundled_example_compiles_and_matches(tmp_path):
     report = lepton_opt.verify(compiled, str(path), seed=0)
     assert report.ok, report
     assert path.read_bytes() == before  # the user's model is never modified
+
+
+def _torch_expand_model():
+    """``cls.expand(x.size(0), -1, -1)`` as torch exports it with a dynamic batch:
+    ``Where(Equal(shape, -1), ones, shape)`` feeding Expand, then Concat with the tokens."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    init = [numpy_helper.from_array(rng.standard_normal((1, 1, 8)).astype(np.float32), "cls"),
+            numpy_helper.from_array(np.array(0, np.int64), "zero"),
+            numpy_helper.from_array(np.array([0], np.int64), "axes0"),
+            numpy_helper.from_array(np.array([-1, -1], np.int64), "minus_ones"),
+            numpy_helper.from_array(np.array([-1], np.int64), "flat"),
+            numpy_helper.from_array(np.array(-1, np.int64), "neg")]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus_ones"], ["target"], axis=0),
+        helper.make_node("Reshape", ["target", "flat"], ["target_flat"]),
+        helper.make_node("Shape", ["target_flat"], ["target_len"]),
+        helper.make_node("ConstantOfShape", ["target_len"], ["ones"],
+                         value=numpy_helper.from_array(np.array([1], np.int64))),
+        helper.make_node("Mul", ["ones", "neg"], ["neg_ones"]),
+        helper.make_node("Equal", ["target_flat", "neg_ones"], ["is_neg"]),
+        helper.make_node("Where", ["is_neg", "ones", "target_flat"], ["expand_shape"]),
+        helper.make_node("Expand", ["cls", "expand_shape"], ["cls_b"]),
+        helper.make_node("Concat", ["cls_b", "x"], ["y"], axis=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_torch_expand_pattern_with_dynamic_batch():
+    model = _torch_expand_model()
+    compiled = lepton_opt.compile(model)
+    for batch in (1, 4):
+        _assert_matches(compiled, model, random_inputs(model, seed=batch, shapes={"N": batch}))

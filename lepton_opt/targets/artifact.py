@@ -136,7 +136,7 @@ class CompiledModel:
                 elif symbols.setdefault(want, got) != got:
                     raise InputError(f"input {name!r} dimension {axis} ({want}) is {got}, but another input "
                                      f"gave {want}={symbols[want]}")
-            arrays.append(np.ascontiguousarray(array))
+            arrays.append(np.asarray(array, order="C"))  # ascontiguousarray would make 0-d 1-d
         return arrays
 
     # ------------------------------------------------------------------ saving / loading

@@ -318,9 +318,26 @@ def _equal(a, d, attrs, opset):
             out.append(p == q)
         elif _analyzer.can_prove_equal(p, q):
             out.append(True)
+        elif _provably_different(p, q):
+            out.append(False)
         else:
             raise _NotEvaluable
     return [(np.array(out, dtype=bool).reshape(x.shape), "bool")]
+
+
+def _provably_different(p, q) -> bool:
+    """``p != q`` given that every symbol is a dimension (>= 0): torch's Expand exports compare
+    the shape with -1 (``Where(Equal(shape, -1), 1, shape)``)."""
+    exprs = [x if isinstance(x, prim.Expr) else tir.const(int(x), "int64") for x in (p, q)]
+    symbols = {v.name: v for e in exprs for v in tir.analysis.undefined_vars(e)}
+    scopes = [_analyzer.constraint_scope(v >= 0) for v in symbols.values()]
+    for scope in scopes:
+        scope.__enter__()
+    try:
+        return bool(_analyzer.can_prove(exprs[0] != exprs[1]))
+    finally:
+        for scope in reversed(scopes):
+            scope.__exit__(None, None, None)
 
 
 @rule("Where")
