@@ -7,13 +7,25 @@ Public API::
     outputs = cm.run({"x": x})          # {output name: np.ndarray}, in graph order
     cm.save("model.lepton")
     cm = lepton_opt.load_compiled("model.lepton")
+
+    result = lepton_opt.optimize("model.onnx", "O2")   # a smaller, standard .onnx
+    onnx.save(result.model, "model.opt.onnx")
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lepton_opt.api import compile, inspect_model, load, load_compiled, verify  # noqa: A004
+from lepton_opt.api import (  # noqa: A004
+    OptimizeResult,
+    compile,
+    inspect_model,
+    load,
+    load_compiled,
+    optimize,
+    verify,
+)
 from lepton_opt.errors import LeptonError
 
-__all__ = ["LeptonError", "__version__", "compile", "inspect_model", "load", "load_compiled", "verify"]
+__all__ = ["LeptonError", "OptimizeResult", "__version__", "compile", "inspect_model", "load", "load_compiled",
+           "optimize", "verify"]

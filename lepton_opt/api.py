@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
 from lepton_opt.errors import LeptonError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
-from lepton_opt.passes.simplify import fold_constants
+from lepton_opt.passes.base import PassManager, PassRecord, PassSummary, Verifier, op_histogram
+from lepton_opt.passes.registry import DEFAULT_LEVEL, build_passes, pipeline_names
 
 
 def load(model: ModelSource, input_shapes: InputShapes | None = None) -> ir.Model:
@@ -22,15 +24,81 @@ def load(model: ModelSource, input_shapes: InputShapes | None = None) -> ir.Mode
     return load_model(model, input_shapes).model
 
 
+@dataclasses.dataclass
+class OptimizeResult:
+    """What :func:`optimize` did. ``model`` is an ``onnx.ModelProto``, or an ``ir.Model`` when an
+    ``ir.Model`` was given; ``table`` has one row per pass (rewrites, node and op changes, time)
+    and ``records`` every single pass run."""
+
+    ir_model: ir.Model
+    passes: list[str]
+    table: list[PassSummary]
+    records: list[PassRecord]
+    iterations: int
+    converged: bool
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    as_ir: bool = False
+
+    @functools.cached_property
+    def model(self) -> onnx.ModelProto | ir.Model:
+        return self.ir_model if self.as_ir else ir.serde.serialize_model(self.ir_model)
+
+    @property
+    def nodes_before(self) -> int:
+        return sum(self.ops_before.values())
+
+    @property
+    def nodes_after(self) -> int:
+        return sum(self.ops_after.values())
+
+
+def optimize(
+    model: ModelSource,
+    level: str = DEFAULT_LEVEL,
+    *,
+    passes: Sequence[str] | str | None = None,
+    input_shapes: InputShapes | None = None,
+    verify_each: bool = False,
+    seed: int = 0,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    max_iterations: int | None = None,
+) -> OptimizeResult:
+    """Run the ``level`` pipeline ("O0".."O3") or the named ``passes`` to a fixed point.
+
+    The given model is never modified. ``input_shapes`` fixes dynamic dims first (which lets
+    shape computations fold). With ``verify_each``, onnxruntime runs the model on inputs seeded
+    by ``seed`` before the first pass and after every pass that changed it, and
+    ``VerificationError`` names the first pass that moved an output beyond ``atol``/``rtol``.
+    """
+    names = pipeline_names(level, passes)
+    loaded = load_model(model, input_shapes)
+    as_ir = isinstance(model, ir.Model)
+    ir_model = loaded.model
+    ops_before = dict(op_histogram(ir_model))
+    verifier = Verifier(ir_model, seed=seed, atol=atol, rtol=rtol) if verify_each else None
+    manager_options = {} if max_iterations is None else {"max_iterations": max_iterations}
+    result = PassManager(build_passes(names), verifier=verifier, **manager_options)(ir_model)
+    return OptimizeResult(result.model, names, result.summary(), result.records, result.iterations,
+                          result.converged, ops_before, dict(op_histogram(result.model)), as_ir)
+
+
 def _prepare(model: ModelSource, input_shapes: InputShapes | None) -> tuple[LoadedModel, list[str]]:
     loaded = load_model(model, input_shapes)
+    names = pipeline_names(COMPILE_LEVEL)
     try:
-        passes = fold_constants(loaded.model)
+        PassManager(build_passes(names))(loaded.model)
     except Exception:
-        # Folding is an optimization; if onnxscript's folder trips over this model, lower the
-        # model as it is (reloaded, since the folder may have stopped half-way).
-        loaded, passes = load_model(model, input_shapes), []
-    return loaded, passes
+        # The passes are optimizations; if one trips over this model (a library folder meeting
+        # an op it does not know), lower the model as it is, reloaded since the passes may have
+        # stopped half-way.
+        loaded, names = load_model(model, input_shapes), []
+    return loaded, names
+
+
+# The pipeline run before lowering: simplification and fusions, without O3's size trade-offs.
+COMPILE_LEVEL = "O2"
 
 
 def compile(  # noqa: A001 - the public name the product promises
@@ -105,10 +173,7 @@ def inspect_model(model: ModelSource, input_shapes: InputShapes | None = None) -
 
     loaded = load_model(model, input_shapes)
     graph = loaded.model.graph
-    histogram = collections.Counter(
-        (f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type)
-        for n in ir.traversal.RecursiveGraphIterator(graph)
-    )
+    histogram = op_histogram(loaded.model)
     params = sum(int(np.prod(v.shape.numpy())) for v in graph.initializers.values()
                  if v.shape is not None and v.shape.is_static())
     return ModelSummary(
@@ -130,4 +195,5 @@ def _value_info(value: ir.Value) -> dict:
     return {"name": value.name, "dtype": value.dtype.name if value.dtype is not None else "?", "shape": shape}
 
 
-__all__ = ["LeptonError", "compile", "inspect_model", "load", "load_compiled", "verify"]
+__all__ = ["LeptonError", "OptimizeResult", "compile", "inspect_model", "load", "load_compiled", "optimize",
+           "verify"]

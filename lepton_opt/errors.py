@@ -43,3 +43,7 @@ class VerificationError(LeptonError):
     """Compiled outputs differ from onnxruntime beyond tolerance (CLI exit code 1)."""
 
     exit_code = 1
+
+
+class OptionError(LeptonError):
+    """An option names something that does not exist: an unknown pass or optimization level."""
