@@ -116,6 +116,79 @@ def _describe_target(target: dict) -> str:
     return f"llvm ({target.get('mcpu', 'generic')})"
 
 
+@main.command("optimize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Optimized model to write [default: MODEL name with .opt.onnx].")
+@click.option("-O", "level", type=click.Choice(["0", "1", "2", "3"]), default="2", show_default=True,
+              help="Pipeline: -O0 nothing, -O1 simplification, -O2 + fusions, -O3 + size trade-offs.")
+@click.option("--passes", metavar="A,B,...",
+              help="Run exactly these passes (comma-separated, to a fixed point) instead of a -O level.")
+@input_shape_option
+@click.option("--verify-each", is_flag=True,
+              help="Run onnxruntime after every pass on seeded inputs; exit 1 naming the first pass that "
+                   "moves an output beyond tolerance.")
+@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance for --verify-each.")
+@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for --verify-each.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --verify-each inputs.")
+@_handle_errors
+def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, rtol, seed):
+    """Optimize MODEL (.onnx) into a standard, smaller ONNX model that onnxruntime runs as before."""
+    import lepton_opt
+
+    output = output or Path(model.name.removesuffix(".onnx") + ".opt.onnx")
+    if output.exists() and output.is_dir():
+        raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
+    if model.exists() and output.exists() and output.resolve() == model.resolve():
+        raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    start = time.perf_counter()
+    with err.status(f"optimizing {model.name}…"):
+        result = lepton_opt.optimize(model, f"O{level}", passes=passes, input_shapes=_input_shapes(input_shapes),
+                                     verify_each=verify_each, seed=seed, atol=atol, rtol=rtol)
+        _save_model_atomically(result.ir_model, output)
+    elapsed = time.perf_counter() - start
+    table = Table(title=f"{model.name}: {result.nodes_before} -> {result.nodes_after} nodes "
+                        f"({result.iterations} round{'s' if result.iterations != 1 else ''}"
+                        f"{'' if result.converged else ', stopped at the cap'})")
+    for col, justify in (("pass", "left"), ("runs", "right"), ("rewrites", "right"), ("nodes +/-", "right"),
+                         ("ops changed", "left"), ("ms", "right")):
+        table.add_column(col, justify=justify)
+    for row in result.table:
+        changed = ", ".join(f"{op} {d:+d}" for op, d in sorted(row.op_delta.items(), key=lambda kv: kv[1]))
+        table.add_row(row.name, str(row.runs), str(row.rewrites), f"{row.node_delta:+d}" if row.node_delta else "0",
+                      changed or "-", f"{row.seconds * 1e3:.0f}")
+    out.print(table)
+    checked = " (every pass verified against onnxruntime)" if verify_each else ""
+    out.print(f"optimized [bold]{model}[/] -> [bold]{output}[/] in {elapsed:.1f} s{checked}", highlight=False,
+              soft_wrap=True)
+
+
+def _save_model_atomically(model, output: Path) -> None:
+    """Write ``model`` to ``output`` through a temporary file in the same directory and a rename,
+    so an error never leaves a half-written file. Models too large for one protobuf (2 GB) keep
+    their weights in ``OUTPUT.data`` beside it."""
+    import onnx_ir as ir
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        if weights < _SINGLE_FILE_LIMIT:
+            ir.save(model, tmp / output.name)
+        else:
+            ir.save(model, tmp / output.name, external_data=output.name + ".data")
+        for f in tmp.iterdir():
+            if f.name != output.name:
+                os.replace(f, output.parent / f.name)
+        os.replace(tmp / output.name, output)  # the model last: it is what users look for
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Protobuf cannot hold 2 GB; keep a margin for the graph itself.
+_SINGLE_FILE_LIMIT = 1_800_000_000
+
+
 @main.command("run")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",
