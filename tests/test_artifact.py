@@ -57,3 +57,22 @@ def test_outputs_keep_graph_order_and_constant_outputs(tmp_path):
     np.testing.assert_array_equal(out["n"], [1.0, -3.0])
     np.testing.assert_array_equal(out["c"], [1.0, 2.0])
     np.testing.assert_array_equal(out["r"], [0.0, 3.0])
+
+
+def test_an_input_that_is_also_an_output_keeps_its_name():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = lepton_opt.compile(model)
+    assert [i["name"] for i in compiled.inputs] == ["x"]
+    out = compiled.run({"x": np.array([1.0, -2.0], np.float32)})
+    assert list(out) == ["y", "x"]
+    np.testing.assert_array_equal(out["x"], [1.0, -2.0])
+    optimized = lepton_opt.optimize(model).model
+    assert [i.name for i in optimized.graph.input] == ["x"]
+    assert [o.name for o in optimized.graph.output] == ["y", "x"]
+    onnx.checker.check_model(optimized)

@@ -222,6 +222,30 @@ def _quiet_library_loggers():
             lg.setLevel(level)
 
 
+def restore_input_names(model: ir.Model, names: Sequence[str]) -> None:
+    """Give graph inputs back the names users feed them by.
+
+    onnxscript's optimizer renames an input that is also a graph output (``x`` -> ``x_orig``,
+    plus ``Identity(x_orig) -> x``) so that it can keep the output's name. The model's interface
+    is its input names: undo that, making the input itself the graph output again.
+    """
+    graph = model.graph
+    for value, name in zip(graph.inputs, names):
+        if value.name == name:
+            continue
+        for use in list(value.uses()):
+            node = use.node
+            if (node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.graph is graph
+                    and node.outputs[0].name == name and node.outputs[0].is_graph_output()
+                    and not node.outputs[0].uses()):
+                output = node.outputs[0]
+                for i, out in enumerate(graph.outputs):
+                    if out is output:
+                        graph.outputs[i] = value
+                graph.remove(node, safe=True)
+        value.name = name
+
+
 class PassManager(ir.passes.InPlacePass):
     """Runs ``passes`` in order, round after round, until a round changes nothing.
 
@@ -243,6 +267,7 @@ class PassManager(ir.passes.InPlacePass):
         records: list[PassRecord] = []
         modified = False
         converged = not self.passes
+        input_names = [v.name for v in model.graph.inputs]
         iteration = 0
         while self.passes and iteration < self.max_iterations and not converged:
             iteration += 1
@@ -261,6 +286,7 @@ class PassManager(ir.passes.InPlacePass):
                                           dict(op_histogram(model)), seconds))
                 if result.modified:
                     changed = modified = True
+                    restore_input_names(model, input_names)
                     if self.verifier is not None:
                         self.verifier.check(model, name)
             converged = not changed
