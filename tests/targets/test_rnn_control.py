@@ -200,6 +200,34 @@ def test_torch_style_lstm_model():
     compare(model, {"x": rng.standard_normal((seq, batch, feat)).astype(np.float32)})
 
 
+def test_torch_exported_lstm_with_dynamic_batch():
+    """torch.onnx.export of a 2-layer bidirectional batch-first LSTM with a dynamic batch axis."""
+    torch = pytest.importorskip("torch")
+    import io
+    import warnings
+
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(8, 12, num_layers=2, bidirectional=True, batch_first=True)
+            self.fc = torch.nn.Linear(24, 5)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    x = torch.randn(2, 5, 8)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Model().eval(), (x,), buffer, input_names=["x"], output_names=["y"], dynamo=False,
+                          dynamic_axes={"x": {0: "batch"}})
+    model = onnx.load_from_string(buffer.getvalue())
+    assert "LSTM" in {n.op_type for n in model.graph.node}
+    compare(model, {"x": x.numpy()})
+
+
 # ---------------------------------------------------------------- If
 
 def _branch(name, op_type, value_name):
@@ -242,11 +270,7 @@ def test_if_constant_condition_lowers_one_branch():
     compare(model, {"x": x})
 
 
-@pytest.mark.parametrize("cond_shape", [
-    (1,),
-    pytest.param((), marks=pytest.mark.xfail(
-        reason="CompiledModel.run passes 0-d inputs through np.ascontiguousarray, which makes them 1-d")),
-])
+@pytest.mark.parametrize("cond_shape", [(), (1,)])
 @pytest.mark.parametrize("value", [True, False])
 def test_if_runtime_condition(value, cond_shape):
     model = if_model(cond_input=True, cond_shape=cond_shape)
@@ -256,6 +280,25 @@ def test_if_runtime_condition(value, cond_shape):
     feeds = {"x": x, "cond": np.full(cond_shape, value)}
     expected = ort_run(model, feeds)
     np.testing.assert_allclose(compiled.run(feeds)["z"], expected["z"], atol=1e-6)
+
+
+def test_nested_if():
+    """A run-time If inside the taken branch of a constant If."""
+    inner = helper.make_node("If", ["cond"], ["inner_y"], name="inner_if",
+                             then_branch=_branch("then", "Sigmoid", "t_out"),
+                             else_branch=_branch("else", "Tanh", "e_out"))
+    outer_then = helper.make_graph([inner], "outer_then", [], [helper.make_tensor_value_info("inner_y", F, [2, 3])])
+    outer_else = _branch("outer_else", "Relu", "r_out")
+    nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(True))),
+             helper.make_node("If", ["k"], ["y"], name="outer_if", then_branch=outer_then, else_branch=outer_else)]
+    graph = helper.make_graph(nodes, "nested", [helper.make_tensor_value_info("x", F, [2, 3]),
+                                                helper.make_tensor_value_info("cond", B, [1])],
+                              [helper.make_tensor_value_info("y", F, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert "R.nn.relu" not in compiled_text(model)
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    for value in (True, False):
+        compare(model, {"x": x, "cond": np.array([value])})
 
 
 def test_if_runtime_condition_with_different_shapes_is_reported():

@@ -7,6 +7,8 @@ sequence length must therefore be known at compile time (the batch may stay symb
 ``sequence_lens`` is honoured by masking: at step ``t`` a batch entry with ``len <= t`` keeps
 its state and writes zeros to ``Y``. Running the reverse direction from the last step down to 0
 with the same mask starts each entry at its own last valid step, as the spec requires.
+
+``output_sequence`` (opset 1) needs no handling: ``Y`` is computed only when it is used.
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
 
 def LSTM(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None, *,
          activation_alpha=None, activation_beta=None, activations=None, clip=None, direction="forward",
-         hidden_size=None, input_forget=0, layout=0):
+         hidden_size=None, input_forget=0, layout=0, output_sequence=0):
     return _unroll(ctx, "LSTM", x, w, r, b, sequence_lens, initial_h, initial_c, p,
                    activations=activations, activation_alpha=activation_alpha,
                    activation_beta=activation_beta, clip=clip, direction=direction,
@@ -296,7 +298,7 @@ def LSTM(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=Non
 
 def GRU(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
         activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-        layout=0, linear_before_reset=0):
+        layout=0, linear_before_reset=0, output_sequence=0):
     return _unroll(ctx, "GRU", x, w, r, b, sequence_lens, initial_h, None, None,
                    activations=activations, activation_alpha=activation_alpha,
                    activation_beta=activation_beta, clip=clip, direction=direction,
@@ -305,7 +307,7 @@ def GRU(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_
 
 def RNN(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
         activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
-        layout=0):
+        layout=0, output_sequence=0):
     return _unroll(ctx, "RNN", x, w, r, b, sequence_lens, initial_h, None, None,
                    activations=activations, activation_alpha=activation_alpha,
                    activation_beta=activation_beta, clip=clip, direction=direction,
