@@ -229,6 +229,10 @@ class RemoveDeadNodes(Pass):
         before = _size(model)
         common_passes.RemoveUnusedNodesPass()(model)
         common_passes.RemoveUnusedFunctionsPass()(model)
+        for graph in model.graphs():  # the library pass leaves unused subgraph initializers
+            for name, value in list(graph.initializers.items()):
+                if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                    graph.initializers.pop(name)
         removed = before - _size(model)
         return PassResult(model, removed > 0, removed)
 

@@ -20,8 +20,9 @@ def parse(text: str, initializers=()) -> onnx.ModelProto:
     return model
 
 
-def ops(model: onnx.ModelProto) -> collections.Counter:
-    return collections.Counter(n.op_type for n in model.graph.node)
+def ops(model: onnx.ModelProto | onnx.GraphProto) -> collections.Counter:
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
+    return collections.Counter(n.op_type for n in graph.node)
 
 
 def run_passes(model: onnx.ModelProto, *names: str, input_shapes=None, verify_each: bool = True):

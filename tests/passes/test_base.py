@@ -174,3 +174,25 @@ def test_verify_each_needs_a_model_onnxruntime_runs():
     with pytest.raises(LeptonError, match="verify-each needs onnxruntime to run the input model"):
         lepton_opt.optimize(model, verify_each=True)
     assert lepton_opt.optimize(model).ops_after == {"custom.domain.Unknown": 1}
+
+
+class Explodes(Pass):
+    """Test-only: a pass that trips over the model."""
+
+    name = "explodes"
+
+    def call(self, model):
+        raise RuntimeError("boom")
+
+
+def test_compile_prepares_with_the_o2_pipeline_and_falls_back_without_it(monkeypatch):
+    from lepton_opt import api
+
+    loaded, names = api._prepare(transformer_layer(), None)
+    assert names == list(registry.PIPELINES[api.COMPILE_LEVEL]) and "fold-constants" in names
+    assert "Shape" not in {n.op_type for n in loaded.model.graph}
+    monkeypatch.setitem(registry.PASSES, Explodes.name, Explodes)
+    monkeypatch.setitem(registry.PIPELINES, api.COMPILE_LEVEL, ("fold-shapes", "explodes"))
+    loaded, names = api._prepare(transformer_layer(), None)
+    assert names == []  # the manifest must not claim passes whose work was thrown away
+    assert sum(1 for n in loaded.model.graph if n.op_type == "Shape") == 8

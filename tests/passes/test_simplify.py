@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
+from lepton_opt.passes.registry import SIMPLIFICATION
+from tests.models import ort_run
 from tests.passes.common import assert_same_outputs, ops, parse, run_passes
 
 HEADER = '<ir_version: 9, opset_import: ["" : 18]>'
@@ -286,3 +288,38 @@ def test_dedup_initializers():
     assert sorted(i.name for i in after.graph.initializer) == ["a", "c"]
     assert result.table[0].rewrites == 1
     assert_same_outputs(model, after, atol=0)
+
+
+def test_passes_reach_into_subgraphs():
+    model = parse(f"""{HEADER}
+    g (bool cond, float[2,3] x) => (float[2,3] y, float[2,3] z) {{
+        y = If (cond) <then_branch = g1 () => (float[2,3] a) {{
+                s = Shape(x)
+                r = Reshape(x, s)
+                a = Relu(r)
+            }}, else_branch = g2 () => (float[2,3] b) {{
+                t1 = Transpose <perm = [1, 0]> (x)
+                t2 = Transpose <perm = [1, 0]> (t1)
+                b = Neg(t2)
+            }}>
+        n = Constant <value = int64 {{3}}> ()
+        c = Constant <value = bool {{1}}> ()
+        z = Loop (n, c, x) <body = body (int64 i, bool cin, float[2,3] acc) => (bool cout, float[2,3] acc2) {{
+            zero = Constant <value = float {{0}}> ()
+            cout = Identity(cin)
+            p = Add(acc, zero)
+            acc2 = Add(p, x)
+        }}>
+    }}""")
+    after, _ = run_passes(model, *SIMPLIFICATION)
+    branches = {a.name: a.g for a in next(n for n in after.graph.node if n.op_type == "If").attribute}
+    assert ops(branches["then_branch"]) == {"Relu": 1}  # Shape folded, Reshape to itself removed
+    assert ops(branches["else_branch"]) == {"Neg": 1}  # Transpose pair cancelled
+    body = next(n for n in after.graph.node if n.op_type == "Loop").attribute[0].g
+    # Add of 0 removed and its now unused initializer with it; cin -> cout must stay an Identity
+    assert ops(body) == {"Identity": 1, "Add": 1} and not body.initializer
+    for cond in (True, False):
+        feeds = {"cond": np.array(cond), "x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+        expected, got = ort_run(model, feeds), ort_run(after, feeds)
+        for name in expected:
+            np.testing.assert_array_equal(got[name], expected[name])
