@@ -289,3 +289,51 @@ def test_shape_arithmetic_with_dynamic_batch_is_evaluated_at_compile_time():
     for n in (1, 5):
         x = np.arange(n * 6, dtype=np.float32).reshape(n, 6)
         np.testing.assert_array_equal(compiled.run({"x": x})["y"], x.reshape(n, 2, 3))
+
+
+def declared(model, **shapes):
+    """Declare static output shapes (what exporters and ONNX's own test models carry)."""
+    for out in model.graph.output:
+        if out.name in shapes:
+            out.CopyFrom(helper.make_tensor_value_info(out.name, out.type.tensor_type.elem_type, shapes[out.name]))
+    return model
+
+
+def test_shape_parameters_computed_at_run_time():
+    # Axes / repeats / shapes / split sizes fed as inputs: lowered against the declared output shape.
+    check(declared(node_model("Unsqueeze", [*X, ("a", I64, [2])], Y), y=[1, 2, 3, 4, 5, 1]),
+          feeds={"x": feeds_for(node_model("Abs", X, Y))["x"], "a": np.array([0, -1], np.int64)})
+    check(declared(node_model("Squeeze", [("x", F, [1, 3, 1]), ("a", I64, [1])], Y), y=[1, 3]),
+          feeds={"x": np.ones((1, 3, 1), np.float32), "a": np.array([2], np.int64)})
+    check(declared(node_model("Tile", [("x", F, [2, 3]), ("r", I64, [2])], Y), y=[4, 3]),
+          feeds={"x": np.arange(6, dtype=np.float32).reshape(2, 3), "r": np.array([2, 1], np.int64)})
+    check(declared(node_model("Expand", [("x", F, [3, 1]), ("s", I64, [3])], Y), y=[2, 3, 4]),
+          feeds={"x": np.arange(3, dtype=np.float32).reshape(3, 1), "s": np.array([2, 1, 4], np.int64)})
+    check(declared(node_model("Split", [("x", F, [5, 2]), ("s", I64, [3])], [("y0", F), ("y1", F), ("y2", F)]),
+                   y0=[2, 2], y1=[0, 2], y2=[3, 2]),
+          feeds={"x": np.arange(10, dtype=np.float32).reshape(5, 2), "s": np.array([2, 0, 3], np.int64)})
+    check(declared(node_model("OneHot", [("i", I64, [3]), ("d", I64, [1]), ("v", F, [2])], Y, {"axis": 0}),
+                   y=[4, 3]),
+          feeds={"i": np.array([0, 3, -1], np.int64), "d": np.array([4], np.int64),
+                 "v": np.array([-1.0, 2.0], np.float32)})
+
+
+def test_slice_and_cumsum_parameters_computed_at_run_time():
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    slice_inputs = [("x", F, [4, 6]), ("s", I64, [2]), ("e", I64, [2]), ("a", I64, [2]), ("t", I64, [2])]
+    check(node_model("Slice", slice_inputs, Y),
+          feeds={"x": x, "s": np.array([1, -1], np.int64), "e": np.array([100, 0], np.int64),
+                 "a": np.array([0, 1], np.int64), "t": np.array([2, -2], np.int64)})
+    for axis in (0, -1):
+        check(node_model("CumSum", [("x", F, [4, 6]), ("a", I64, [1])], Y, {"exclusive": 1}),
+              feeds={"x": x, "a": np.array([axis], np.int64)})
+
+
+def test_range_bounds_computed_at_run_time():
+    nodes = [helper.make_node("Squeeze", [n], [f"{n}0"]) for n in "abc"]
+    nodes.append(helper.make_node("Range", ["a0", "b0", "c0"], ["y"]))
+    graph = helper.make_graph(nodes, "range", [helper.make_tensor_value_info(n, F, [1]) for n in "abc"],
+                              [helper.make_tensor_value_info("y", F, [4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    check(model, feeds={"a": np.array([1.5], np.float32), "b": np.array([-5.0], np.float32),
+                        "c": np.array([-1.75], np.float32)})

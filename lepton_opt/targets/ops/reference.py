@@ -51,3 +51,9 @@ def reference_converters(exclude: set[str]) -> dict[str, Converter]:
     skip = {"If", "Loop", "Scan"} | {op for op in onnx_frontend._get_convert_map() if "Sequence" in op or "Optional" in op}  # noqa: SLF001
     return {op: _reference(cls) for op, cls in onnx_frontend._get_convert_map().items()  # noqa: SLF001
             if op not in exclude and op not in skip}
+
+
+def reference_for(op_type: str) -> Converter | None:
+    """TVM's converter for one op type (for our converters' run-time-parameter fallbacks)."""
+    cls = onnx_frontend._get_convert_map().get(op_type)  # noqa: SLF001
+    return None if cls is None else _reference(cls)

@@ -30,6 +30,44 @@ def _axes_from(ctx, index: int, attr_axes, since_opset: int):
     return None if axes is None else [int(a) for a in axes.reshape(-1)]
 
 
+def _runtime(ctx, index: int) -> bool:
+    """Input ``index`` is present but its value is only known at run time.
+
+    A value known symbolically (computed from dynamic input dims) is not "run time": the
+    converters handle it as symbolic shapes, or name the input dims to fix.
+    """
+    return (index < len(ctx.node.inputs) and ctx.node.inputs[index] is not None
+            and ctx.known(index) is None)
+
+
+def _declared_shape(ctx, index: int = 0) -> list[int] | None:
+    """The static shape the model declares for output ``index``, or ``None``.
+
+    Ops whose output shape depends on a tensor computed at run time (Unsqueeze axes, Tile
+    repeats, OneHot depth, Range bounds, ...) are lowered against this declared shape.
+    """
+    if index >= len(ctx.node.outputs):
+        return None
+    shape = ctx.node.outputs[index].shape
+    if shape is None:
+        return None
+    dims = list(shape)
+    return dims if all(isinstance(d, int) for d in dims) else None
+
+
+def _need_declared(ctx, what: str, index: int = 0) -> list[int]:
+    dims = _declared_shape(ctx, index)
+    if dims is None:
+        raise LoweringError(f"{what} is computed at run time and the output shape is not declared; "
+                            "make it a constant (e.g. fold the model with fixed input shapes)")
+    return dims
+
+
+def _scalar_of(x: relax.Expr) -> relax.Expr:
+    """A 0-d view of a one-element tensor."""
+    return op.reshape(x, []) if shape_of(x) != [] else x
+
+
 def Identity(ctx, x):
     return x
 
@@ -67,7 +105,10 @@ def Split(ctx, x, split_in=None, *, axis=0, num_outputs=None, **attrs):
     dims = shape_of(x)
     axis = _norm_axis(axis, len(dims))
     n_out = len(ctx.node.outputs)
-    sizes = attrs.get("split") if ctx.opset < 13 else ctx.static(1, "Split's split")
+    if ctx.opset >= 13 and _runtime(ctx, 1):
+        sizes = [_need_declared(ctx, "Split's split", i)[axis] for i in range(n_out)]
+    else:
+        sizes = attrs.get("split") if ctx.opset < 13 else ctx.static(1, "Split's split")
     if sizes is None:
         total = dims[axis]
         if not isinstance(total, int):
@@ -75,6 +116,9 @@ def Split(ctx, x, split_in=None, *, axis=0, num_outputs=None, **attrs):
         chunk = -(-total // n_out)
         sizes = [min(chunk, total - i * chunk) for i in range(n_out)]
     sizes = [int(s) for s in np.asarray(sizes).reshape(-1)]
+    if 0 in sizes:  # Relax's split wants strictly increasing indices: slice each part instead
+        starts = [0, *np.cumsum(sizes)[:-1].tolist()]
+        return [op.strided_slice(x, [axis], [int(b)], [int(b) + s]) for b, s in zip(starts, sizes)]
     indices = list(np.cumsum(sizes)[:-1])
     return _as_list(ctx, op.split(x, [int(i) for i in indices], axis=axis), n_out)
 
@@ -90,6 +134,8 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
     if ctx.opset < 10:
         starts, ends = attrs["starts"], attrs["ends"]
         axes_v, steps_v = attrs.get("axes"), None
+    elif any(_runtime(ctx, i) for i in range(1, 5)):
+        return _reference_or_declared(ctx, x, "Slice", "Slice's starts/ends/axes/steps")
     else:
         starts, ends = ctx.static(1, "Slice's starts"), ctx.static(2, "Slice's ends")
         axes_v, steps_v = ctx.static(3, "Slice's axes"), ctx.static(4, "Slice's steps")
@@ -113,6 +159,17 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
         end.append(e)
         stride.append(st)
     return op.strided_slice(x, axes_v, begin, end, stride)
+
+
+def _reference_or_declared(ctx, x, op_type, what):
+    from lepton_opt.targets.ops.reference import reference_for
+
+    inputs = [None if v is None else ctx.lowerer.expr(v) for v in ctx.node.inputs]
+    out = ctx.emit(reference_for(op_type)(ctx, *inputs))
+    dims = _declared_shape(ctx)
+    if dims is not None and out.ty.ndim in (-1, len(dims)):
+        out = ctx.bb.match_cast(out, relax.TensorType(dims, dtype_of(out)))
+    return out
 
 
 def _wrap_indices(ctx, indices, dim, index_input: int):
@@ -160,6 +217,8 @@ def ScatterND(ctx, x, indices, updates, *, reduction="none"):
 
 def Squeeze(ctx, x, axes_in=None, **attrs):
     dims = shape_of(x)
+    if ctx.opset >= 13 and _runtime(ctx, 1):
+        return op.reshape(x, _need_declared(ctx, "Squeeze's axes"))
     axes = _axes_from(ctx, 1, attrs.get("axes"), 13)
     if axes is None:
         axes = [i for i, d in enumerate(dims) if isinstance(d, int) and d == 1]
@@ -167,6 +226,8 @@ def Squeeze(ctx, x, axes_in=None, **attrs):
 
 
 def Unsqueeze(ctx, x, axes_in=None, **attrs):
+    if ctx.opset >= 13 and _runtime(ctx, 1):
+        return op.reshape(x, _need_declared(ctx, "Unsqueeze's axes"))
     axes = _axes_from(ctx, 1, attrs.get("axes"), 13)
     rank = len(shape_of(x)) + len(axes)
     out = x
@@ -191,11 +252,19 @@ def _broadcast_dims(a: list, b: list) -> list:
 
 
 def Expand(ctx, x, shape):
+    if _runtime(ctx, 1):
+        return op.broadcast_to(x, _need_declared(ctx, "Expand's shape"))
     target = ctx.sym_shape(1, "Expand's shape")
     return op.broadcast_to(x, _broadcast_dims(shape_of(x), target))
 
 
 def Tile(ctx, x, repeats):
+    if _runtime(ctx, 1):
+        out = _need_declared(ctx, "Tile's repeats")
+        dims = shape_of(x)
+        if not all(isinstance(d, int) for d in dims):
+            raise LoweringError("Tile with run-time repeats needs static input dimensions")
+        return op.tile(x, [o // d if d else 1 for o, d in zip(out, dims)])
     reps = ctx.static(1, "Tile's repeats")
     return op.tile(x, [int(r) for r in reps.reshape(-1)])
 
@@ -244,6 +313,11 @@ def ConstantOfShape(ctx, shape, *, value=None):
 
 
 def Range(ctx, start, limit, delta):
+    if any(_runtime(ctx, i) for i in range(3)):
+        (count,) = _need_declared(ctx, "Range's bounds")
+        dtype = dtype_of(start)
+        steps = op.arange(0, count, 1, dtype)
+        return op.add(op.multiply(steps, _scalar_of(delta)), _scalar_of(start))
     values = [ctx.static(i, "Range's bounds") for i in range(3)]
     a, b, c = (v.reshape(-1)[0].item() for v in values)
     return relax.const(np.arange(a, b, c, dtype=values[0].dtype), dtype_of(start))
@@ -298,7 +372,20 @@ def _arg_reduce(fn):
 
 def CumSum(ctx, x, axis, *, exclusive=0, reverse=0):
     dims = shape_of(x)
+    if _runtime(ctx, 1):
+        # The axis arrives at run time: compute along every axis and select.
+        a = ctx.emit(_scalar_of(axis))
+        a = ctx.emit(op.where(op.less(a, scalar(a, 0)), op.add(a, scalar(a, len(dims))), a))
+        out = None
+        for k in reversed(range(len(dims))):
+            along = ctx.emit(_cumsum(ctx, x, k, exclusive, reverse))
+            out = along if out is None else op.where(op.equal(a, scalar(a, k)), along, out)
+        return out
     ax = _norm_axis(int(ctx.static(1, "CumSum's axis").reshape(-1)[0]), len(dims))
+    return _cumsum(ctx, x, ax, exclusive, reverse)
+
+
+def _cumsum(ctx, x, ax, exclusive, reverse):
     if reverse:
         x = ctx.emit(op.flip(x, ax))
     out = op.cumsum(x, axis=ax, exclusive=bool(exclusive))
@@ -318,12 +405,24 @@ def Trilu(ctx, x, k=None, *, upper=1):
 
 
 def OneHot(ctx, indices, depth, values, *, axis=-1):
-    depth_v = int(ctx.static(1, "OneHot's depth").reshape(-1)[0])
-    vals = ctx.static(2, "OneHot's values").reshape(-1)
+    axis = _norm_axis(axis, len(shape_of(indices)) + 1)
+    if _runtime(ctx, 1):
+        out_dims = _need_declared(ctx, "OneHot's depth")
+        depth_v = out_dims[axis]
+    else:
+        depth_v = int(ctx.static(1, "OneHot's depth").reshape(-1)[0])
     dtype = dtype_of(values)
-    idx = op.where(op.less(indices, scalar(indices, 0)), op.add(indices, scalar(indices, depth_v)), indices)
     if not dtype_of(indices).startswith("int"):
-        idx = op.astype(idx, "int64")
+        indices = ctx.emit(op.astype(indices, "int64"))
+    idx = op.where(op.less(indices, scalar(indices, 0)), op.add(indices, scalar(indices, depth_v)), indices)
+    if _runtime(ctx, 2) or dtype not in ("float32", "float64", "int32", "int64", "int8", "uint8"):
+        # On/off values chosen at run time: a 0/1 mask selects between them.
+        mask = op.one_hot(idx, relax.prim_value(tir.const(1, "int32")), relax.prim_value(tir.const(0, "int32")),
+                          depth_v, axis=axis)
+        off = op.take(values, relax.const(0, "int64"), axis=0)
+        on = op.take(values, relax.const(1, "int64"), axis=0)
+        return op.where(op.equal(ctx.emit(mask), relax.const(1, "int32")), on, off)
+    vals = ctx.static(2, "OneHot's values").reshape(-1)
     return op.one_hot(idx, relax.prim_value(tir.const(vals[1].item(), dtype)),
                       relax.prim_value(tir.const(vals[0].item(), dtype)), depth_v, axis=axis)
 
