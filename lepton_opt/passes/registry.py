@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from lepton_opt.errors import OptionError
 from lepton_opt.passes import simplify
 from lepton_opt.passes.base import Pass
+from lepton_opt.passes.fusion import activation, attention, batchnorm, conv, gelu, gemm, layernorm
 
 PASSES: dict[str, Callable[[], Pass]] = {
     cls.name: cls
@@ -25,6 +26,13 @@ PASSES: dict[str, Callable[[], Pass]] = {
         simplify.EliminateCommonSubexpressions,
         simplify.DeduplicateInitializers,
         simplify.FoldLargeConstants,
+        batchnorm.FoldBatchNorm,
+        conv.FuseConv,
+        gemm.FuseGemm,
+        layernorm.FuseLayerNorm,
+        gelu.FuseGelu,
+        activation.FuseActivations,
+        attention.FuseAttention,
     )
 }
 
@@ -42,7 +50,15 @@ SIMPLIFICATION: tuple[str, ...] = (
 # Fusion passes (issue 3, item 4: lepton_opt/passes/fusion/*.py) are added to PASSES above and
 # named here, in the order they should run; O2 and O3 then run them between simplification
 # rounds until nothing changes.
-FUSIONS: tuple[str, ...] = ()
+FUSIONS: tuple[str, ...] = (
+    "fold-batchnorm",
+    "fuse-conv",
+    "fuse-gemm",
+    "fuse-layernorm",
+    "fuse-gelu",
+    "fuse-activations",
+    "fuse-attention",
+)
 
 # Rewrites that may make the file larger or are otherwise not always a win.
 AGGRESSIVE: tuple[str, ...] = (

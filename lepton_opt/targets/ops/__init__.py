@@ -1,17 +1,18 @@
 """The op table: ONNX op type -> converter.
 
-Our own converters (elementwise, nn, tensor, rnn, control) come first; op types we have not
-written yet fall back to TVM's reference importer one op at a time (:mod:`.reference`).
+Our own converters (elementwise, nn, tensor, rnn, control, and fused: ops only the fusion
+passes produce) come first; op types we have not written yet fall back to TVM's reference
+importer one op at a time (:mod:`.reference`).
 """
 
 from __future__ import annotations
 
 from lepton_opt.targets.lower import Converter
-from lepton_opt.targets.ops import control, elementwise, nn, rnn, tensor
+from lepton_opt.targets.ops import control, elementwise, fused, nn, rnn, tensor
 from lepton_opt.targets.ops.reference import reference_converters
 
 OWN_CONVERTERS: dict[str, Converter] = {**elementwise.CONVERTERS, **nn.CONVERTERS, **tensor.CONVERTERS,
-                                        **rnn.CONVERTERS, **control.CONVERTERS}
+                                        **rnn.CONVERTERS, **control.CONVERTERS, **fused.CONVERTERS}
 
 
 def converter_table() -> dict[str, Converter]:

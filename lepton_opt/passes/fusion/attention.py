@@ -1,0 +1,179 @@
+"""Scaled dot-product attention -> one ONNX ``Attention`` op (opset 23).
+
+The block torch exports for a BERT/ViT self-attention layer, with q, k, v the projections
+[B, S, H*D]::
+
+    q4 = Transpose(Reshape(q, [B, S, H, D]), perm=[0, 2, 1, 3])          # [B, H, S, D]
+    kT = Transpose(Reshape(k, [B, S, H, D]), perm=[0, 2, 3, 1])          # [B, H, D, S]
+    v4 = Transpose(Reshape(v, [B, S, H, D]), perm=[0, 2, 1, 3])
+    p  = Softmax(MatMul(q4, kT) / c  (or * c, or unscaled)  [+ mask], axis=-1)
+    y  = Reshape(Transpose(MatMul(p, v4), perm=[0, 2, 1, 3]), [B, S, H*D])
+
+becomes ``Attention(q, k, v, mask, q_num_heads=H, kv_num_heads=H, scale=1/c)`` on the 3-D
+projections: the head split and merge disappear with it. A bare core on 4-D [B, H, S, D]
+tensors (K^T as Transpose(k, [0, 1, 3, 2])) becomes a 4-D ``Attention``.
+
+The model's opset is raised to 23 when its other nodes keep their meaning (see ``opset.py``),
+else the rule refuses. onnxruntime 1.32 runs Attention-23 on CPU, but requires the mask's
+second-to-last dim to be the query length (the ONNX spec only asks for broadcastability), so a
+[B, 1, 1, S] padding mask is Expanded to [B, 1, S_q, S] in front of the op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+
+from lepton_opt.passes.fusion.common import FusionPass, float_tensor, opset_allows, rank, scalar
+
+SCALINGS = ("div", "mul", "none")
+MASKS = ("none", "add", "add-swapped")
+
+
+def _scores(op, q4, kt, scale, mask, scaling, masking):
+    s = op.MatMul(q4, kt)
+    if scaling == "div":
+        s = op.Div(s, scale)
+    elif scaling == "mul":
+        s = op.Mul(s, scale)
+    if masking == "add":
+        s = op.Add(s, mask)
+    elif masking == "add-swapped":
+        s = op.Add(mask, s)
+    return op.Softmax(s, _allow_other_attributes=True, _outputs=["probs"])
+
+
+def _scale_value(scaling: str, scale: ir.Value | None) -> float | None:
+    if scaling == "none":
+        return 1.0
+    c = scalar(scale)
+    if c is None or c == 0:
+        return None
+    return 1.0 / c if scaling == "div" else c
+
+
+def _same(a, b) -> bool:
+    return isinstance(a, int) and isinstance(b, int) and a == b or (not isinstance(a, int) and a == b)
+
+
+class _AttentionBase(RewriteRuleClassBase):
+    def __init__(self, kind: str, scaling: str, masking: str):
+        super().__init__(f"Attention[{kind}, scale {scaling}, mask {masking}]")
+        self.scaling, self.masking = scaling, masking
+
+    def _check_core(self, result, context, probs, scale, mask, q) -> bool:
+        softmax = probs.producer()
+        axis = softmax.attributes.get_int("axis", -1)
+        if axis not in (-1, rank(probs) - 1 if rank(probs) else -1):
+            result.fail("Softmax is not over the last axis")
+            return False
+        if _scale_value(self.scaling, scale) is None:
+            result.fail("the score scale is not a non-zero constant scalar")
+            return False
+        if not float_tensor(result, q, "the query"):
+            return False
+        if mask is not None:
+            if mask.shape is None or rank(mask) > 4 or mask.dtype != q.dtype:
+                result.fail("the additive mask has an unknown shape, rank above 4 or another dtype")
+                return False
+        return opset_allows(result, context, "Attention")
+
+    def _mask_for_ort(self, op, mask, query_len, query, query_axis):
+        """Expand a mask whose query axis is 1 to the query length (onnxruntime requires it)."""
+        if mask is None:
+            return None
+        dims = list(mask.shape)
+        r = max(len(dims), 2)
+        dims = [1] * (r - len(dims)) + dims
+        if not (isinstance(dims[-2], int) and dims[-2] == 1) or (isinstance(query_len, int) and query_len == 1):
+            return mask
+        if isinstance(query_len, int):
+            target = op.Constant(value=ir.tensor(np.array([1] * (r - 2) + [query_len, 1], np.int64)))
+        else:
+            length = op.Shape(query, start=query_axis, end=query_axis + 1)
+            target = op.Concat(op.Constant(value=ir.tensor(np.ones(r - 2, np.int64))), length,
+                               op.Constant(value=ir.tensor(np.ones(1, np.int64))), axis=0)
+        return op.Expand(mask, target)
+
+
+class AttentionBlock(_AttentionBase):
+    """Head split, scaled masked softmax(Q K^T) V, head merge -> Attention on [B, S, H*D]"""
+
+    def __init__(self, scaling: str, masking: str):
+        super().__init__("block", scaling, masking)
+
+    def pattern(self, op, q, k, v, q_shape, k_shape, v_shape, scale, mask, out_shape):
+        def heads(t, shape, name, perm):
+            return op.Transpose(op.Reshape(t, shape, _allow_other_attributes=True, _outputs=[name]), perm=perm)
+
+        probs = _scores(op, heads(q, q_shape, "q4", [0, 2, 1, 3]), heads(k, k_shape, "k4", [0, 2, 3, 1]),
+                        scale, mask, self.scaling, self.masking)
+        context = op.MatMul(probs, heads(v, v_shape, "v4", [0, 2, 1, 3]))
+        return op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), out_shape, _allow_other_attributes=True,
+                          _outputs=["out"])
+
+    def check(self, context, q, k, v, q4, k4, v4, probs, out, scale=None, mask=None, **_) -> MatchResult:
+        result = MatchResult()
+        heads = []
+        for t, t4, what in ((q, q4, "query"), (k, k4, "key"), (v, v4, "value")):
+            if rank(t) != 3 or rank(t4) != 4:
+                return result.fail(f"the {what} is not a 3-D projection split into 4-D heads (shapes unknown?)")
+            b, s, hidden = t.shape
+            b4, s4, h, d = t4.shape
+            if not (isinstance(h, int) and isinstance(d, int) and isinstance(hidden, int) and h * d == hidden
+                    and _same(b, b4) and _same(s, s4)):
+                return result.fail(f"the {what} Reshape is not [B, S, H*D] -> [B, S, H, D]")
+            heads.append((h, d))
+        (hq, dq), (hk, dk), (hv, _) = heads
+        if not (hq == hk == hv and dq == dk):
+            return result.fail("query, key and value differ in head count or Q/K head size")
+        if rank(out) != 3 or not (isinstance(out.shape[2], int) and out.shape[2] == hv * heads[2][1]):
+            return result.fail("the head merge is not [B, S, H, D] -> [B, S, H*D]")
+        self._check_core(result, context, probs, scale, mask, q)
+        return result
+
+    def rewrite(self, op, q, k, v, q4, scale=None, mask=None, **_):
+        heads = q4.shape[2]
+        mask = self._mask_for_ort(op, mask, q.shape[1], q, 1)
+        inputs = [q, k, v] + ([mask] if mask is not None else [])
+        return op.Attention(*inputs, q_num_heads=heads, kv_num_heads=heads,
+                            scale=_scale_value(self.scaling, scale))
+
+
+class AttentionCore(_AttentionBase):
+    """softmax(Q K^T * c [+ mask]) V on 4-D [B, H, S, D] tensors -> Attention"""
+
+    def __init__(self, scaling: str, masking: str):
+        super().__init__("core", scaling, masking)
+
+    def pattern(self, op, q, k, v, scale, mask):
+        probs = _scores(op, q, op.Transpose(k, perm=[0, 1, 3, 2]), scale, mask, self.scaling, self.masking)
+        return op.MatMul(probs, v)
+
+    def check(self, context, q, k, v, probs, scale=None, mask=None, **_) -> MatchResult:
+        result = MatchResult()
+        if not (rank(q) == rank(k) == rank(v) == 4):
+            return result.fail("Q, K, V are not 4-D [B, H, S, D] (or their shapes are unknown)")
+        if not (_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1])):
+            return result.fail("Q, K, V differ in head count")
+        self._check_core(result, context, probs, scale, mask, q)
+        return result
+
+    def rewrite(self, op, q, k, v, scale=None, mask=None, **_):
+        mask = self._mask_for_ort(op, mask, q.shape[2], q, 2)
+        inputs = [q, k, v] + ([mask] if mask is not None else [])
+        return op.Attention(*inputs, scale=_scale_value(self.scaling, scale))
+
+
+class FuseAttention(FusionPass):
+    name = "fuse-attention"
+    description = "scaled dot-product attention (with its head split/merge) -> Attention (opset 23)"
+    needs_shapes = True
+    constants_second = True
+    # The whole block first: the core rule fires at MatMul(p, V), which comes before the merge.
+    stages = (
+        [AttentionBlock.rule(s, m) for s in SCALINGS for m in MASKS],
+        [AttentionCore.rule(s, m) for s in SCALINGS for m in MASKS],
+    )

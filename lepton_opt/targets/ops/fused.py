@@ -1,0 +1,83 @@
+"""Converters for the ops the fusion passes produce that the other tables lack.
+
+``Attention`` (opset 23) lowers to Relax's fused ``nn.attention`` (BSNH layout), not to its
+pieces, so the backend sees one attention op. (``Gelu``, ``LayerNormalization``,
+``RMSNormalization``, ``HardSigmoid`` and ``HardSwish`` are in ``elementwise`` / ``nn``.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from lepton_opt.targets.lower import LoweringError, dtype_of, shape_of
+from lepton_opt.targets.ops.elementwise import scalar
+
+op = relax.op
+
+
+def _to_bsnh(ctx, t, heads: int | None, what: str):
+    """[B, S, H*D] (3-D, ``heads`` given) or [B, H, S, D] -> [B, S, H, D]."""
+    dims = shape_of(t)
+    if len(dims) == 3:
+        if not heads:
+            raise LoweringError(f"Attention with 3-D {what} needs the num_heads attributes")
+        b, s, hidden = dims
+        if isinstance(hidden, int) and hidden % heads:
+            raise LoweringError(f"Attention {what} hidden size {hidden} is not divisible by {heads} heads")
+        return ctx.emit(op.reshape(t, [b, s, heads, hidden // heads]))
+    if len(dims) == 4:
+        return ctx.emit(op.permute_dims(t, [0, 2, 1, 3]))
+    raise LoweringError(f"Attention {what} must be 3-D or 4-D")
+
+
+def _bias(ctx, mask, dtype: str):
+    """The additive attention bias, 4-D: a boolean mask becomes 0 / lowest where False."""
+    if dtype_of(mask) == "bool":
+        lowest = float(np.finfo(np.dtype(dtype)).min)
+        mask = op.where(mask, relax.const(0.0, dtype), relax.const(lowest, dtype))
+        mask = ctx.emit(mask)
+    dims = shape_of(mask)
+    if len(dims) < 4:
+        mask = ctx.emit(op.reshape(mask, [1] * (4 - len(dims)) + list(dims)))
+    return mask
+
+
+def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, *, is_causal=0, kv_num_heads=None,
+              q_num_heads=None, qk_matmul_output_mode=0, scale=None, softcap=0.0, softmax_precision=None):
+    if past_key is not None or past_value is not None:
+        raise LoweringError("Attention with a KV cache (past_key / past_value) is not supported")
+    if softcap:
+        raise LoweringError("Attention with softcap is not supported")
+    if any(out is not None and out.uses() for out in ctx.node.outputs[1:]):
+        raise LoweringError("Attention's present_key / present_value / qk_matmul outputs are not supported")
+    rank = len(shape_of(q))
+    query = _to_bsnh(ctx, q, q_num_heads, "query")
+    key = _to_bsnh(ctx, k, kv_num_heads, "key")
+    value = _to_bsnh(ctx, v, kv_num_heads, "value")
+    q_heads, kv_heads = shape_of(query)[2], shape_of(key)[2]
+    if q_heads != kv_heads:  # grouped-query attention: each K/V head serves q_heads / kv_heads queries
+        if not (isinstance(q_heads, int) and isinstance(kv_heads, int) and q_heads % kv_heads == 0):
+            raise LoweringError(f"Attention with {q_heads} query heads and {kv_heads} key/value heads")
+        key = ctx.emit(op.repeat(key, q_heads // kv_heads, axis=2))
+        value = ctx.emit(op.repeat(value, q_heads // kv_heads, axis=2))
+    bias = None if attn_mask is None else _bias(ctx, attn_mask, dtype_of(q))
+    if scale is None:
+        head_size = shape_of(query)[3]
+        scale = 1.0 / float(np.sqrt(head_size))
+    out = ctx.emit(op.nn.attention(query, key, value, bias, scale=float(scale),
+                                   causal_mask="TopLeft" if is_causal else None))
+    if rank == 3:
+        b, s, h, d = shape_of(out)
+        result = op.reshape(out, [b, s, h * d])
+    else:
+        result = op.permute_dims(out, [0, 2, 1, 3])
+    return [result] + [None] * (len(ctx.node.outputs) - 1)
+
+
+def Swish(ctx, x, *, alpha=1.0):
+    gate = op.sigmoid(x if alpha == 1.0 else op.multiply(x, scalar(x, alpha)))
+    return op.multiply(x, gate)
+
+
+CONVERTERS = {"Attention": Attention, "Swish": Swish}
