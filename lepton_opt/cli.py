@@ -145,7 +145,7 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
     with err.status(f"optimizing {model.name}…"):
         result = lepton_opt.optimize(model, f"O{level}", passes=passes, input_shapes=_input_shapes(input_shapes),
                                      verify_each=verify_each, seed=seed, atol=atol, rtol=rtol)
-        _save_model_atomically(result.ir_model, output)
+        _save_model_atomically(result.ir_model, output, model)
     elapsed = time.perf_counter() - start
     table = Table(title=f"{model.name}: {result.nodes_before} -> {result.nodes_after} nodes "
                         f"({result.iterations} round{'s' if result.iterations != 1 else ''}"
@@ -163,10 +163,22 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
               soft_wrap=True)
 
 
-def _save_model_atomically(model, output: Path) -> None:
+def _passes_checker(path: Path) -> bool:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError:
+        return False
+    return True
+
+
+def _save_model_atomically(model, output: Path, source: Path) -> None:
     """Write ``model`` to ``output`` through a temporary file in the same directory and a rename,
-    so an error never leaves a half-written file. Models too large for one protobuf (2 GB) keep
-    their weights in ``OUTPUT.data`` beside it."""
+    after ``onnx.checker`` accepted it (unless ``source`` fails it too), so an error never leaves a
+    half-written or invalid file. Models too large for one protobuf (2 GB) keep their weights in
+    ``OUTPUT.data`` beside it."""
+    import onnx
     import onnx_ir as ir
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -177,6 +189,13 @@ def _save_model_atomically(model, output: Path) -> None:
             ir.save(model, tmp / output.name)
         else:
             ir.save(model, tmp / output.name, external_data=output.name + ".data")
+        try:
+            onnx.checker.check_model(str(tmp / output.name))
+        except onnx.checker.ValidationError as e:
+            if _passes_checker(source):
+                raise  # a pass produced invalid ONNX: our bug, exit 1 before anything is renamed
+            err.print(f"note: {source.name} itself fails onnx.checker, and so does the output: "
+                      f"{str(e).strip().splitlines()[0]}", highlight=False, soft_wrap=True)
         for f in tmp.iterdir():
             if f.name != output.name:
                 os.replace(f, output.parent / f.name)

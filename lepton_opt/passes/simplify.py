@@ -362,6 +362,8 @@ def _expand_same_shape(node: ir.Node, opset: int) -> int | None:
 
 def _broadcast_keeps(x: ir.Value, dims: list[int]) -> bool:
     """Whether broadcasting ``x`` with a tensor of shape ``dims`` leaves x's shape unchanged."""
+    if not dims:
+        return True  # a scalar never changes the other operand's shape
     if x.shape is None:
         return False
     rank = len(x.shape)
