@@ -337,3 +337,13 @@ def test_range_bounds_computed_at_run_time():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     check(model, feeds={"a": np.array([1.5], np.float32), "b": np.array([-5.0], np.float32),
                         "c": np.array([-1.75], np.float32)})
+
+
+@pytest.mark.parametrize("op_type,keepdims", [("ReduceSum", 0), ("ReduceL2", 1), ("ReduceLogSumExp", 0),
+                                              ("ReduceMax", 1)])
+def test_reduce_axes_computed_at_run_time(op_type, keepdims):
+    # axes [2, 0] vs [1, 2] give outputs of the same shape: the axes are read at run time.
+    model = node_model(op_type, [("x", F, [3, 2, 2]), ("a", I64, [1])], Y, {"keepdims": keepdims}, opset=18)
+    x = feeds_for(node_model("Abs", [("x", F, [3, 2, 2])], Y))["x"]
+    for axes in ([1], [-1], [0]):
+        check(model, feeds={"x": x, "a": np.array(axes, np.int64)}, atol=1e-4)

@@ -323,10 +323,16 @@ def Range(ctx, start, limit, delta):
     return relax.const(np.arange(a, b, c, dtype=values[0].dtype), dtype_of(start))
 
 
-def _reduce(fn, since_opset=18):
+def _reduce(fn, since_opset=18, name=""):
     def convert(ctx, x, axes_in=None, *, keepdims=1, noop_with_empty_axes=0, **attrs):
         dims = shape_of(x)
-        axes_v = _axes_from(ctx, 1, attrs.get("axes"), since_opset)
+        if ctx.opset >= since_opset and _runtime(ctx, 1):
+            length = shape_of(axes_in)
+            if length != [0]:
+                return _reduce_runtime_axes(ctx, name, x, axes_in, bool(keepdims))
+            axes_v = []
+        else:
+            axes_v = _axes_from(ctx, 1, attrs.get("axes"), since_opset)
         if not axes_v:
             if noop_with_empty_axes:
                 return x
@@ -334,6 +340,88 @@ def _reduce(fn, since_opset=18):
         return fn(x, [_norm_axis(a, len(dims)) for a in axes_v], bool(keepdims))
 
     return convert
+
+
+# Reductions as (elementwise before, reduce, elementwise after), for axes known only at run time.
+_REDUCE_PARTS = {
+    "ReduceSum": (None, op.sum, None), "ReduceMean": (None, op.mean, None), "ReduceMax": (None, op.max, None),
+    "ReduceMin": (None, op.min, None), "ReduceProd": (None, op.prod, None),
+    "ReduceL1": (op.abs, op.sum, None), "ReduceL2": (lambda x: op.multiply(x, x), op.sum, op.sqrt),
+    "ReduceSumSquare": (lambda x: op.multiply(x, x), op.sum, None), "ReduceLogSum": (None, op.sum, op.log),
+}
+
+
+def _reduce_runtime_axes(ctx, name, x, axes, keepdims):
+    """A reduction over axes computed at run time (their count is static).
+
+    Each axis is reduced in place (the result broadcast back to the full shape) when the run-time
+    axes name it; the reduced axes are then cut to length 1 with a dynamic slice, and dropped by a
+    dynamic reshape unless ``keepdims``.
+    """
+    dims = shape_of(x)
+    rank = len(dims)
+    (count,) = shape_of(axes)
+    if not isinstance(count, int):
+        raise LoweringError(f"{name} with a run-time axes tensor of unknown length is not supported")
+    if any(isinstance(d, int) and d == 0 for d in dims):
+        # An empty input: every output element reduces an empty set, or the output is empty too.
+        out_dims = _need_declared(ctx, f"{name}'s axes")
+        dtype = dtype_of(x)
+        big = np.finfo(dtype).max if dtype.startswith("float") else np.iinfo(dtype).max if dtype != "bool" else 1
+        identity = {"ReduceProd": 1, "ReduceMax": -np.inf if dtype.startswith("float") else -big,
+                    "ReduceMin": np.inf if dtype.startswith("float") else big,
+                    "ReduceLogSum": -np.inf, "ReduceLogSumExp": -np.inf}.get(name, 0)
+        if dtype == "bool":
+            identity = {"ReduceMax": 0, "ReduceMin": 1}.get(name, 0)
+        return op.broadcast_to(relax.const(np.array(identity).astype(dtype), dtype), out_dims)
+    if dtype_of(x) == "bool":
+        return op.astype(_reduce_runtime_axes(ctx, name, ctx.emit(op.astype(x, "int8")), axes, keepdims), "bool")
+    a = ctx.emit(op.astype(axes, "int64"))
+    a = ctx.emit(op.where(op.less(a, relax.const(0, "int64")), op.add(a, relax.const(rank, "int64")), a))
+    flags = [ctx.emit(op.greater(op.sum(op.astype(op.equal(a, relax.const(d, "int64")), "int64")),
+                                 relax.const(0, "int64"))) for d in range(rank)]
+
+    def full(t, reduce):
+        for d in range(rank):
+            red = ctx.emit(op.broadcast_to(reduce(t, [d], keepdims=True), dims))
+            t = ctx.emit(op.where(flags[d], red, t))
+        return t
+
+    if name == "ReduceLogSumExp":
+        peak = full(x, op.max)
+        out = op.add(op.log(full(ctx.emit(op.exp(op.subtract(x, peak))), op.sum)), peak)
+    else:
+        pre, reduce, post = _REDUCE_PARTS[name]
+        out = full(ctx.emit(pre(x)) if pre else x, reduce)
+        out = post(out) if post else out
+    out = ctx.emit(out)
+    one, zero = relax.const(1, "int64"), relax.const(0, "int64")
+    dim_t = [relax.const(d, "int64") if isinstance(d, int) else
+             op.reshape(op.shape_to_tensor(relax.ShapeExpr([d])), []) for d in dims]
+    ends = ctx.emit(op.concat([op.reshape(op.where(f, one, d), [1]) for f, d in zip(flags, dim_t)], axis=0))
+    out = ctx.emit(op.dynamic_strided_slice(out, relax.const(np.zeros(rank, np.int64), "int64"), ends,
+                                            relax.const(np.ones(rank, np.int64), "int64")))
+    declared = _declared_shape(ctx)
+    kept = declared if keepdims and declared is not None else [tir.Var(f"kept_dim{i}", "int64") for i in range(rank)]
+    out = ctx.bb.match_cast(out, relax.TensorType(kept, dtype_of(out)))
+    if not keepdims:
+        # Output dim j is the j-th kept input dim: sum_d keep_d * (position_d == j) * dim_d.
+        keep = ctx.emit(op.astype(op.logical_not(op.concat([op.reshape(f, [1]) for f in flags], axis=0)), "int64"))
+        pos = ctx.emit(op.subtract(op.cumsum(keep, axis=0), one))
+        sizes = ctx.emit(op.concat([op.reshape(d, [1]) for d in dim_t], axis=0))
+        out_rank = rank - count
+        j = relax.const(np.arange(out_rank, dtype=np.int64).reshape(-1, 1), "int64")
+        hit = op.astype(op.equal(op.reshape(pos, [1, rank]), j), "int64")
+        shape_t = ctx.emit(op.sum(op.multiply(op.multiply(hit, op.reshape(keep, [1, rank])),
+                                              op.reshape(sizes, [1, rank])), axis=1))
+        target = ctx.emit(op.tensor_to_shape(shape_t))
+        if declared is not None and len(declared) == out_rank:
+            syms = declared
+        else:
+            syms = [tir.Var(f"reduced_dim{i}", "int64") for i in range(out_rank)]
+        ctx.bb.match_cast(target, relax.ShapeType(syms))
+        out = ctx.emit(op.reshape(out, relax.ShapeExpr(syms)))
+    return out
 
 
 def _log_sum_exp(x, axes, keep):
@@ -449,4 +537,4 @@ CONVERTERS = {
     "Size": _never("Size of a tensor of unknown rank"),
     "Constant": _never("string and sparse Constant values are not supported"),
 }
-CONVERTERS.update({name: _reduce(fn, since) for name, (fn, since) in REDUCERS.items()})
+CONVERTERS.update({name: _reduce(fn, since, name) for name, (fn, since) in REDUCERS.items()})
