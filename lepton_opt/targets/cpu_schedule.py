@@ -131,7 +131,10 @@ def _scalar_const_to_rank(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
 def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Relax passes to run before legalization: NHWC/HWIO convolutions (see module doc)."""
     del target
+    from lepton_opt.targets.ops.fused import expand_attention_pass  # no CPU attention kernel: see there
+
     return [
+        expand_attention_pass,
         _scalar_const_to_rank,
         relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
         relax.transform.Normalize(),

@@ -68,3 +68,18 @@ def test_swish():
     graph = helper.make_graph([node], "swish", [helper.make_tensor_value_info("x", F, [2, 3, 8])],
                               [helper.make_tensor_value_info("y", F, None)])
     check(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)], ir_version=10))
+
+
+def test_cpu_pipeline_expands_attention_into_matmuls():
+    # TVM has no CPU attention kernel; its legalized nn.attention is one PrimFunc our schedules
+    # cannot tile, so the CPU pipeline expands it (the lowered module keeps the fused op).
+    import onnx_ir as ir
+
+    from lepton_opt.targets.compile import lower_model
+    from lepton_opt.targets.ops.fused import expand_attention_pass
+
+    model = attention_model((2, 6, 32), (2, 6, 32), (2, 1, 6, 6), F, q_num_heads=4, kv_num_heads=4)
+    mod = lower_model(ir.serde.deserialize_model(model)).mod
+    assert "R.nn.attention" in mod.script()
+    expanded = expand_attention_pass(mod).script()
+    assert "R.nn.attention" not in expanded and expanded.count("R.matmul") == 2 and "R.nn.softmax" in expanded
