@@ -287,7 +287,8 @@ class PassManager(ir.passes.InPlacePass):
                 if result.modified:
                     changed = modified = True
                     restore_input_names(model, input_names)
-                    if self.verifier is not None:
-                        self.verifier.check(model, name)
+                if self.verifier is not None and (result.modified or records[-1].op_delta):
+                    # also when the ops changed under a pass that claims it did nothing
+                    self.verifier.check(model, name)
             converged = not changed
         return PipelineResult(model, modified, sum(r.rewrites for r in records), records, iteration, converged)

@@ -196,3 +196,18 @@ def test_compile_prepares_with_the_o2_pipeline_and_falls_back_without_it(monkeyp
     loaded, names = api._prepare(transformer_layer(), None)
     assert names == []  # the manifest must not claim passes whose work was thrown away
     assert sum(1 for n in loaded.model.graph if n.op_type == "Shape") == 8
+
+
+class FlipsSilently(FlipFirstAdd):
+    """Test-only, deliberately wrong twice: changes an op and reports no change."""
+
+    name = "flips-silently"
+
+    def call(self, model):
+        return PassResult(super().call(model).model, False, 0)
+
+
+def test_verify_each_catches_a_pass_that_hides_its_change(monkeypatch):
+    monkeypatch.setitem(registry.PASSES, FlipsSilently.name, FlipsSilently)
+    with pytest.raises(VerificationError, match="pass 'flips-silently' changed output 'y'"):
+        lepton_opt.optimize(tiny_mlp(), passes=["flips-silently"], verify_each=True)
