@@ -128,6 +128,26 @@ def _scalar_const_to_rank(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     return mod
 
 
+@tvm.transform.module_pass(opt_level=0, name="LeptonConvertConvLayout")
+def _convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    """NHWC/HWIO convolutions; skipped when there is no conv2d, because ConvertLayout's cost
+    grows quadratically with the number of bindings (an LSTM unrolled over 400 steps spent five
+    minutes in it)."""
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(conv2d):
+            found.append(expr)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and not found:
+            relax.analysis.post_order_visit(func, visit)
+    if not found:
+        return mod
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+
+
 def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     """Relax passes to run before legalization: NHWC/HWIO convolutions (see module doc)."""
     del target
@@ -136,7 +156,7 @@ def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [
         expand_attention_pass,
         _scalar_const_to_rank,
-        relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}),
+        _convert_conv_layout,
         relax.transform.Normalize(),
     ]
 
