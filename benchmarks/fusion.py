@@ -61,7 +61,6 @@ def main(argv=None) -> int:
 
     set_runtime_threads(args.threads)
     import numpy as np
-    import onnx_ir as ir
 
     import lepton_opt
     from lepton_opt.bench.accuracy import ort_session, random_feeds
@@ -84,7 +83,8 @@ def main(argv=None) -> int:
         row["optimize_s"] = time.perf_counter() - start
         row["nodes_before"], row["nodes_after"] = result.nodes_before, result.nodes_after
         row["ops_before"], row["ops_after"] = result.ops_before, result.ops_after
-        row["rewrites"] = {r.name: r.rewrites for r in result.table if r.rewrites and r.name.startswith(("fuse", "fold-b"))}
+        row["rewrites"] = {r.name: r.rewrites for r in result.table
+                           if r.rewrites and r.name.startswith(("fuse", "fold-b"))}
         optimized = result.model.SerializeToString()
         feeds = random_feeds(input_specs(result.ir_model), seed=0)
         reference = ort_session(original).run(None, feeds)

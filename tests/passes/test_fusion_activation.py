@@ -15,11 +15,15 @@ CONSTANTS = """three = Constant <value = float {3.0}> ()
 
 FORMS = {
     # torch F.hardswish decomposed: x * relu6(x + 3) / 6
-    "HardSwish: x*clip(x+3,0,6)/6": ("HardSwish", "a = Add(x, three)\n c = Clip(a, zero, six)\n m = Mul(x, c)\n y = Div(m, six)"),
-    "HardSwish: clip*x*(1/6)": ("HardSwish", "a = Add(three, x)\n c = Clip(a, zero, six)\n m = Mul(c, x)\n y = Mul(m, sixth)"),
-    "HardSwish: x*clip(x+3,0,6)/6 as x*hardsigmoid": ("HardSwish", "a = Add(x, three)\n c = Clip(a, zero, six)\n h = Div(c, six)\n y = Mul(x, h)"),
+    "HardSwish: x*clip(x+3,0,6)/6": (
+        "HardSwish", "a = Add(x, three)\n c = Clip(a, zero, six)\n m = Mul(x, c)\n y = Div(m, six)"),
+    "HardSwish: clip*x*(1/6)": (
+        "HardSwish", "a = Add(three, x)\n c = Clip(a, zero, six)\n m = Mul(c, x)\n y = Mul(m, sixth)"),
+    "HardSwish: x*clip(x+3,0,6)/6 as x*hardsigmoid": (
+        "HardSwish", "a = Add(x, three)\n c = Clip(a, zero, six)\n h = Div(c, six)\n y = Mul(x, h)"),
     "HardSigmoid: clip(x/6+0.5,0,1)": ("HardSigmoid", "d = Div(x, six)\n a = Add(d, half)\n y = Clip(a, zero, one)"),
-    "HardSigmoid: clip(x*(1/6)+0.5,0,1)": ("HardSigmoid", "d = Mul(sixth, x)\n a = Add(d, half)\n y = Clip(a, zero, one)"),
+    "HardSigmoid: clip(x*(1/6)+0.5,0,1)": (
+        "HardSigmoid", "d = Mul(sixth, x)\n a = Add(d, half)\n y = Clip(a, zero, one)"),
     "HardSigmoid: clip(x+3,0,6)/6": ("HardSigmoid", "a = Add(x, three)\n c = Clip(a, zero, six)\n y = Div(c, six)"),
     "HardSwish: x*HardSigmoid(x)": ("HardSwish", "h = HardSigmoid <alpha = 0.16666667, beta = 0.5> (x)\n y = Mul(h, x)"),
 }

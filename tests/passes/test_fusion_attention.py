@@ -75,7 +75,8 @@ def test_bare_4d_core_fuses():
              helper.make_node("Softmax", ["ss"], ["p"], axis=3),
              helper.make_node("MatMul", ["p", "v"], ["y"])]
     shape = [2, HEADS, SEQ, HEAD_DIM]
-    graph = helper.make_graph(nodes, "core", [helper.make_tensor_value_info(t, TensorProto.FLOAT, shape) for t in "qkv"],
+    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, shape) for t in "qkv"]
+    graph = helper.make_graph(nodes, "core", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)],
                               [numpy_helper.from_array(np.array(0.3, np.float32), "scale")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)

@@ -11,9 +11,10 @@ only when the model already imports opset 24: raising a model to 24 for one node
 it unloadable by runtimes older than that opset, and x * Sigmoid(x) already fuses into one
 kernel in every backend, so the raise buys nothing.
 
-Clip bounds may be inputs (opset >= 11) or attributes (older); both are read. Stages: the
-whole HardSwish forms before HardSigmoid (whose rule would otherwise take the inner part of
-x * clip(x + 3, 0, 6) / 6 ... only where it is a HardSigmoid), then x * HardSigmoid(x).
+Clip bounds may be inputs (opset >= 11) or attributes (older); both are read. Stages: first
+the whole x * clip(x + 3, 0, 6) / 6 (its clip feeds the Mul, so no HardSigmoid rule sees it),
+then the HardSigmoid forms, then x * HardSigmoid(x), which also picks up the HardSigmoids the
+second stage just made out of x * (clip(x + 3, 0, 6) / 6).
 """
 
 from __future__ import annotations
