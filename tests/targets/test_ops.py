@@ -347,3 +347,34 @@ def test_reduce_axes_computed_at_run_time(op_type, keepdims):
     x = feeds_for(node_model("Abs", [("x", F, [3, 2, 2])], Y))["x"]
     for axes in ([1], [-1], [0]):
         check(model, feeds={"x": x, "a": np.array(axes, np.int64)}, atol=1e-4)
+
+
+def _attention_model(inputs, outputs, attrs):
+    node = helper.make_node("Attention", [n for n, *_ in inputs], [n for n, *_ in outputs], **attrs)
+    graph = helper.make_graph([node], "attn", [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+                              [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def test_attention_kv_cache_bool_mask_causal_gqa():
+    # 4 query heads over 2 KV heads, 2 cached steps, causal plus a boolean mask with fully masked rows.
+    inputs = [("q", F, [1, 4, 3, 8]), ("k", F, [1, 2, 3, 8]), ("v", F, [1, 2, 3, 8]), ("m", B, [3, 5]),
+              ("pk", F, [1, 2, 2, 8]), ("pv", F, [1, 2, 2, 8])]
+    outputs = [("y", F, [1, 4, 3, 8]), ("present_k", F, [1, 2, 5, 8]), ("present_v", F, [1, 2, 5, 8]),
+               ("qk", F, [1, 4, 3, 5])]
+    model = _attention_model(inputs, outputs, {"is_causal": 1, "qk_matmul_output_mode": 3})
+    feeds = feeds_for(model)
+    feeds["m"][0] = False  # a fully masked query row gives 0
+    check(model, feeds=feeds, atol=1e-4)
+
+
+def test_attention_3d_softcap_float_mask():
+    inputs = [("q", F, [2, 3, 8]), ("k", F, [2, 4, 8]), ("v", F, [2, 4, 8]), ("m", F, [3, 4])]
+    model = _attention_model(inputs, [("y", F, [2, 3, 8])],
+                             {"q_num_heads": 2, "kv_num_heads": 2, "softcap": 2.0, "scale": 0.3})
+    check(model, atol=1e-4)
+
+
+def test_reduce_max_of_minus_infinity_is_minus_infinity():
+    model = node_model("ReduceMax", [("x", F, [2, 3])], Y, {"keepdims": 0}, {"a": np.array([1], np.int64)}, opset=18)
+    check(model, feeds={"x": np.array([[-np.inf] * 3, [1.0, -np.inf, 2.0]], np.float32)})

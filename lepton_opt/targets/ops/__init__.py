@@ -13,6 +13,7 @@ from lepton_opt.targets.ops.reference import reference_converters
 
 OWN_CONVERTERS: dict[str, Converter] = {**elementwise.CONVERTERS, **nn.CONVERTERS, **tensor.CONVERTERS,
                                         **rnn.CONVERTERS, **control.CONVERTERS, **fused.CONVERTERS}
+OWN_CONVERTERS["Attention"] = nn.attention_with_fast_path(fused.CONVERTERS["Attention"])
 
 
 def converter_table() -> dict[str, Converter]:

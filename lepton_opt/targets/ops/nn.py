@@ -308,7 +308,137 @@ def LpNormalization(ctx, x, *, axis=-1, p=2):
     return op.divide(x, ctx.emit(norm))
 
 
+def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *,
+              is_causal=0, kv_num_heads=None, q_num_heads=None, qk_matmul_output_mode=0, scale=None,
+              softcap=0.0, softmax_precision=None, left_window_size=-1, right_window_size=-1):
+    """ONNX Attention (opset 23+): 3-D or 4-D inputs, KV cache, masks, causal / sliding window, GQA."""
+    dt = dtype_of(q)
+    rank3 = len(shape_of(q)) == 3
+    if rank3:
+        if q_num_heads is None or kv_num_heads is None:
+            raise LoweringError("Attention with 3-D inputs needs q_num_heads and kv_num_heads")
+
+        def heads(t, n):
+            b, s_, h = shape_of(t)
+            return ctx.emit(op.permute_dims(ctx.emit(op.reshape(t, [b, s_, n, h // n])), [0, 2, 1, 3]))
+
+        q, k, v = heads(q, q_num_heads), heads(k, kv_num_heads), heads(v, kv_num_heads)
+    past_len = 0
+    if past_key is not None:
+        past_len = shape_of(past_key)[2]
+        k = ctx.emit(op.concat([past_key, k], axis=2))
+        v = ctx.emit(op.concat([past_value, v], axis=2))
+    present_k, present_v = k, v
+    batch, hq, sq, head = shape_of(q)
+    hk, skv = shape_of(k)[1], shape_of(k)[2]
+    if not all(isinstance(d, int) for d in (sq, skv, head)):
+        raise LoweringError("Attention needs static sequence lengths and head size")
+    root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(head))
+    neg_inf, zero = relax.const(-np.inf, dt), relax.const(0.0, dt)
+
+    def additive(mask):
+        return op.where(mask, zero, neg_inf) if dtype_of(mask) == "bool" else mask
+
+    if attn_mask is not None:
+        mdims = shape_of(attn_mask)
+        if isinstance(mdims[-1], int) and mdims[-1] < skv:
+            fill = relax.const(False, "bool") if dtype_of(attn_mask) == "bool" else neg_inf
+            pad = op.broadcast_to(fill, mdims[:-1] + [skv - mdims[-1]])
+            attn_mask = ctx.emit(op.concat([attn_mask, ctx.emit(pad)], axis=-1))
+    i_idx = relax.const(np.arange(sq, dtype=np.int64).reshape(sq, 1), "int64")
+    j_idx = relax.const(np.arange(skv, dtype=np.int64).reshape(1, skv), "int64")
+    if nonpad_kv_seqlen is not None and past_key is None:
+        lengths = ctx.emit(op.astype(nonpad_kv_seqlen, "int64"))
+        offset = ctx.emit(op.reshape(ctx.emit(op.subtract(lengths, relax.const(sq, "int64"))), [batch, 1, 1, 1]))
+    else:
+        offset = relax.const(int(past_len), "int64")
+    bias = None
+    if is_causal:
+        allowed = op.less_equal(j_idx, op.add(i_idx, offset))
+        bias = op.where(allowed, zero, neg_inf)
+        if attn_mask is not None:
+            bias = op.add(additive(attn_mask), ctx.emit(bias))
+    elif attn_mask is not None:
+        bias = additive(attn_mask)
+    if left_window_size >= 0 or right_window_size >= 0:
+        diff = ctx.emit(op.subtract(op.add(i_idx, offset), j_idx))
+        allowed = None
+        if left_window_size >= 0:
+            allowed = op.less_equal(diff, relax.const(left_window_size, "int64"))
+        if right_window_size >= 0:
+            right = op.less_equal(op.negative(diff), relax.const(right_window_size, "int64"))
+            allowed = right if allowed is None else op.logical_and(ctx.emit(allowed), ctx.emit(right))
+        window = op.where(allowed, zero, neg_inf)
+        bias = window if bias is None else op.add(ctx.emit(bias), ctx.emit(window))
+    if nonpad_kv_seqlen is not None:
+        lengths = ctx.emit(op.astype(nonpad_kv_seqlen, "int64"))
+        valid = op.less(op.reshape(j_idx, [1, 1, 1, skv]), ctx.emit(op.reshape(lengths, [batch, 1, 1, 1])))
+        pad_bias = op.where(valid, zero, neg_inf)
+        bias = pad_bias if bias is None else op.add(ctx.emit(bias), ctx.emit(pad_bias))
+    if bias is not None:
+        bias = ctx.emit(bias)
+    if hq != hk and isinstance(hq, int) and isinstance(hk, int) and hq % hk == 0:
+        k = ctx.emit(op.repeat(k, hq // hk, axis=1))
+        v = ctx.emit(op.repeat(v, hq // hk, axis=1))
+    qk = op.matmul(ctx.emit(op.multiply(q, relax.const(root, dt))),
+                   ctx.emit(op.permute_dims(ctx.emit(op.multiply(k, relax.const(root, dt))), [0, 1, 3, 2])))
+    qk = ctx.emit(qk)
+    if softcap and softcap > 0:
+        qk = ctx.emit(op.multiply(op.tanh(op.divide(qk, relax.const(softcap, dt))), relax.const(softcap, dt)))
+    qk_out = qk
+    logits = qk if bias is None else ctx.emit(op.add(qk, bias))
+    if qk_matmul_output_mode == 2:
+        qk_out = logits
+    if softmax_precision is not None:
+        from lepton_opt.targets.lower import DTYPES
+        import onnx_ir as ir
+
+        logits = ctx.emit(op.astype(logits, DTYPES[ir.DataType(softmax_precision)]))
+    probs = ctx.emit(op.nn.softmax(logits, axis=-1))
+    if bias is not None:
+        # A row whose every key is masked attends nothing: 0, not softmax's NaN.
+        masked = op.equal(op.min(op.astype(op.equal(bias, neg_inf), "int8"), axis=-1, keepdims=True),
+                          relax.const(1, "int8"))
+        probs = ctx.emit(op.where(ctx.emit(masked), relax.const(0.0, dtype_of(probs)), probs))
+    if qk_matmul_output_mode == 3:
+        qk_out = probs
+    if dtype_of(probs) != dt:
+        probs = ctx.emit(op.astype(probs, dt))
+    y = ctx.emit(op.matmul(probs, v))
+    if rank3:
+        y = ctx.emit(op.permute_dims(y, [0, 2, 1, 3]))
+        y = op.reshape(y, [batch, sq, -1])
+    if dtype_of(qk_out) != dt:
+        qk_out = op.astype(qk_out, dt)
+    return [y, present_k, present_v, qk_out]
+
+
+def attention_with_fast_path(fast):
+    """``fast`` (the fused ``nn.attention`` lowering) where it gives the spec's result, else ours.
+
+    The fused op covers plain attention with a float mask; a boolean mask (fully masked rows
+    must give 0), a KV cache, softcap, padding lengths, windows and the extra outputs take
+    the general lowering.
+    """
+    def convert(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, **attrs):
+        general = (past_key is not None or past_value is not None or nonpad_kv_seqlen is not None
+                   or (attn_mask is not None and dtype_of(attn_mask) == "bool")
+                   or attrs.get("softcap") or attrs.get("softmax_precision") is not None
+                   or "left_window_size" in attrs or "right_window_size" in attrs or dtype_of(q) == "bfloat16"
+                   or any(out is not None and out.name and (out.uses() or out.is_graph_output())
+                          for out in ctx.node.outputs[1:]))
+        if general:
+            return Attention(ctx, q, k, v, attn_mask, past_key, past_value, nonpad_kv_seqlen, **attrs)
+        try:
+            return fast(ctx, q, k, v, attn_mask, **attrs)
+        except LoweringError:
+            return Attention(ctx, q, k, v, attn_mask, **attrs)
+
+    return convert
+
+
 CONVERTERS = {
+    "Attention": Attention,
     "Conv": Conv, "ConvTranspose": ConvTranspose, "MaxPool": MaxPool, "AveragePool": AveragePool,
     "GlobalAveragePool": GlobalAveragePool, "GlobalMaxPool": GlobalMaxPool,
     "BatchNormalization": BatchNormalization, "InstanceNormalization": InstanceNormalization,

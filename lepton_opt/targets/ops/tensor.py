@@ -424,6 +424,18 @@ def _reduce_runtime_axes(ctx, name, x, axes, keepdims):
     return out
 
 
+def _extreme(fn, other, inf, x, axes, keep):
+    """max / min; TVM starts a float max at the lowest finite value, so a slice of -inf alone
+    would give -3.4e38: such slices are set back to -inf (+inf for min)."""
+    out = fn(x, axes, keep)
+    dtype = dtype_of(x)
+    if not dtype.startswith(("float", "bfloat")):
+        return out
+    inf_c = relax.const(inf, dtype)
+    all_inf = op.equal(other(op.astype(op.equal(x, inf_c), "int8"), axes, keep), relax.const(1, "int8"))
+    return op.where(all_inf, inf_c, out)
+
+
 def _log_sum_exp(x, axes, keep):
     peak = op.max(x, axes, keepdims=True)
     summed = op.sum(op.exp(op.subtract(x, peak)), axes, keepdims=True)
@@ -434,8 +446,8 @@ def _log_sum_exp(x, axes, keep):
 REDUCERS = {
     "ReduceSum": (lambda x, a, k: op.sum(x, a, k), 13),
     "ReduceMean": (lambda x, a, k: op.mean(x, a, k), 18),
-    "ReduceMax": (lambda x, a, k: op.max(x, a, k), 18),
-    "ReduceMin": (lambda x, a, k: op.min(x, a, k), 18),
+    "ReduceMax": (lambda x, a, k: _extreme(op.max, op.min, -np.inf, x, a, k), 18),
+    "ReduceMin": (lambda x, a, k: _extreme(op.min, op.max, np.inf, x, a, k), 18),
     "ReduceProd": (lambda x, a, k: op.prod(x, a, k), 18),
     "ReduceL1": (lambda x, a, k: op.sum(op.abs(x), a, k), 18),
     "ReduceL2": (lambda x, a, k: op.sqrt(op.sum(op.multiply(x, x), a, k)), 18),
