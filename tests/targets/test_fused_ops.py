@@ -83,3 +83,25 @@ def test_cpu_pipeline_expands_attention_into_matmuls():
     assert "R.nn.attention" in mod.script()
     expanded = expand_attention_pass(mod).script()
     assert "R.nn.attention" not in expanded and expanded.count("R.matmul") == 2 and "R.nn.softmax" in expanded
+
+
+def single_node(op_type, inits, opset, **attrs):
+    """x [2, 5, 16] and constant inputs ``inits`` -> op_type -> y."""
+    from onnx import numpy_helper
+
+    node = helper.make_node(op_type, ["x", *inits], ["y"], **attrs)
+    graph = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", F, [2, 5, 16])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
+
+
+@pytest.mark.parametrize("op_type, inits, opset, attrs", [
+    ("RMSNormalization", {"w": np.linspace(0.5, 1.5, 16, dtype=np.float32)}, 23, {"epsilon": 1e-6}),
+    ("LayerNormalization", {"w": np.linspace(0.5, 1.5, 16, dtype=np.float32)}, 17, {}),  # no bias
+    ("Gelu", {}, 20, {"approximate": "tanh"}),
+    ("Gelu", {}, 20, {}),
+])
+def test_other_fusion_outputs(op_type, inits, opset, attrs):
+    check(single_node(op_type, inits, opset, **attrs), atol=1e-4)
