@@ -378,3 +378,46 @@ def test_attention_3d_softcap_float_mask():
 def test_reduce_max_of_minus_infinity_is_minus_infinity():
     model = node_model("ReduceMax", [("x", F, [2, 3])], Y, {"keepdims": 0}, {"a": np.array([1], np.int64)}, opset=18)
     check(model, feeds={"x": np.array([[-np.inf] * 3, [1.0, -np.inf, 2.0]], np.float32)})
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_softmax_cross_entropy_and_nll_loss(reduction):
+    rng = np.random.default_rng(7)
+    scores = rng.standard_normal((3, 5, 2)).astype(np.float32)
+    labels = np.array([[0, 4], [2, -1], [1, 3]], np.int64)
+    inputs = [("s", F, [3, 5, 2]), ("l", I64, [3, 2])]
+    sce = node_model("SoftmaxCrossEntropyLoss", inputs, [("y", F), ("logp", F)],
+                     {"reduction": reduction, "ignore_index": -1}, {"w": rng.uniform(0.5, 2, 5).astype(np.float32)})
+    check(sce, feeds={"s": scores, "l": labels}, atol=1e-5)
+    nll = node_model("NegativeLogLikelihoodLoss", inputs, Y, {"reduction": reduction, "ignore_index": -1})
+    check(nll, feeds={"s": scores, "l": labels})
+
+
+def test_resize_sizes_computed_at_run_time():
+    model = declared(node_model("Resize", [("x", F, [1, 1, 2, 3]), ("r", F, [0]), ("s", F, [0]), ("z", I64, [4])], Y,
+                                {"mode": "linear"}), y=[1, 1, 4, 6])
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3), "r": np.zeros(0, np.float32),
+             "s": np.zeros(0, np.float32), "z": np.array([1, 1, 4, 6], np.int64)}
+    model.graph.node[0].input[1] = ""  # no roi
+    model.graph.node[0].input[2] = ""  # no scales
+    del model.graph.input[1:3]
+    del feeds["r"], feeds["s"]
+    check(model, feeds=feeds)
+
+
+def test_layer_norm_mean_and_inv_std_dev_outputs():
+    rng = np.random.default_rng(8)
+    model = node_model("LayerNormalization", X, [("y", F), ("mean", F), ("inv", F)], {"axis": 2},
+                       {"s": rng.standard_normal((4, 5)).astype(np.float32), "b": rng.standard_normal((4, 5)).astype(np.float32)})
+    check(model, atol=1e-4)
+
+
+def test_trilu_topk_cumprod_with_run_time_parameters():
+    x = np.arange(1, 13, dtype=np.float32).reshape(3, 4) / 4
+    for upper in (0, 1):
+        check(node_model("Trilu", [("x", F, [3, 4]), ("k", I64, [])], Y, {"upper": upper}),
+              feeds={"x": x, "k": np.array(-1, np.int64)})
+    check(declared(node_model("TopK", [("x", F, [3, 4]), ("k", I64, [1])], [("v", F), ("i", I64)], {"axis": 1}),
+                   v=[3, 2], i=[3, 2]), feeds={"x": x, "k": np.array([2], np.int64)})
+    check(node_model("CumProd", [("x", F, [3, 4]), ("a", I64, [])], Y, {"reverse": 1}, opset=26),
+          feeds={"x": x, "a": np.array(1, np.int64)})

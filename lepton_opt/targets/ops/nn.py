@@ -172,12 +172,25 @@ def _broadcast_param(p, normalized_shape):
 
 
 def LayerNormalization(ctx, x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash_type=1):
-    for i in (1, 2):
-        if len(ctx.node.outputs) > i and ctx.node.outputs[i].uses():
-            raise LoweringError("LayerNormalization's Mean / InvStdDev outputs are not supported")
     dims = shape_of(x)
     axis = axis + len(dims) if axis < 0 else axis
     axes = list(range(axis, len(dims)))
+    if any(o is not None and o.name and (o.uses() or o.is_graph_output()) for o in ctx.node.outputs[1:]):
+        # Mean / InvStdDev wanted too: spell the normalization out (in float32 when stash_type=1).
+        dt = dtype_of(x)
+        work = "float32" if stash_type == 1 and dt in ("float16", "bfloat16") else dt
+        xs = ctx.emit(op.astype(x, work)) if work != dt else x
+        mean = ctx.emit(op.mean(xs, axes, keepdims=True))
+        centered = ctx.emit(op.subtract(xs, mean))
+        var = ctx.emit(op.mean(op.multiply(centered, centered), axes, keepdims=True))
+        inv = ctx.emit(op.divide(relax.const(1.0, work), op.sqrt(op.add(var, relax.const(epsilon, work)))))
+        y = ctx.emit(op.multiply(centered, inv))
+        if work != dt:
+            y = ctx.emit(op.astype(y, dt))
+        y = ctx.emit(op.multiply(y, scale))
+        if bias is not None:
+            y = op.add(y, bias)
+        return [y, mean, inv]
     normalized = dims[axis:]
     gamma = _broadcast_param(scale, normalized)
     beta = _broadcast_param(bias, normalized)
@@ -413,6 +426,46 @@ def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonp
     return [y, present_k, present_v, qk_out]
 
 
+def NegativeLogLikelihoodLoss(ctx, x, target, weight=None, *, ignore_index=None, reduction="mean"):
+    """loss[n, d...] = -x[n, target[n, d...], d...] * weight[target], 0 where target == ignore_index."""
+    dt = dtype_of(x)
+    t = target
+    ignored = None
+    if ignore_index is not None:
+        ignored = ctx.emit(op.equal(t, relax.const(ignore_index, dtype_of(t))))
+        t = ctx.emit(op.where(ignored, relax.const(0, dtype_of(t)), t))
+    picked = op.gather_elements(x, ctx.emit(op.expand_dims(t, 1)), axis=1)
+    loss = ctx.emit(op.negative(op.squeeze(ctx.emit(picked), [1])))
+    w = None
+    if weight is not None:
+        w = ctx.emit(op.take(weight, t, axis=0))
+    if ignored is not None:
+        keep = ctx.emit(op.where(ignored, relax.const(0.0, dt), relax.const(1.0, dt)))
+        w = keep if w is None else ctx.emit(op.multiply(w, keep))
+    if w is not None:
+        loss = ctx.emit(op.multiply(loss, w))
+    if reduction == "none":
+        return loss
+    total = op.sum(loss)
+    if reduction == "sum":
+        return total
+    if reduction != "mean":
+        raise LoweringError(f"NegativeLogLikelihoodLoss reduction {reduction!r} is not supported")
+    if w is None:
+        count = 1
+        for d in shape_of(t):
+            count = count * d
+        return op.divide(total, relax.const(float(count), dt)) if isinstance(count, int) else \
+            op.divide(total, op.astype(op.reshape(op.shape_to_tensor(relax.ShapeExpr([count])), []), dt))
+    return op.divide(ctx.emit(total), ctx.emit(op.sum(w)))
+
+
+def SoftmaxCrossEntropyLoss(ctx, scores, labels, weights=None, *, ignore_index=None, reduction="mean"):
+    log_prob = ctx.emit(op.nn.log_softmax(scores, axis=1))
+    loss = NegativeLogLikelihoodLoss(ctx, log_prob, labels, weights, ignore_index=ignore_index, reduction=reduction)
+    return [loss, log_prob]
+
+
 def attention_with_fast_path(fast):
     """``fast`` (the fused ``nn.attention`` lowering) where it gives the spec's result, else ours.
 
@@ -438,7 +491,8 @@ def attention_with_fast_path(fast):
 
 
 CONVERTERS = {
-    "Attention": Attention,
+    "Attention": Attention, "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
+    "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss,
     "Conv": Conv, "ConvTranspose": ConvTranspose, "MaxPool": MaxPool, "AveragePool": AveragePool,
     "GlobalAveragePool": GlobalAveragePool, "GlobalMaxPool": GlobalMaxPool,
     "BatchNormalization": BatchNormalization, "InstanceNormalization": InstanceNormalization,

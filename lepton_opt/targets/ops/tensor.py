@@ -172,6 +172,40 @@ def _reference_or_declared(ctx, x, op_type, what):
     return out
 
 
+def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
+    """TVM's Resize, with scales / sizes computed at run time taken from the declared output shape
+    (TVM derives the sampling from the output size either way)."""
+    from lepton_opt.targets.ops.reference import reference_for
+
+    if _runtime(ctx, 2) or _runtime(ctx, 3):
+        out = _need_declared(ctx, "Resize's scales/sizes")
+        dims = shape_of(x)
+        if not all(isinstance(d, int) and d > 0 for d in dims):
+            raise LoweringError("Resize with run-time scales/sizes needs static input dimensions")
+        axes = [_norm_axis(a, len(dims)) for a in attrs.get("axes", range(len(dims)))]
+        if _runtime(ctx, 3):
+            sizes = relax.const(np.array([out[a] for a in axes], np.int64), "int64")
+        if _runtime(ctx, 2):
+            if any(out[a] % dims[a] for a in axes):
+                # TVM samples at out/in; a run-time scale that is not that ratio cannot be honoured.
+                raise LoweringError("Resize with scales computed at run time is supported for integer "
+                                    "upsampling factors only; make the scales a constant")
+            scales = relax.const(np.array([out[a] / dims[a] for a in axes], np.float32), "float32")
+    if attrs.get("antialias"):
+        raise LoweringError("Resize with antialias=1 is not supported")
+    return reference_for("Resize")(ctx, x, roi, scales, sizes)
+
+
+def TopK(ctx, x, k, *, axis=-1, largest=1, sorted=1):  # noqa: A002 - the ONNX attribute name
+    """TVM's TopK; a k computed at run time is read from the declared output shape."""
+    from lepton_opt.targets.ops.reference import reference_for
+
+    if _runtime(ctx, 1):
+        out = _need_declared(ctx, "TopK's k")
+        k = relax.const(np.array([out[_norm_axis(axis, len(out))]], np.int64), "int64")
+    return reference_for("TopK")(ctx, x, k)
+
+
 def _wrap_indices(ctx, indices, dim, index_input: int):
     """ONNX allows negative indices; Relax's take does not. Symbolic dims are left as they are."""
     known = ctx.known(index_input)
@@ -470,7 +504,11 @@ def _arg_reduce(fn):
     return convert
 
 
-def CumSum(ctx, x, axis, *, exclusive=0, reverse=0):
+def CumProd(ctx, x, axis, *, exclusive=0, reverse=0):
+    return CumSum(ctx, x, axis, exclusive=exclusive, reverse=reverse, _fn=op.cumprod)
+
+
+def CumSum(ctx, x, axis, *, exclusive=0, reverse=0, _fn=op.cumsum):
     dims = shape_of(x)
     if _runtime(ctx, 1):
         # The axis arrives at run time: compute along every axis and select.
@@ -478,17 +516,17 @@ def CumSum(ctx, x, axis, *, exclusive=0, reverse=0):
         a = ctx.emit(op.where(op.less(a, scalar(a, 0)), op.add(a, scalar(a, len(dims))), a))
         out = None
         for k in reversed(range(len(dims))):
-            along = ctx.emit(_cumsum(ctx, x, k, exclusive, reverse))
+            along = ctx.emit(_cumsum(ctx, x, k, exclusive, reverse, _fn))
             out = along if out is None else op.where(op.equal(a, scalar(a, k)), along, out)
         return out
     ax = _norm_axis(int(ctx.static(1, "CumSum's axis").reshape(-1)[0]), len(dims))
-    return _cumsum(ctx, x, ax, exclusive, reverse)
+    return _cumsum(ctx, x, ax, exclusive, reverse, _fn)
 
 
-def _cumsum(ctx, x, ax, exclusive, reverse):
+def _cumsum(ctx, x, ax, exclusive, reverse, fn=op.cumsum):
     if reverse:
         x = ctx.emit(op.flip(x, ax))
-    out = op.cumsum(x, axis=ax, exclusive=bool(exclusive))
+    out = fn(x, axis=ax, exclusive=bool(exclusive))
     if reverse:
         out = op.flip(ctx.emit(out), ax)
     return out
@@ -499,6 +537,15 @@ def Einsum(ctx, *xs, equation):
 
 
 def Trilu(ctx, x, k=None, *, upper=1):
+    if _runtime(ctx, 1):
+        # k known at run time: compare column - row with it.
+        rows, cols = shape_of(x)[-2:]
+        if not (isinstance(rows, int) and isinstance(cols, int)):
+            raise LoweringError("Trilu with a run-time k needs static matrix dimensions")
+        diff = np.arange(cols, dtype=np.int64).reshape(1, cols) - np.arange(rows, dtype=np.int64).reshape(rows, 1)
+        kk = ctx.emit(_scalar_of(op.astype(k, "int64")) if shape_of(k) != [] else op.astype(k, "int64"))
+        keep = (op.greater_equal if upper else op.less_equal)(relax.const(diff, "int64"), kk)
+        return op.where(ctx.emit(keep), x, relax.const(0, dtype_of(x)))
     kv = ctx.static(1, "Trilu's k")
     k = 0 if kv is None else int(kv.reshape(-1)[0])
     return op.triu(x, k) if upper else op.tril(x, k)
@@ -540,7 +587,7 @@ CONVERTERS = {
     "GatherND": GatherND, "ScatterElements": ScatterElements, "Scatter": ScatterElements,
     "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
     "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
-    "Trilu": Trilu, "OneHot": OneHot,
+    "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "CumProd": CumProd, "TopK": TopK,
     "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
     "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
     # Shape, Size and numeric Constants are evaluated at compile time (shape_eval); these only
