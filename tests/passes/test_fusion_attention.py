@@ -24,9 +24,14 @@ def attention_model(batch=2, scaling="div", mask="add", extra_output=None, opset
     for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
         nodes += [helper.make_node("Reshape", [t, "split"], [f"{t}4"]),
                   helper.make_node("Transpose", [f"{t}4"], [f"{t}h"], perm=perm)]
-    nodes.append(helper.make_node("MatMul", ["qh", "kh"], ["scores"]))
+    if scaling == "pre":  # torch's F.scaled_dot_product_attention export: sqrt(scale) on Q and on K^T
+        inits.append(numpy_helper.from_array(np.array(HEAD_DIM ** -0.25, np.float32), "root"))
+        nodes += [helper.make_node("Mul", ["qh", "root"], ["qs"]), helper.make_node("Mul", ["kh", "root"], ["ks"]),
+                  helper.make_node("MatMul", ["qs", "ks"], ["scores"])]
+    else:
+        nodes.append(helper.make_node("MatMul", ["qh", "kh"], ["scores"]))
     last = "scores"
-    if scaling != "none":
+    if scaling in ("div", "mul"):
         nodes.append(helper.make_node("Div" if scaling == "div" else "Mul", [last, "scale"], ["scaled"]))
         last = "scaled"
     if mask == "add":
@@ -47,7 +52,7 @@ def attention_model(batch=2, scaling="div", mask="add", extra_output=None, opset
     return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
-@pytest.mark.parametrize("scaling", ["div", "mul", "none"])
+@pytest.mark.parametrize("scaling", ["div", "mul", "pre", "none"])
 @pytest.mark.parametrize("mask", ["add", "none"])
 def test_attention_block_fuses(scaling, mask):
     model = attention_model(scaling=scaling, mask=mask)

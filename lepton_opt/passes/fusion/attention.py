@@ -6,7 +6,7 @@ The block torch exports for a BERT/ViT self-attention layer, with q, k, v the pr
     q4 = Transpose(Reshape(q, [B, S, H, D]), perm=[0, 2, 1, 3])          # [B, H, S, D]
     kT = Transpose(Reshape(k, [B, S, H, D]), perm=[0, 2, 3, 1])          # [B, H, D, S]
     v4 = Transpose(Reshape(v, [B, S, H, D]), perm=[0, 2, 1, 3])
-    p  = Softmax(MatMul(q4, kT) / c  (or * c, or unscaled)  [+ mask], axis=-1)
+    p  = Softmax(MatMul(q4, kT) / c  (or * c, or unscaled, or q4 * a, kT * b)  [+ mask], axis=-1)
     y  = Reshape(Transpose(MatMul(p, v4), perm=[0, 2, 1, 3]), [B, S, H*D])
 
 becomes ``Attention(q, k, v, mask, q_num_heads=H, kv_num_heads=H, scale=1/c)`` on the 3-D
@@ -28,11 +28,15 @@ from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
 from lepton_opt.passes.fusion.common import FusionPass, float_tensor, opset_allows, rank, scalar
 
-SCALINGS = ("div", "mul", "none")
+# "pre": Q and K^T each multiplied by sqrt(scale) before the MatMul (torch's export of
+# F.scaled_dot_product_attention); the scale is the product of the two constants.
+SCALINGS = ("div", "mul", "pre", "none")
 MASKS = ("none", "add", "add-swapped")
 
 
-def _scores(op, q4, kt, scale, mask, scaling, masking):
+def _scores(op, q4, kt, scale, scale_k, mask, scaling, masking):
+    if scaling == "pre":
+        q4, kt = op.Mul(q4, scale), op.Mul(kt, scale_k)
     s = op.MatMul(q4, kt)
     if scaling == "div":
         s = op.Div(s, scale)
@@ -45,9 +49,12 @@ def _scores(op, q4, kt, scale, mask, scaling, masking):
     return op.Softmax(s, _allow_other_attributes=True, _outputs=["probs"])
 
 
-def _scale_value(scaling: str, scale: ir.Value | None) -> float | None:
+def _scale_value(scaling: str, scale: ir.Value | None, scale_k: ir.Value | None = None) -> float | None:
     if scaling == "none":
         return 1.0
+    if scaling == "pre":
+        c, c_k = scalar(scale), scalar(scale_k)
+        return None if c is None or c_k is None or c * c_k == 0 else c * c_k
     c = scalar(scale)
     if c is None or c == 0:
         return None
@@ -63,13 +70,13 @@ class _AttentionBase(RewriteRuleClassBase):
         super().__init__(f"Attention[{kind}, scale {scaling}, mask {masking}]")
         self.scaling, self.masking = scaling, masking
 
-    def _check_core(self, result, context, probs, scale, mask, q) -> bool:
+    def _check_core(self, result, context, probs, scale, scale_k, mask, q) -> bool:
         softmax = probs.producer()
         axis = softmax.attributes.get_int("axis", -1)
         if axis not in (-1, rank(probs) - 1 if rank(probs) else -1):
             result.fail("Softmax is not over the last axis")
             return False
-        if _scale_value(self.scaling, scale) is None:
+        if _scale_value(self.scaling, scale, scale_k) is None:
             result.fail("the score scale is not a non-zero constant scalar")
             return False
         if not float_tensor(result, q, "the query"):
@@ -104,17 +111,18 @@ class AttentionBlock(_AttentionBase):
     def __init__(self, scaling: str, masking: str):
         super().__init__("block", scaling, masking)
 
-    def pattern(self, op, q, k, v, q_shape, k_shape, v_shape, scale, mask, out_shape):
+    def pattern(self, op, q, k, v, q_shape, k_shape, v_shape, scale, scale_k, mask, out_shape):
         def heads(t, shape, name, perm):
             return op.Transpose(op.Reshape(t, shape, _allow_other_attributes=True, _outputs=[name]), perm=perm)
 
         probs = _scores(op, heads(q, q_shape, "q4", [0, 2, 1, 3]), heads(k, k_shape, "k4", [0, 2, 3, 1]),
-                        scale, mask, self.scaling, self.masking)
+                        scale, scale_k, mask, self.scaling, self.masking)
         context = op.MatMul(probs, heads(v, v_shape, "v4", [0, 2, 1, 3]))
         return op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), out_shape, _allow_other_attributes=True,
                           _outputs=["out"])
 
-    def check(self, context, q, k, v, q4, k4, v4, probs, out, scale=None, mask=None, **_) -> MatchResult:
+    def check(self, context, q, k, v, q4, k4, v4, probs, out, scale=None, scale_k=None, mask=None,
+              **_) -> MatchResult:
         result = MatchResult()
         heads = []
         for t, t4, what in ((q, q4, "query"), (k, k4, "key"), (v, v4, "value")):
@@ -131,15 +139,15 @@ class AttentionBlock(_AttentionBase):
             return result.fail("query, key and value differ in head count or Q/K head size")
         if rank(out) != 3 or not (isinstance(out.shape[2], int) and out.shape[2] == hv * heads[2][1]):
             return result.fail("the head merge is not [B, S, H, D] -> [B, S, H*D]")
-        self._check_core(result, context, probs, scale, mask, q)
+        self._check_core(result, context, probs, scale, scale_k, mask, q)
         return result
 
-    def rewrite(self, op, q, k, v, q4, scale=None, mask=None, **_):
+    def rewrite(self, op, q, k, v, q4, scale=None, scale_k=None, mask=None, **_):
         heads = q4.shape[2]
         mask = self._mask_for_ort(op, mask, q.shape[1], q, 1)
         inputs = [q, k, v] + ([mask] if mask is not None else [])
         return op.Attention(*inputs, q_num_heads=heads, kv_num_heads=heads,
-                            scale=_scale_value(self.scaling, scale))
+                            scale=_scale_value(self.scaling, scale, scale_k))
 
 
 class AttentionCore(_AttentionBase):
@@ -148,23 +156,24 @@ class AttentionCore(_AttentionBase):
     def __init__(self, scaling: str, masking: str):
         super().__init__("core", scaling, masking)
 
-    def pattern(self, op, q, k, v, scale, mask):
-        probs = _scores(op, q, op.Transpose(k, perm=[0, 1, 3, 2]), scale, mask, self.scaling, self.masking)
+    def pattern(self, op, q, k, v, scale, scale_k, mask):
+        probs = _scores(op, q, op.Transpose(k, perm=[0, 1, 3, 2]), scale, scale_k, mask, self.scaling,
+                        self.masking)
         return op.MatMul(probs, v)
 
-    def check(self, context, q, k, v, probs, scale=None, mask=None, **_) -> MatchResult:
+    def check(self, context, q, k, v, probs, scale=None, scale_k=None, mask=None, **_) -> MatchResult:
         result = MatchResult()
         if not (rank(q) == rank(k) == rank(v) == 4):
             return result.fail("Q, K, V are not 4-D [B, H, S, D] (or their shapes are unknown)")
         if not (_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1])):
             return result.fail("Q, K, V differ in head count")
-        self._check_core(result, context, probs, scale, mask, q)
+        self._check_core(result, context, probs, scale, scale_k, mask, q)
         return result
 
-    def rewrite(self, op, q, k, v, scale=None, mask=None, **_):
+    def rewrite(self, op, q, k, v, scale=None, scale_k=None, mask=None, **_):
         mask = self._mask_for_ort(op, mask, q.shape[2], q, 2)
         inputs = [q, k, v] + ([mask] if mask is not None else [])
-        return op.Attention(*inputs, scale=_scale_value(self.scaling, scale))
+        return op.Attention(*inputs, scale=_scale_value(self.scaling, scale, scale_k))
 
 
 class FuseAttention(FusionPass):
