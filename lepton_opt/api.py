@@ -119,7 +119,8 @@ def compile(  # noqa: A001 - the public name the product promises
 
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
     loaded, passes = _prepare(model, input_shapes)
-    return compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, passes=passes)
+    return compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
+                         passes=passes)
 
 
 def load_compiled(path: str | os.PathLike):

@@ -37,10 +37,7 @@ class LoadedModel:
     model: ir.Model
     source: str  # a path, or "<bytes>" / "<ModelProto>" for in-memory models
     sha256: str
-
-    @property
-    def opset(self) -> int:
-        return self.model.opset_imports.get("", 1)
+    opset: int  # the source model's ai.onnx opset (passes may raise the model's own)
 
 
 def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> LoadedModel:
@@ -53,7 +50,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
         raise ModelLoadError(f"{name}: cannot read the ONNX graph: {_first_line(e)}") from e
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
-    return LoadedModel(model, name, digest)
+    return LoadedModel(model, name, digest, model.opset_imports.get("", 1))
 
 
 def _read(source: ModelSource) -> tuple[onnx.ModelProto, str, str]:

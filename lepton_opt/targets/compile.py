@@ -32,8 +32,9 @@ def unsupported_ops(model: ir.Model) -> dict[str, list[str]]:
     return missing
 
 
-def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str,
+def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str, opset: int,
                   passes: list[str]) -> CompiledModel:
+    """Lower and build ``model``; ``source``/``sha256``/``opset`` describe the user's model."""
     lowered = lower_model(model, source)
     try:
         executable = build(lowered.mod, spec)
@@ -53,7 +54,7 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
                for name, s in zip(lowered.output_names, func.ret_ty.fields)]
     manifest = make_manifest(inputs=inputs, outputs=outputs, target=spec.to_json(),
                              tvm_target=_target_json(spec), passes=passes, source=source,
-                             sha256=sha256, opset=model.opset_imports.get("", 0))
+                             sha256=sha256, opset=opset)
     return CompiledModel(executable, manifest)
 
 
