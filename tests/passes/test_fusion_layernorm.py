@@ -91,13 +91,15 @@ def test_layernorm_leaves_out_a_gamma_of_another_shape():
 def rms_body(opset=23, square="pow", normalize="div") -> str:
     lines = ["sq = Pow(x, two)" if square == "pow" else "sq = Mul(x, x)", mean("ms", "sq", opset),
              "me = Add(ms, eps)", "r = Sqrt(me)"]
-    lines += ["n = Div(x, r)"] if normalize == "div" else ["rr = Reciprocal(r)", "n = Mul(rr, x)"]
+    lines += {"div": ["n = Div(x, r)"], "reciprocal": ["rr = Reciprocal(r)", "n = Mul(rr, x)"],
+              # torch's export of x * torch.rsqrt(t): x * (1 / sqrt(t))
+              "one-over": ["one = Constant <value = float {1.0}> ()", "rr = Div(one, r)", "n = Mul(x, rr)"]}[normalize]
     lines.append("y = Mul(n, gamma)")
     return "\n        ".join(lines)
 
 
 @pytest.mark.parametrize("opset", [17, 23])
-@pytest.mark.parametrize("square, normalize", [("pow", "div"), ("mul", "reciprocal")])
+@pytest.mark.parametrize("square, normalize", [("pow", "div"), ("mul", "reciprocal"), ("pow", "one-over")])
 def test_rmsnorm_fuses(opset, square, normalize):
     model = norm_model(rms_body(opset, square, normalize), opset)
     after, rewrites = fuse(model, "fuse-layernorm", atol=1e-4)

@@ -4,8 +4,8 @@
     LayerNorm  d = x - mean(x);  d / sqrt(mean(d^2) + eps) * gamma + beta
     RMSNorm    x / sqrt(mean(x^2) + eps) * w
 
-Variants spelled by the rules: d^2 as Pow(d, 2) or d * d; the division as Div or as a Mul by
-Reciprocal (either order); with or without gamma / beta (LayerNorm) or w (RMSNorm); ReduceMean
+Variants spelled by the rules: d^2 as Pow(d, 2) or d * d; the division as Div, or as a Mul by
+Reciprocal(sqrt) or by 1 / sqrt (torch's rsqrt), either order; with or without gamma / beta (LayerNorm) or w (RMSNorm); ReduceMean
 with ``axes`` as an attribute (opset < 18) or an input. The reduced axes must be the trailing
 axes, the same in both means, with keepdims; gamma and beta must have the normalized shape
 (leading 1s allowed). The pass puts constant Add/Mul operands second first, so gamma, beta and
@@ -24,7 +24,15 @@ import onnx_ir as ir
 from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
-from lepton_opt.passes.fusion.common import FusionPass, constant, float_tensor, fresh_name, opset_allows, scalar
+from lepton_opt.passes.fusion.common import (
+    FusionPass,
+    constant,
+    float_tensor,
+    fresh_name,
+    is_scalar,
+    opset_allows,
+    scalar,
+)
 
 
 def _mean(op, x, name):
@@ -35,12 +43,16 @@ def _square(op, d, form):
     return op.Pow(d, 2.0) if form == "pow" else op.Mul(d, d)
 
 
-def _normalize(op, d, std, form):
+def _normalize(op, d, std, form, one):
     if form == "div":
         return op.Div(d, std)
     if form == "mul-reciprocal":
         return op.Mul(d, op.Reciprocal(std))
-    return op.Mul(op.Reciprocal(std), d)
+    if form == "reciprocal-mul":
+        return op.Mul(op.Reciprocal(std), d)
+    if form == "mul-one-over":  # torch exports rsqrt(t) as 1 / sqrt(t)
+        return op.Mul(d, op.Div(one, std))
+    return op.Mul(op.Div(one, std), d)
 
 
 def _reduced_axes(mean: ir.Value) -> list[int] | None:
@@ -126,18 +138,20 @@ class LayerNormFusion(_NormBase):
                          f"{'beta' if bias else 'no beta'}]")
         self.square, self.normalize, self.scale, self.bias = square, normalize, scale, bias
 
-    def pattern(self, op, x, eps, gamma, beta):
+    def pattern(self, op, x, eps, gamma, beta, one):
         d = op.Sub(x, _mean(op, x, "mean"))
         var = _mean(op, _square(op, d, self.square), "var")
-        y = _normalize(op, d, op.Sqrt(op.Add(var, eps)), self.normalize)
+        y = _normalize(op, d, op.Sqrt(op.Add(var, eps)), self.normalize, one)
         if self.scale:
             y = op.Mul(y, gamma)
         if self.bias:
             y = op.Add(y, beta)
         return y
 
-    def check(self, context, x, eps, mean, var, gamma=None, beta=None, **_) -> MatchResult:
+    def check(self, context, x, eps, mean, var, gamma=None, beta=None, one=None, **_) -> MatchResult:
         result = MatchResult()
+        if one is not None and not is_scalar(one, 1.0):
+            return result.fail("the reciprocal is not 1 / sqrt(...)")
         self._common_check(result, context, x, eps, [mean, var], [(gamma, "gamma"), (beta, "beta")])
         return result
 
@@ -167,13 +181,15 @@ class RMSNormFusion(_NormBase):
         super().__init__(f"RMSNorm[{square}, {normalize}, {'w' if scale else 'no w'}]")
         self.square, self.normalize, self.scale = square, normalize, scale
 
-    def pattern(self, op, x, eps, w):
+    def pattern(self, op, x, eps, w, one):
         ms = _mean(op, _square(op, x, self.square), "ms")
-        y = _normalize(op, x, op.Sqrt(op.Add(ms, eps)), self.normalize)
+        y = _normalize(op, x, op.Sqrt(op.Add(ms, eps)), self.normalize, one)
         return op.Mul(y, w) if self.scale else y
 
-    def check(self, context, x, eps, ms, w=None, **_) -> MatchResult:
+    def check(self, context, x, eps, ms, w=None, one=None, **_) -> MatchResult:
         result = MatchResult()
+        if one is not None and not is_scalar(one, 1.0):
+            return result.fail("the reciprocal is not 1 / sqrt(...)")
         self._common_check(result, context, x, eps, [ms], [(w, "w")])
         return result
 
@@ -191,7 +207,7 @@ class RMSNormFusion(_NormBase):
 
 
 SQUARES = ("pow", "mul")
-NORMALIZE = ("div", "mul-reciprocal", "reciprocal-mul")
+NORMALIZE = ("div", "mul-reciprocal", "reciprocal-mul", "mul-one-over", "one-over-mul")
 
 
 
