@@ -110,8 +110,8 @@ def main(argv=None) -> int:
                 names = pipeline_names(level)
                 PassManager(build_passes(names))(loaded.model)
                 start = time.perf_counter()
-                compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
-                                         passes=names)
+                compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256,
+                                         opset=loaded.opset, passes=names)
                 compile_s = time.perf_counter() - start
                 got = compiled.run(feeds)
                 err = float(max(np.abs(got[o.name] - r).max()

@@ -25,7 +25,8 @@ FORMS = {
     "HardSigmoid: clip(x*(1/6)+0.5,0,1)": (
         "HardSigmoid", "d = Mul(sixth, x)\n a = Add(d, half)\n y = Clip(a, zero, one)"),
     "HardSigmoid: clip(x+3,0,6)/6": ("HardSigmoid", "a = Add(x, three)\n c = Clip(a, zero, six)\n y = Div(c, six)"),
-    "HardSwish: x*HardSigmoid(x)": ("HardSwish", "h = HardSigmoid <alpha = 0.16666667, beta = 0.5> (x)\n y = Mul(h, x)"),
+    "HardSwish: x*HardSigmoid(x)": (
+        "HardSwish", "h = HardSigmoid <alpha = 0.16666667, beta = 0.5> (x)\n y = Mul(h, x)"),
 }
 
 

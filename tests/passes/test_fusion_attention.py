@@ -14,7 +14,7 @@ HIDDEN = HEADS * HEAD_DIM
 
 
 def attention_model(batch=2, scaling="div", mask="add", extra_output=None, opset=17, extra_nodes=(),
-                    extra_inputs=(), extra_outputs=()):
+                    extra_inputs=(), extra_outputs=(), seq=SEQ):
     """q, k, v [B, S, H*D] -> the torch-exported block -> y [B, S, H*D]; mask [B, 1, 1, S] float."""
     nodes = []
     inits = [numpy_helper.from_array(np.array([0, 0, HEADS, HEAD_DIM], np.int64), "split"),
@@ -41,10 +41,10 @@ def attention_model(batch=2, scaling="div", mask="add", extra_output=None, opset
               helper.make_node("MatMul", ["probs", "vh"], ["context"]),
               helper.make_node("Transpose", ["context"], ["merged"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["merged", "merge"], ["y"]), *extra_nodes]
-    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [batch, SEQ, HIDDEN]) for t in "qkv"]
+    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, [batch, seq, HIDDEN]) for t in "qkv"]
     if mask == "add":
-        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [batch, 1, 1, SEQ]))
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, SEQ, HIDDEN])]
+        inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, [batch, 1, 1, seq]))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, HIDDEN])]
     if extra_output:
         outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, None))
     graph = helper.make_graph(nodes, "attention", inputs + list(extra_inputs), outputs + list(extra_outputs), inits)
@@ -71,6 +71,12 @@ def test_dynamic_batch():
     model = attention_model(batch="B")
     after, rewrites = fuse(model, "fuse-attention", shapes={"B": 3})
     assert rewrites == 1 and ops(after)["Attention"] == 1
+
+
+def test_dynamic_sequence_expands_the_mask_at_run_time():
+    model = attention_model(batch="B", seq="S")
+    after, rewrites = fuse(model, "fuse-attention", shapes={"B": 2, "S": 5})
+    assert rewrites == 1 and ops(after)["Attention"] == 1 and ops(after)["Shape"] == 1  # query length
 
 
 def test_bare_4d_core_fuses():

@@ -30,6 +30,7 @@ from onnxscript.rewriter._rewrite_rule import RewriteRule
 
 from lepton_opt.passes.base import Pass, PassResult
 from lepton_opt.passes.fusion import opset as opset_module
+from lepton_opt.passes.fusion.opset import fresh_initializer_name as fresh_name  # noqa: F401 - for the rules
 
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
@@ -186,12 +187,3 @@ def float_tensor(result: MatchResult, value: ir.Value, what: str) -> bool:
 
 def rank(value: ir.Value | None) -> int | None:
     return None if value is None or value.shape is None else len(value.shape)
-
-
-def fresh_name(graph: ir.Graph, base: str) -> str:
-    """An initializer name not used in ``graph`` (the rewriter overwrites on a clash)."""
-    name, i = base, 0
-    while name in graph.initializers:
-        i += 1
-        name = f"{base}_{i}"
-    return name

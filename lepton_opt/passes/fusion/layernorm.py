@@ -5,14 +5,15 @@
     RMSNorm    x / sqrt(mean(x^2) + eps) * w
 
 Variants spelled by the rules: d^2 as Pow(d, 2) or d * d; the division as Div, or as a Mul by
-Reciprocal(sqrt) or by 1 / sqrt (torch's rsqrt), either order; with or without gamma / beta (LayerNorm) or w (RMSNorm); ReduceMean
-with ``axes`` as an attribute (opset < 18) or an input. The reduced axes must be the trailing
-axes, the same in both means, with keepdims; gamma and beta must have the normalized shape
-(leading 1s allowed). The pass puts constant Add/Mul operands second first, so gamma, beta and
-eps need only one operand order.
+Reciprocal(sqrt) or by 1 / sqrt (torch's rsqrt), either order; with or without gamma / beta
+(LayerNorm) or w (RMSNorm); ReduceMean with ``axes`` as an attribute (opset < 18) or an input.
+The reduced axes must be the trailing axes, the same in both means, with keepdims; gamma and
+beta must have the normalized shape (leading 1s allowed). The pass puts constant Add/Mul
+operands second first, so gamma, beta and eps need only one operand order.
 
 LayerNorm rules run in an earlier stage than RMSNorm rules: the lower half of a LayerNorm is an
-RMSNorm of d, and the whole LayerNorm should win.
+RMSNorm of d, and the whole LayerNorm should win. (Where the LayerNorm is refused, e.g. its
+mean has another use, that lower half may still become RMSNormalization(d): the same values.)
 """
 
 from __future__ import annotations

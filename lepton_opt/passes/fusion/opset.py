@@ -42,7 +42,7 @@ def _reduce_axes_to_input(node: ir.Node) -> None:
         return  # no axes: reduce over all axes in both versions
     graph = node.graph
     axes = np.array(attr.as_ints(), np.int64)
-    name = _fresh_initializer_name(graph, f"{node.name or node.op_type}_axes")
+    name = fresh_initializer_name(graph, f"{node.name or node.op_type}_axes")
     value = ir.Value(name=name, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(axes.shape),
                      const_value=ir.tensor(axes, name=name))
     graph.register_initializer(value)
@@ -121,8 +121,11 @@ def raise_refusal(model: ir.Model, target: int) -> str | None:
             key = (op, version)
             if key not in BREAKING:
                 continue
-            check = CONVERTIBLE.get(key, (lambda n: BREAKING[key], None))[0]
-            reason = check(node) if check is not None else None
+            if key in CONVERTIBLE:
+                check = CONVERTIBLE[key][0]
+                reason = check(node) if check is not None else None
+            else:
+                reason = BREAKING[key]
             if reason is not None:
                 return f"node {node.name or op!r} ({op}) {reason} at opset {version}"
         seen.add(op)
@@ -165,7 +168,8 @@ def raise_for_new_ops(model: ir.Model) -> int | None:
     return needed
 
 
-def _fresh_initializer_name(graph: ir.Graph, base: str) -> str:
+def fresh_initializer_name(graph: ir.Graph, base: str) -> str:
+    """An initializer name not used in ``graph`` (the rewriter overwrites on a clash)."""
     name, i = base, 0
     while name in graph.initializers:
         i += 1
