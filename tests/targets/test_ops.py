@@ -421,3 +421,45 @@ def test_trilu_topk_cumprod_with_run_time_parameters():
                    v=[3, 2], i=[3, 2]), feeds={"x": x, "k": np.array([2], np.int64)})
     check(node_model("CumProd", [("x", F, [3, 4]), ("a", I64, [])], Y, {"reverse": 1}, opset=26),
           feeds={"x": x, "a": np.array(1, np.int64)})
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "wrap"])
+def test_pad_with_run_time_pads(mode):
+    model = declared(node_model("Pad", [("x", F, [3, 4]), ("p", I64, [4])], Y, {"mode": mode}), y=[4, 7])
+    check(model, feeds={"x": np.arange(12, dtype=np.float32).reshape(3, 4), "p": np.array([1, 2, 0, 1], np.int64)})
+
+
+def test_constant_of_shape_and_center_crop_pad_with_run_time_shapes():
+    check(declared(node_model("ConstantOfShape", [("s", I64, [2])], Y,
+                              {"value": numpy_helper.from_array(np.array([1.5], np.float32))}), y=[2, 3]),
+          feeds={"s": np.array([2, 3], np.int64)})
+    check(declared(node_model("CenterCropPad", [("x", F, [5, 4]), ("s", I64, [2])], Y, opset=18), y=[2, 7]),
+          feeds={"x": np.arange(20, dtype=np.float32).reshape(5, 4), "s": np.array([2, 7], np.int64)})
+
+
+def test_legacy_broadcast_prelu_per_channel_and_float_mod_by_infinity():
+    model = node_model("Add", [("a", F, [2, 3, 4]), ("b", F, [3])], Y, {"broadcast": 1, "axis": 1}, opset=6)
+    a, b = np.ones((2, 3, 4), np.float32), np.array([1, 2, 3], np.float32)
+    np.testing.assert_array_equal(lepton_opt.compile(model).run({"a": a, "b": b})["y"], a + b.reshape(3, 1))
+    model = node_model("PRelu", [("x", F, [2, 3, 4])], Y, inits={"s": np.array([0.1, 0.2, 0.3], np.float32)}, opset=6)
+    x = feeds_for(model)["x"]
+    np.testing.assert_allclose(lepton_opt.compile(model).run({"x": x})["y"],
+                               np.where(x < 0, x * np.array([0.1, 0.2, 0.3], np.float32).reshape(3, 1), x), rtol=1e-6)
+    inf = np.float32(np.inf)
+    for fmod in (0, 1):
+        check(node_model("Mod", [("a", F, [4]), ("b", F, [4])], Y, {"fmod": fmod}, opset=28),
+              feeds={"a": np.array([1.5, -1.5, 0.0, 2.0], np.float32), "b": np.array([inf, inf, -inf, 3.0], np.float32)})
+
+
+def test_rms_norm_all_axes_and_batchnorm_with_run_time_parameters():
+    check(node_model("RMSNormalization", [("x", F, [2, 3]), ("s", F, [2, 3])], Y, {"axis": 0}, opset=23), atol=1e-5)
+    inputs = [("x", F, [2, 3, 4]), ("s", F, [3]), ("b", F, [3]), ("m", F, [3]), ("v", F, [3])]
+    feeds = feeds_for(node_model("BatchNormalization", inputs, Y))
+    feeds["v"] = np.abs(feeds["v"]) + 0.5
+    check(node_model("BatchNormalization", inputs, Y), feeds=feeds, atol=1e-5)
+
+
+def test_dropout_with_run_time_training_mode_is_rejected():
+    model = node_model("Dropout", [("x", F, [3]), ("r", F, []), ("t", B, [])], Y)
+    with pytest.raises(lepton_opt.LeptonError, match="training_mode"):
+        lepton_opt.compile(model)

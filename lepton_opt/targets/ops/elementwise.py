@@ -25,7 +25,16 @@ def _unary(fn):
 
 
 def _binary(fn):
-    return lambda ctx, a, b: fn(a, b)
+    def convert(ctx, a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+        # Opset < 7: with broadcast=1 and axis, b's dims line up with a's from ``axis`` on.
+        if broadcast and axis is not None:
+            ra, rb = len(ctx.shape_of(a)), len(ctx.shape_of(b))
+            ax = axis + ra if axis < 0 else axis
+            if ra - ax > rb:
+                b = ctx.emit(op.reshape(b, ctx.shape_of(b) + [1] * (ra - ax - rb)))
+        return fn(a, b)
+
+    return convert
 
 
 def Div(ctx, a, b):
@@ -42,8 +51,19 @@ def Div(ctx, a, b):
 
 def Mod(ctx, a, b, *, fmod=0):
     if fmod:
-        # C fmod: the result takes the dividend's sign.
-        return op.subtract(a, op.multiply(op.trunc(op.divide(a, b)) if _is_float(a) else Div(ctx, a, b), b))
+        # C fmod: the result takes the dividend's sign; fmod(finite, +-inf) is the dividend.
+        out = op.subtract(a, op.multiply(op.trunc(op.divide(a, b)) if _is_float(a) else Div(ctx, a, b), b))
+        if _is_float(a):
+            out = op.where(ctx.emit(op.logical_and(op.isinf(b), op.logical_not(op.isinf(a)))), a, ctx.emit(out))
+        return out
+    if _is_float(a):
+        # floor_mod spelled a - floor(a / b) * b gives NaN for an infinite divisor; numpy (and
+        # onnxruntime) give a when a and b share a sign (or a is 0), else b.
+        out = ctx.emit(op.floor_mod(a, b))
+        same = op.logical_or(op.equal(a, scalar(a, 0)),
+                             op.logical_not(op.logical_xor(op.less(a, scalar(a, 0)), op.less(b, scalar(b, 0)))))
+        fix = op.logical_and(op.isinf(b), op.logical_not(op.isinf(a)))
+        return op.where(ctx.emit(fix), ctx.emit(op.where(ctx.emit(same), a, b)), out)
     return op.floor_mod(a, b)
 
 
@@ -88,6 +108,9 @@ def LeakyRelu(ctx, x, *, alpha=0.01):
 
 
 def PRelu(ctx, x, slope):
+    xd, sd = ctx.shape_of(x), ctx.shape_of(slope)
+    if len(sd) == 1 and len(xd) > 2 and sd[0] == xd[1] and sd[0] != xd[-1]:
+        slope = ctx.emit(op.reshape(slope, [sd[0]] + [1] * (len(xd) - 2)))  # one slope per channel
     return op.where(op.less(x, scalar(x, 0)), op.multiply(x, slope), x)
 
 

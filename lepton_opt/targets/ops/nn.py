@@ -153,8 +153,8 @@ def BatchNormalization(ctx, x, scale, bias, mean, var, *, epsilon=1e-5, momentum
         dtype = dtype_of(x)
         return op.add(op.multiply(x, _channel_bias(relax.const(a.astype(dtype), dtype), rank)),
                       _channel_bias(relax.const(shift.astype(dtype), dtype), rank))
-    inv = op.divide(scale, op.sqrt(op.add(var, scalar(var, epsilon))))
-    out = op.multiply(op.subtract(x, _channel_bias(mean, rank)), _channel_bias(inv, rank))
+    inv = ctx.emit(op.divide(scale, op.sqrt(op.add(var, scalar(var, epsilon)))))
+    out = ctx.emit(op.multiply(op.subtract(x, _channel_bias(mean, rank)), _channel_bias(inv, rank)))
     return op.add(out, _channel_bias(bias, rank))
 
 
@@ -202,8 +202,14 @@ def LayerNormalization(ctx, x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash
 def RMSNormalization(ctx, x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     dims = shape_of(x)
     axis = axis + len(dims) if axis < 0 else axis
-    return op.nn.rms_norm(x, _broadcast_param(scale, dims[axis:]), axes=list(range(axis, len(dims))),
-                          epsilon=epsilon)
+    dt = dtype_of(x)
+    work = "float32" if stash_type == 1 and dt in ("float16", "bfloat16") else dt
+    xs = ctx.emit(op.astype(x, work)) if work != dt else x
+    ms = ctx.emit(op.mean(op.multiply(xs, xs), list(range(axis, len(dims))), keepdims=True))
+    y = ctx.emit(op.divide(xs, op.sqrt(op.add(ms, relax.const(epsilon, work)))))
+    if work != dt:
+        y = ctx.emit(op.astype(y, dt))
+    return op.multiply(y, scale)
 
 
 def GroupNormalization(ctx, x, scale, bias, *, epsilon=1e-5, num_groups, stash_type=1):
@@ -258,7 +264,7 @@ def MatMul(ctx, a, b):
     return op.matmul(a, b)
 
 
-def Gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+def Gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
     if transA:
         a = op.permute_dims(a, [1, 0])
     if transB:
@@ -285,6 +291,10 @@ def Flatten(ctx, x, *, axis=1):
 
 def Dropout(ctx, x, ratio_in=None, training_in=None, **attrs):
     training = ctx.known(2)
+    ratio = ctx.known(1)
+    zero_ratio = ratio is not None and not ratio.is_symbolic and float(ratio.numeric().reshape(-1)[0]) == 0.0
+    if len(ctx.node.inputs) > 2 and ctx.node.inputs[2] is not None and training is None and not zero_ratio:
+        raise LoweringError("Dropout's training_mode is computed at run time; export in eval mode")
     if training is not None and not training.is_symbolic and bool(training.numeric().reshape(-1)[0]):
         raise LoweringError("Dropout with training_mode=True is not supported; export in eval mode")
     outputs = [x]

@@ -313,6 +313,8 @@ def Pad(ctx, x, pads_in=None, value_in=None, axes_in=None, *, mode="constant", *
         pad_list = [int(p) for p in attrs["pads"]]
         value = float(attrs.get("value", 0.0))
         axes_v = list(range(rank))
+    elif _runtime(ctx, 1) or _runtime(ctx, 2):
+        return _pad_runtime(ctx, x, pads_in, value_in, mode)
     else:
         pad_list = [int(p) for p in ctx.static(1, "Pad's pads").reshape(-1)]
         cv = ctx.static(2, "Pad's constant_value")
@@ -339,11 +341,86 @@ def Pad(ctx, x, pads_in=None, value_in=None, axes_in=None, *, mode="constant", *
     return op.nn.pad(x, width, pad_mode=_PAD_MODES[mode], pad_value=value)
 
 
+def _pad_runtime(ctx, x, pads, value, mode):
+    """Pad with pads (or the constant value) computed at run time, against the declared output
+    shape: each padded axis gathers from source index (output index - pad_begin), mapped into
+    range by the mode (constant positions outside are then filled)."""
+    dims = shape_of(x)
+    rank = len(dims)
+    out = _need_declared(ctx, "Pad's pads")
+    if not all(isinstance(d, int) for d in dims):
+        raise LoweringError("Pad with run-time pads needs static input dimensions")
+    a = ctx.static(3, "Pad's axes")
+    axes_v = list(range(rank)) if a is None else [_norm_axis(v, rank) for v in a.reshape(-1)]
+    if _runtime(ctx, 1):
+        pads = ctx.emit(op.astype(pads, "int64"))
+    else:
+        pads = relax.const(ctx.static(1, "Pad's pads").reshape(-1).astype(np.int64), "int64")
+    fill = None
+    if mode == "constant":
+        fill = scalar(x, 0) if value is None else ctx.emit(op.astype(_scalar_of(value), dtype_of(x))) \
+            if shape_of(value) in ([], [1]) else scalar(x, 0)
+    y = x
+    for i, ax in enumerate(axes_v):
+        n, m = dims[ax], out[ax]
+        if n == m and mode != "constant":
+            pass
+        begin = ctx.emit(op.reshape(op.take(pads, relax.const(i, "int64"), axis=0), []))
+        src = ctx.emit(op.subtract(relax.const(np.arange(m, dtype=np.int64), "int64"), begin))
+        if mode == "constant":
+            idx = op.clip(src, 0, max(n - 1, 0))
+        elif mode == "edge":
+            idx = op.clip(src, 0, n - 1)
+        elif mode == "wrap":
+            idx = op.floor_mod(src, relax.const(n, "int64"))
+        elif mode == "reflect":
+            period = relax.const(max(2 * (n - 1), 1), "int64")
+            r = ctx.emit(op.floor_mod(src, period))
+            idx = op.where(op.greater_equal(r, relax.const(n, "int64")), op.subtract(period, r), r)
+        else:
+            raise LoweringError(f"Pad mode {mode!r} is not supported")
+        y = ctx.emit(op.take(y, ctx.emit(idx), axis=ax))
+        if mode == "constant":
+            inside = op.logical_and(op.greater_equal(src, relax.const(0, "int64")),
+                                    op.less(src, relax.const(n, "int64")))
+            shape = [1] * rank
+            shape[ax] = m
+            y = ctx.emit(op.where(ctx.emit(op.reshape(inside, shape)), y, fill))
+    return y
+
+
+def CenterCropPad(ctx, x, shape_in, *, axes=None):
+    """Crop (centered, extra row at the end) or zero-pad (centered, extra at the end) to a shape."""
+    dims = shape_of(x)
+    rank = len(dims)
+    if _runtime(ctx, 1):
+        out = _need_declared(ctx, "CenterCropPad's shape")
+    else:
+        target = [int(v) for v in ctx.static(1, "CenterCropPad's shape").reshape(-1)]
+        axes_v = list(range(rank)) if axes is None else [_norm_axis(a, rank) for a in axes]
+        out = list(dims)
+        for a, t in zip(axes_v, target):
+            out[a] = t
+    if not all(isinstance(d, int) for d in dims):
+        raise LoweringError("CenterCropPad needs static input dimensions")
+    y = x
+    for a, (n, t) in enumerate(zip(dims, out)):
+        if t < n:
+            start = (n - t) // 2
+            y = ctx.emit(op.strided_slice(y, [a], [start], [start + t]))
+        elif t > n:
+            width = [0] * (2 * rank)
+            width[2 * a], width[2 * a + 1] = (t - n) // 2, t - n - (t - n) // 2
+            y = ctx.emit(op.nn.pad(y, width, pad_mode="constant", pad_value=0.0))
+    return y
+
+
 def ConstantOfShape(ctx, shape, *, value=None):
-    dims = ctx.sym_shape(0, "ConstantOfShape's shape")
+    dims = _need_declared(ctx, "ConstantOfShape's shape") if _runtime(ctx, 0) else \
+        ctx.sym_shape(0, "ConstantOfShape's shape")
     fill = np.zeros(1, np.float32) if value is None else np.asarray(value).reshape(-1)
     dtype = str(fill.dtype) if value is not None else "float32"
-    return op.full(dims, relax.const(fill[0], dtype), dtype)
+    return op.broadcast_to(relax.const(fill[0], dtype), dims)
 
 
 def Range(ctx, start, limit, delta):
@@ -588,6 +665,7 @@ CONVERTERS = {
     "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
     "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
     "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "CumProd": CumProd, "TopK": TopK,
+    "CenterCropPad": CenterCropPad,
     "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
     "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
     # Shape, Size and numeric Constants are evaluated at compile time (shape_eval); these only
