@@ -463,3 +463,17 @@ def test_dropout_with_run_time_training_mode_is_rejected():
     model = node_model("Dropout", [("x", F, [3]), ("r", F, []), ("t", B, [])], Y)
     with pytest.raises(lepton_opt.LeptonError, match="training_mode"):
         lepton_opt.compile(model)
+
+
+def test_cosh_eyelike_and_fp16_attention_with_cache():
+    check(node_model("Cosh", [("x", F, [3, 4])], Y))
+    check(node_model("EyeLike", [("x", F, [3, 4])], [("y", I64)], {"k": 1, "dtype": I64}))
+    H = TensorProto.FLOAT16
+    inputs = [("q", H, [1, 2, 3, 8]), ("k", H, [1, 2, 3, 8]), ("v", H, [1, 2, 3, 8]),
+              ("pk", H, [1, 2, 2, 8]), ("pv", H, [1, 2, 2, 8])]
+    model = _attention_model(inputs, [("y", H, [1, 2, 3, 8]), ("present_k", H, [1, 2, 5, 8]),
+                                      ("present_v", H, [1, 2, 5, 8])], {"is_causal": 1})
+    model.graph.node[0].input.insert(3, "")  # no attn_mask
+    rng = np.random.default_rng(9)
+    feeds = {n: rng.standard_normal(s).astype(np.float16) for n, _, s in inputs}
+    check(model, feeds=feeds, atol=2e-3, rtol=2e-3)

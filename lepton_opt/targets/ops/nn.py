@@ -352,6 +352,12 @@ def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonp
         k = ctx.emit(op.concat([past_key, k], axis=2))
         v = ctx.emit(op.concat([past_value, v], axis=2))
     present_k, present_v = k, v
+    orig = dt
+    if dt == "float16":  # accumulate in float32, round once at the end
+        dt = "float32"
+        q, k, v = (ctx.emit(op.astype(t, dt)) for t in (q, k, v))
+        if attn_mask is not None and dtype_of(attn_mask) != "bool":
+            attn_mask = ctx.emit(op.astype(attn_mask, dt))
     batch, hq, sq, head = shape_of(q)
     hk, skv = shape_of(k)[1], shape_of(k)[2]
     if not all(isinstance(d, int) for d in (sq, skv, head)):
@@ -431,8 +437,10 @@ def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonp
     if rank3:
         y = ctx.emit(op.permute_dims(y, [0, 2, 1, 3]))
         y = op.reshape(y, [batch, sq, -1])
-    if dtype_of(qk_out) != dt:
-        qk_out = op.astype(qk_out, dt)
+    if orig != dt:
+        y = op.astype(ctx.emit(y), orig)
+    if dtype_of(qk_out) != orig:
+        qk_out = op.astype(qk_out, orig)
     return [y, present_k, present_v, qk_out]
 
 

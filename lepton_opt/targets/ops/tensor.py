@@ -415,6 +415,17 @@ def CenterCropPad(ctx, x, shape_in, *, axes=None):
     return y
 
 
+def EyeLike(ctx, x, *, dtype=None, k=0):
+    rows, cols = shape_of(x)
+    if not (isinstance(rows, int) and isinstance(cols, int)):
+        raise LoweringError("EyeLike needs a static input shape")
+    out = DTYPES.get(ir.DataType(dtype)) if dtype is not None else dtype_of(x)
+    if out is None:
+        raise LoweringError(f"EyeLike to {ir.DataType(dtype).name} is not supported")
+    eye = np.eye(rows, cols, k=k).astype("bool" if out == "bool" else out)
+    return relax.const(eye, out)
+
+
 def ConstantOfShape(ctx, shape, *, value=None):
     dims = _need_declared(ctx, "ConstantOfShape's shape") if _runtime(ctx, 0) else \
         ctx.sym_shape(0, "ConstantOfShape's shape")
@@ -665,7 +676,7 @@ CONVERTERS = {
     "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
     "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
     "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "CumProd": CumProd, "TopK": TopK,
-    "CenterCropPad": CenterCropPad,
+    "CenterCropPad": CenterCropPad, "EyeLike": EyeLike,
     "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
     "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
     # Shape, Size and numeric Constants are evaluated at compile time (shape_eval); these only
