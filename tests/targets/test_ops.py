@@ -477,3 +477,12 @@ def test_cosh_eyelike_and_fp16_attention_with_cache():
     rng = np.random.default_rng(9)
     feeds = {n: rng.standard_normal(s).astype(np.float16) for n, _, s in inputs}
     check(model, feeds=feeds, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+def test_rotary_embedding(interleaved):
+    rng = np.random.default_rng(10)
+    inputs = [("x", F, [2, 3, 8]), ("c", F, [2, 3, 2]), ("s", F, [2, 3, 2])]
+    model = node_model("RotaryEmbedding", inputs, Y, {"interleaved": interleaved, "num_heads": 2,
+                                                      "rotary_embedding_dim": 4}, opset=23)
+    check(model, feeds={n: rng.standard_normal(sh).astype(np.float32) for n, _, sh in inputs})

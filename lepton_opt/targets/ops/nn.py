@@ -484,6 +484,46 @@ def SoftmaxCrossEntropyLoss(ctx, scores, labels, weights=None, *, ignore_index=N
     return [loss, log_prob]
 
 
+def RotaryEmbedding(ctx, x, cos_cache, sin_cache, position_ids=None, *, interleaved=0, num_heads=0,
+                    rotary_embedding_dim=0):
+    """Rotate the first ``rotary_embedding_dim`` channels of each head by the cached angles."""
+    dims = shape_of(x)
+    if len(dims) == 4:  # [B, H, S, D] -> [B, S, H, D]
+        t = ctx.emit(op.permute_dims(x, [0, 2, 1, 3]))
+    else:
+        if not num_heads:
+            raise LoweringError("RotaryEmbedding with a 3-D input needs num_heads")
+        b, s_, hidden = dims
+        t = ctx.emit(op.reshape(x, [b, s_, num_heads, hidden // num_heads]))
+    b, s_, h, d = shape_of(t)
+    rot = rotary_embedding_dim or d
+    half = rot // 2
+    if position_ids is not None:
+        cos_cache = ctx.emit(op.take(cos_cache, position_ids, axis=0))
+        sin_cache = ctx.emit(op.take(sin_cache, position_ids, axis=0))
+    cos = ctx.emit(op.expand_dims(cos_cache, 2))
+    sin = ctx.emit(op.expand_dims(sin_cache, 2))
+    x_rot = ctx.emit(op.strided_slice(t, [3], [0], [rot])) if rot != d else t
+    if interleaved:
+        x1 = ctx.emit(op.strided_slice(x_rot, [3], [0], [rot], [2]))
+        x2 = ctx.emit(op.strided_slice(x_rot, [3], [1], [rot], [2]))
+    else:
+        x1 = ctx.emit(op.strided_slice(x_rot, [3], [0], [half]))
+        x2 = ctx.emit(op.strided_slice(x_rot, [3], [half], [rot]))
+    real = ctx.emit(op.subtract(op.multiply(cos, x1), op.multiply(sin, x2)))
+    imag = ctx.emit(op.add(op.multiply(sin, x1), op.multiply(cos, x2)))
+    if interleaved:
+        pair = ctx.emit(op.concat([op.expand_dims(real, 4), op.expand_dims(imag, 4)], axis=4))
+        rotated = ctx.emit(op.reshape(pair, [b, s_, h, rot]))
+    else:
+        rotated = ctx.emit(op.concat([real, imag], axis=3))
+    if rot != d:
+        rotated = ctx.emit(op.concat([rotated, ctx.emit(op.strided_slice(t, [3], [rot], [d]))], axis=3))
+    if len(dims) == 4:
+        return op.permute_dims(rotated, [0, 2, 1, 3])
+    return op.reshape(rotated, dims)
+
+
 def attention_with_fast_path(fast):
     """``fast`` (the fused ``nn.attention`` lowering) where it gives the spec's result, else ours.
 
@@ -510,7 +550,7 @@ def attention_with_fast_path(fast):
 
 CONVERTERS = {
     "Attention": Attention, "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
-    "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss,
+    "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss, "RotaryEmbedding": RotaryEmbedding,
     "Conv": Conv, "ConvTranspose": ConvTranspose, "MaxPool": MaxPool, "AveragePool": AveragePool,
     "GlobalAveragePool": GlobalAveragePool, "GlobalMaxPool": GlobalMaxPool,
     "BatchNormalization": BatchNormalization, "InstanceNormalization": InstanceNormalization,
