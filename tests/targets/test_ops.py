@@ -486,3 +486,9 @@ def test_rotary_embedding(interleaved):
     model = node_model("RotaryEmbedding", inputs, Y, {"interleaved": interleaved, "num_heads": 2,
                                                       "rotary_embedding_dim": 4}, opset=23)
     check(model, feeds={n: rng.standard_normal(sh).astype(np.float32) for n, _, sh in inputs})
+
+
+def test_resize_with_axes_attribute():
+    model = node_model("Resize", [("x", F, [1, 1, 2, 3])], Y, {"mode": "nearest", "axes": [3, 2]},
+                       {"roi": np.array([], np.float32), "scales": np.array([2, 3], np.float32)}, opset=19)
+    check(declared(model, y=[1, 1, 6, 6]))

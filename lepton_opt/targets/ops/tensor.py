@@ -193,6 +193,24 @@ def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
             scales = relax.const(np.array([out[a] / dims[a] for a in axes], np.float32), "float32")
     if attrs.get("antialias"):
         raise LoweringError("Resize with antialias=1 is not supported")
+    if "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        # TVM's converter reads full-rank scales / sizes and knows neither attribute: give it
+        # the full-rank output size (declared, or what the policy computes).
+        out = _declared_shape(ctx)
+        dims = shape_of(x)
+        if out is None or not all(isinstance(d, int) and d > 0 for d in dims):
+            raise LoweringError("Resize with axes / keep_aspect_ratio_policy needs static shapes")
+        if "axes" in attrs and len(ctx.node.inputs) > 1 and ctx.node.inputs[1] is not None \
+                and attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+            raise LoweringError("Resize tf_crop_and_resize with axes is not supported")
+        if attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            raise LoweringError("Resize keep_aspect_ratio_policy other than stretch is not supported")
+        if scales is not None and sizes is None:
+            if any(o % d for o, d in zip(out, dims)):
+                raise LoweringError("Resize with axes is supported for integer scale factors only")
+            scales = relax.const(np.array([o / d for o, d in zip(out, dims)], np.float32), "float32")
+        else:
+            sizes = relax.const(np.array(out, np.int64), "int64")
     return reference_for("Resize")(ctx, x, roi, scales, sizes)
 
 
