@@ -492,3 +492,11 @@ def test_resize_with_axes_attribute():
     model = node_model("Resize", [("x", F, [1, 1, 2, 3])], Y, {"mode": "nearest", "axes": [3, 2]},
                        {"roi": np.array([], np.float32), "scales": np.array([2, 3], np.float32)}, opset=19)
     check(declared(model, y=[1, 1, 6, 6]))
+
+
+def test_lp_normalization_of_zero_vector_and_roialign_max_rejected():
+    x = np.array([[0.0, 3.0], [0.0, 4.0]], np.float32)
+    check(node_model("LpNormalization", [("x", F, [2, 2])], Y, {"axis": 0}), feeds={"x": x})
+    model = node_model("RoiAlign", [("x", F, [1, 1, 4, 4]), ("r", F, [1, 4]), ("b", I64, [1])], Y, {"mode": "max"})
+    with pytest.raises(lepton_opt.LeptonError, match="RoiAlign mode 'max'"):
+        lepton_opt.compile(model)

@@ -328,7 +328,9 @@ def LpNormalization(ctx, x, *, axis=-1, p=2):
         norm = op.sum(op.abs(x), axis=axis, keepdims=True)
     else:
         norm = op.sqrt(op.sum(op.multiply(x, x), axis=axis, keepdims=True))
-    return op.divide(x, ctx.emit(norm))
+    norm = ctx.emit(norm)
+    # A zero vector stays zero (0 / 0 would be NaN).
+    return op.where(op.equal(norm, scalar(x, 0)), scalar(x, 0), op.divide(x, norm))
 
 
 def Attention(ctx, q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv_seqlen=None, *,
@@ -524,6 +526,16 @@ def RotaryEmbedding(ctx, x, cos_cache, sin_cache, position_ids=None, *, interlea
     return op.reshape(rotated, dims)
 
 
+def RoiAlign(ctx, *inputs, **attrs):
+    """TVM's RoiAlign for mode "avg"; its "max" pools differently from ONNX (max of the bilinear
+    samples), so that mode is refused rather than computed wrong."""
+    from lepton_opt.targets.ops.reference import reference_for
+
+    if attrs.get("mode", "avg") == "max":
+        raise LoweringError("RoiAlign mode 'max' is not supported")
+    return reference_for("RoiAlign")(ctx, *inputs)
+
+
 def attention_with_fast_path(fast):
     """``fast`` (the fused ``nn.attention`` lowering) where it gives the spec's result, else ours.
 
@@ -550,7 +562,7 @@ def attention_with_fast_path(fast):
 
 CONVERTERS = {
     "Attention": Attention, "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
-    "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss, "RotaryEmbedding": RotaryEmbedding,
+    "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss, "RotaryEmbedding": RotaryEmbedding, "RoiAlign": RoiAlign,
     "Conv": Conv, "ConvTranspose": ConvTranspose, "MaxPool": MaxPool, "AveragePool": AveragePool,
     "GlobalAveragePool": GlobalAveragePool, "GlobalMaxPool": GlobalMaxPool,
     "BatchNormalization": BatchNormalization, "InstanceNormalization": InstanceNormalization,
