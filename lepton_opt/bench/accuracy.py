@@ -33,7 +33,10 @@ class VerifyReport:
                 f"cosine {o.cosine:.6f} {'OK' if o.ok else 'FAIL'}" for o in self.outputs]
 
 
-def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = False):
+def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = False,
+                spinning: bool = True):
+    """An onnxruntime CPU session; ``spinning=False`` stops its idle worker threads from
+    busy-waiting after each run (they would take the cores from whatever runs next)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -41,6 +44,8 @@ def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     data = model if isinstance(model, bytes) else model.SerializeToString()
