@@ -95,6 +95,23 @@ def test_bare_4d_core_fuses():
     assert rewrites == 1 and ops(after) == {"Attention": 1}
 
 
+def test_refuses_a_mask_broadcast_along_the_keys():
+    # softmax(q k^T + m) with m of shape [B, 1, S, 1]: Attention's mask spans the key length.
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Add", ["s", "m"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=3),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    shape = [2, HEADS, SEQ, HEAD_DIM]
+    inputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, shape) for t in "qkv"]
+    inputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 1, SEQ, 1]))
+    graph = helper.make_graph(nodes, "core", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    after, rewrites = fuse(model, "fuse-attention")
+    assert rewrites == 0 and ops(after)["Softmax"] == 1
+    assert any("last dim is not the key length" in r for r in refusals(model, "fuse-attention"))
+
+
 def test_refuses_when_the_probabilities_are_also_an_output():
     model = attention_model(extra_output="probs")
     after, rewrites = fuse(model, "fuse-attention")

@@ -70,7 +70,7 @@ class _AttentionBase(RewriteRuleClassBase):
         super().__init__(f"Attention[{kind}, scale {scaling}, mask {masking}]")
         self.scaling, self.masking = scaling, masking
 
-    def _check_core(self, result, context, probs, scale, scale_k, mask, q) -> bool:
+    def _check_core(self, result, context, probs, scale, scale_k, mask, q, key_len) -> bool:
         softmax = probs.producer()
         axis = softmax.attributes.get_int("axis", -1)
         if axis not in (-1, rank(probs) - 1 if rank(probs) else -1):
@@ -84,6 +84,11 @@ class _AttentionBase(RewriteRuleClassBase):
         if mask is not None:
             if mask.shape is None or rank(mask) > 4 or mask.dtype != q.dtype:
                 result.fail("the additive mask has an unknown shape, rank above 4 or another dtype")
+                return False
+            # Attention takes the mask over the full key length; a mask broadcast along the
+            # keys (last dim 1) or of another length is not something it can express.
+            if not _same(mask.shape[-1], key_len):
+                result.fail("the additive mask's last dim is not the key length")
                 return False
         return opset_allows(result, context, "Attention")
 
@@ -139,7 +144,7 @@ class AttentionBlock(_AttentionBase):
             return result.fail("query, key and value differ in head count or Q/K head size")
         if rank(out) != 3 or not (isinstance(out.shape[2], int) and out.shape[2] == hv * heads[2][1]):
             return result.fail("the head merge is not [B, S, H, D] -> [B, S, H*D]")
-        self._check_core(result, context, probs, scale, scale_k, mask, q)
+        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[1])
         return result
 
     def rewrite(self, op, q, k, v, q4, scale=None, scale_k=None, mask=None, **_):
@@ -167,7 +172,7 @@ class AttentionCore(_AttentionBase):
             return result.fail("Q, K, V are not 4-D [B, H, S, D] (or their shapes are unknown)")
         if not (_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1])):
             return result.fail("Q, K, V differ in head count")
-        self._check_core(result, context, probs, scale, scale_k, mask, q)
+        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[2])
         return result
 
     def rewrite(self, op, q, k, v, scale=None, scale_k=None, mask=None, **_):
