@@ -15,7 +15,7 @@ import onnx_ir as ir
 from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
 from lepton_opt.errors import LeptonError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
-from lepton_opt.passes.base import PassManager, PassRecord, PassSummary, Verifier, op_histogram
+from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, Verifier, op_histogram
 from lepton_opt.passes.registry import DEFAULT_LEVEL, build_passes, pipeline_names
 
 
@@ -25,7 +25,7 @@ def load(model: ModelSource, input_shapes: InputShapes | None = None) -> ir.Mode
 
 
 @dataclasses.dataclass
-class OptimizeResult:
+class OptimizeResult(OpCounts):
     """What :func:`optimize` did. ``model`` is an ``onnx.ModelProto``, or an ``ir.Model`` when an
     ``ir.Model`` was given; ``table`` has one row per pass (rewrites, node and op changes, time)
     and ``records`` every single pass run."""
@@ -43,14 +43,6 @@ class OptimizeResult:
     @functools.cached_property
     def model(self) -> onnx.ModelProto | ir.Model:
         return self.ir_model if self.as_ir else ir.serde.serialize_model(self.ir_model)
-
-    @property
-    def nodes_before(self) -> int:
-        return sum(self.ops_before.values())
-
-    @property
-    def nodes_after(self) -> int:
-        return sum(self.ops_after.values())
 
 
 def optimize(

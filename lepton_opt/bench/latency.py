@@ -61,9 +61,8 @@ def compare_latency(compiled, model_bytes: bytes, feeds: Mapping[str, np.ndarray
     spinning is timed on its own right after; the ratio is against the faster of the two.
     """
     feeds = dict(feeds)
-    session = ort_session(model_bytes, threads=threads, optimize=ort_optimize, spinning=False)
-    ours, theirs = _timed([lambda: compiled.run(feeds), lambda: session.run(None, feeds)], repeat, warmup)
-    del session
+    quiet = ort_session(model_bytes, threads=threads, optimize=ort_optimize, spinning=False)
+    ours, theirs = _timed([lambda: compiled.run(feeds), lambda: quiet.run(None, feeds)], repeat, warmup)
     spinning = ort_session(model_bytes, threads=threads, optimize=ort_optimize, spinning=True)
     (alone,) = _timed([lambda: spinning.run(None, feeds)], repeat, warmup)
     return LatencyComparison(ours, theirs, alone, repeat, threads)

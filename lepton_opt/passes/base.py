@@ -58,8 +58,23 @@ def op_histogram(model: ir.Model) -> collections.Counter:
     )
 
 
+class OpCounts:
+    """Node counts derived from ``ops_before`` / ``ops_after`` op histograms."""
+
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+
+    @property
+    def nodes_before(self) -> int:
+        return sum(self.ops_before.values())
+
+    @property
+    def nodes_after(self) -> int:
+        return sum(self.ops_after.values())
+
+
 @dataclasses.dataclass
-class PassRecord:
+class PassRecord(OpCounts):
     """One run of one pass."""
 
     name: str
@@ -69,14 +84,6 @@ class PassRecord:
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     seconds: float
-
-    @property
-    def nodes_before(self) -> int:
-        return sum(self.ops_before.values())
-
-    @property
-    def nodes_after(self) -> int:
-        return sum(self.ops_after.values())
 
     @property
     def op_delta(self) -> dict[str, int]:

@@ -15,7 +15,6 @@ import re
 import shutil
 
 import tvm
-from tvm import relax
 
 from lepton_opt.errors import TargetError
 

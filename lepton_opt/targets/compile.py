@@ -7,7 +7,6 @@ import json
 import onnx_ir as ir
 from tvm import relax
 from tvm import tirx as tir
-from tvm.ir.prim import expr as prim
 
 from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
 from lepton_opt.targets.artifact import CompiledModel, make_manifest

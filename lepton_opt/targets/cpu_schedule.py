@@ -42,11 +42,9 @@ import logging
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 
 logger = logging.getLogger(__name__)

@@ -128,6 +128,13 @@ class _NormBase(RewriteRuleClassBase):
     def _constant(op, graph, array, base):
         return op.initializer(ir.tensor(np.ascontiguousarray(array)), fresh_name(graph, base))
 
+    @classmethod
+    def _shaped(cls, op, graph, weight, dims, suffix):
+        """``weight`` as the normalized shape ``dims`` (a new initializer only if it differs)."""
+        if list(constant(weight).shape) == dims:
+            return weight
+        return cls._constant(op, graph, constant(weight).reshape(dims), f"{weight.name}_{suffix}")
+
 
 class LayerNormFusion(_NormBase):
     """(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma + beta -> LayerNormalization"""
@@ -160,16 +167,9 @@ class LayerNormFusion(_NormBase):
         axes = _reduced_axes(mean)
         dims = list(x.shape)[axes[0]:]
         graph = mean.producer().graph
-        if gamma is None:
-            scale = self._constant(op, graph, np.ones(dims, x.dtype.numpy()), "layernorm_ones")
-        elif list(constant(gamma).shape) != dims:
-            scale = self._constant(op, graph, constant(gamma).reshape(dims), f"{gamma.name}_ln")
-        else:
-            scale = gamma
-        inputs = [x, scale]
-        if beta is not None:
-            inputs.append(beta if list(constant(beta).shape) == dims
-                          else self._constant(op, graph, constant(beta).reshape(dims), f"{beta.name}_ln"))
+        scale = (self._constant(op, graph, np.ones(dims, x.dtype.numpy()), "layernorm_ones") if gamma is None
+                 else self._shaped(op, graph, gamma, dims, "ln"))
+        inputs = [x, scale] + ([] if beta is None else [self._shaped(op, graph, beta, dims, "ln")])
         return op.LayerNormalization(*inputs, axis=axes[0], epsilon=scalar(eps))
 
 
@@ -198,12 +198,8 @@ class RMSNormFusion(_NormBase):
         axes = _reduced_axes(ms)
         dims = list(x.shape)[axes[0]:]
         graph = ms.producer().graph
-        if w is None:
-            scale = self._constant(op, graph, np.ones(dims, x.dtype.numpy()), "rmsnorm_ones")
-        elif list(constant(w).shape) != dims:
-            scale = self._constant(op, graph, constant(w).reshape(dims), f"{w.name}_rms")
-        else:
-            scale = w
+        scale = (self._constant(op, graph, np.ones(dims, x.dtype.numpy()), "rmsnorm_ones") if w is None
+                 else self._shaped(op, graph, w, dims, "rms"))
         return op.RMSNormalization(x, scale, axis=axes[0], epsilon=scalar(eps))
 
 

@@ -7,7 +7,6 @@ import math
 import numpy as np
 from tvm import relax
 from tvm import tirx as tir
-from tvm.ir.prim import expr as prim
 
 from lepton_opt.targets.lower import LoweringError, dtype_of, shape_of
 from lepton_opt.targets.ops.elementwise import scalar

@@ -12,6 +12,7 @@ means "not evaluable here", and the node is lowered as ordinary Relax compute in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -330,14 +331,10 @@ def _provably_different(p, q) -> bool:
     the shape with -1 (``Where(Equal(shape, -1), 1, shape)``)."""
     exprs = [x if isinstance(x, prim.Expr) else tir.const(int(x), "int64") for x in (p, q)]
     symbols = {v.name: v for e in exprs for v in tir.analysis.undefined_vars(e)}
-    scopes = [_analyzer.constraint_scope(v >= 0) for v in symbols.values()]
-    for scope in scopes:
-        scope.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        for v in symbols.values():
+            stack.enter_context(_analyzer.constraint_scope(v >= 0))
         return bool(_analyzer.can_prove(exprs[0] != exprs[1]))
-    finally:
-        for scope in reversed(scopes):
-            scope.__exit__(None, None, None)
 
 
 @rule("Where")

@@ -7,7 +7,6 @@ import onnx_ir as ir
 import tvm
 from tvm import relax
 from tvm import tirx as tir
-from tvm.ir.prim import expr as prim
 
 from lepton_opt.targets.lower import DTYPES, LoweringError, dtype_of, shape_of
 from lepton_opt.targets.ops.elementwise import scalar
@@ -535,7 +534,7 @@ def _reduce_runtime_axes(ctx, name, x, axes, keepdims):
         out = full(ctx.emit(pre(x)) if pre else x, reduce)
         out = post(out) if post else out
     out = ctx.emit(out)
-    one, zero = relax.const(1, "int64"), relax.const(0, "int64")
+    one = relax.const(1, "int64")
     dim_t = [relax.const(d, "int64") if isinstance(d, int) else
              op.reshape(op.shape_to_tensor(relax.ShapeExpr([d])), []) for d in dims]
     ends = ctx.emit(op.concat([op.reshape(op.where(f, one, d), [1]) for f, d in zip(flags, dim_t)], axis=0))
