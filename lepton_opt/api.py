@@ -76,9 +76,10 @@ def optimize(
                           result.converged, ops_before, dict(op_histogram(result.model)), as_ir)
 
 
-def _prepare(model: ModelSource, input_shapes: InputShapes | None) -> tuple[LoadedModel, list[str]]:
+def _prepare(model: ModelSource, input_shapes: InputShapes | None,
+             level: str) -> tuple[LoadedModel, list[str]]:
     loaded = load_model(model, input_shapes)
-    names = pipeline_names(COMPILE_LEVEL)
+    names = pipeline_names(level)
     try:
         PassManager(build_passes(names))(loaded.model)
     except Exception:
@@ -100,19 +101,33 @@ def compile(  # noqa: A001 - the public name the product promises
     input_shapes: InputShapes | None = None,
     mcpu: str | None = None,
     cuda_arch: str | None = None,
+    level: str | None = None,
 ):
     """Compile ``model`` for ``target`` ("llvm"/"cpu" or "cuda") and return a ``CompiledModel``.
 
     ``input_shapes`` maps input names to full shapes and fixes dynamic dimensions; dims left
-    symbolic are compiled as dynamic where the lowering allows it.
+    symbolic are compiled as dynamic where the lowering allows it. ``level`` is the graph
+    pipeline run before lowering ("O0" = none; default "O2", see :data:`COMPILE_LEVEL`).
     """
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.compile import compile_model
 
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
-    loaded, passes = _prepare(model, input_shapes)
+    loaded, passes = _prepare(model, input_shapes, level or COMPILE_LEVEL)
     return compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
                          passes=passes)
+
+
+def benchmark(model: ModelSource, target: str = "llvm", **options):
+    """Latency, throughput, memory and accuracy of variants of ``model`` against onnxruntime.
+
+    Returns a :class:`lepton_opt.bench.runner.BenchmarkResult`; the options are those of
+    :func:`lepton_opt.bench.runner.benchmark` (variants, input_shapes, threads, batches, data,
+    labels, samples, seed, rounds, duration, warmup, memory, progress, report_dir).
+    """
+    from lepton_opt.bench.runner import benchmark as run_benchmark
+
+    return run_benchmark(model, target, **options)
 
 
 def load_compiled(path: str | os.PathLike):
@@ -188,5 +203,5 @@ def _value_info(value: ir.Value) -> dict:
     return {"name": value.name, "dtype": value.dtype.name if value.dtype is not None else "?", "shape": shape}
 
 
-__all__ = ["LeptonError", "OptimizeResult", "compile", "inspect_model", "load", "load_compiled", "optimize",
+__all__ = ["LeptonError", "OptimizeResult", "benchmark", "compile", "inspect_model", "load", "load_compiled", "optimize",
            "verify"]
