@@ -10,6 +10,9 @@ Public API::
 
     result = lepton_opt.optimize("model.onnx", "O2")   # a smaller, standard .onnx
     onnx.save(result.model, "model.opt.onnx")
+
+    bench = lepton_opt.benchmark("model.onnx", variants="ort,fp32", report_dir="report")
+    bench.speedup("fp32")                # onnxruntime median / lepton-opt median, same run
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ __version__ = "0.1.0"
 
 from lepton_opt.api import (  # noqa: A004
     OptimizeResult,
+    benchmark,
     compile,
     inspect_model,
     load,
@@ -27,5 +31,5 @@ from lepton_opt.api import (  # noqa: A004
 )
 from lepton_opt.errors import LeptonError
 
-__all__ = ["LeptonError", "OptimizeResult", "__version__", "compile", "inspect_model", "load", "load_compiled",
+__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load", "load_compiled",
            "optimize", "verify"]

@@ -306,5 +306,76 @@ def inspect_cmd(model, input_shapes):
         out.print("every op has a converter", highlight=False)
 
 
+def _int_list(value: str | None, option: str) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated integers, e.g. 1,8,32; got {value!r}") from None
+
+
+# The columns of the report's table that fit a terminal.
+BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "throughput /s", "max abs err", "cosine",
+                          "top-1 agree", "task acc")
+
+
+@main.command("bench")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu); cuda needs a GPU.")
+@click.option("--variants", default="ort,fp32", show_default=True, metavar="A,B,...",
+              help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, fp16, bf16, int8, "
+                   "pruned. Those this version cannot build are reported as unavailable.")
+@input_shape_option
+@click.option("--threads", type=int, help="Threads per engine [default: every CPU available].")
+@click.option("--batch", "batch", metavar="B1,B2,...", help="Batch sizes to sweep (the model's first dim must be "
+              "dynamic) [default: the model's batch, else 1].")
+@click.option("--data", type=click.Path(path_type=Path), help="Accuracy inputs: .npz, one array per input, "
+              "samples on axis 0 [default: seeded random inputs].")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class labels (.npy, one per sample) for task "
+              "accuracy; needs --data.")
+@click.option("--samples", default=8, show_default=True, help="Seeded inputs for accuracy when --data is not given.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--rounds", type=int, help="Interleaved timing rounds per batch size [default: fill --duration].")
+@click.option("--duration", default=10.0, show_default=True, help="Seconds of timing per batch size (at least "
+              "20 rounds).")
+@click.option("--warmup", default=5, show_default=True, help="Untimed rounds before timing.")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory probes (one process per variant).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.html (plots) and report.json into this directory.")
+@_handle_errors
+def bench_cmd(model, target, variants, input_shapes, threads, batch, data, labels, samples, seed, rounds, duration,
+              warmup, no_memory, report_dir):
+    """Measure latency, throughput, memory and accuracy of MODEL's variants against onnxruntime."""
+    import lepton_opt
+    from lepton_opt.bench.report import COLUMNS, variant_row
+
+    result = lepton_opt.benchmark(
+        model, target, variants=variants, input_shapes=_input_shapes(input_shapes), threads=threads,
+        batches=_int_list(batch, "--batch"), data=data, labels=labels, samples=samples, seed=seed, rounds=rounds,
+        duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir)
+    keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
+    for b in result.batches:
+        table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "
+                            f"rounds; accuracy on {result.accuracy_inputs}")
+        for i in keep:
+            table.add_column(COLUMNS[i], justify="left" if i == 0 else "right", no_wrap=True)
+        for v in result.variants:
+            if v.ok:
+                table.add_row(*[variant_row(result, v, b)[i] for i in keep])
+        out.print(table)
+    for v in result.variants:
+        if not v.ok:
+            out.print(f"{v.name}: {v.status}: {v.reason}", highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    if report_dir is not None:
+        out.print(f"report: {report_dir / 'report.html'} (also report.md, report.json)", highlight=False)
+    if result.failed:
+        err.print(f"[bold red]error:[/] variant(s) {', '.join(v.name for v in result.failed)} failed "
+                  "(reasons above)", highlight=False)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ class VerifyReport:
                 f"cosine {o.cosine:.6f} {'OK' if o.ok else 'FAIL'}" for o in self.outputs]
 
 
-def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = False,
+def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 0, optimize: bool = False,
                 spinning: bool = True):
     """An onnxruntime CPU session; ``spinning=False`` stops its idle worker threads from
     busy-waiting after each run (they would take the cores from whatever runs next)."""
@@ -48,7 +48,7 @@ def ort_session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    data = model if isinstance(model, (bytes, str)) else model.SerializeToString()  # str: a file path
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
@@ -93,3 +93,94 @@ def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
         ok = same_nonfinite and bool(np.allclose(o[finite], r[finite], atol=atol, rtol=rtol))
         errors.append(OutputError(name, max_abs, max_rel, cosine, ok))
     return VerifyReport(errors, atol, rtol)
+
+
+@dataclasses.dataclass
+class OutputAccuracy:
+    """One output of a variant against the reference, over every evaluated sample.
+
+    ``max_rel`` is the largest absolute error divided by the largest reference magnitude (an
+    element-wise ratio is dominated by near-zero references and says little)."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+
+
+@dataclasses.dataclass
+class AccuracyStats:
+    """A variant's outputs against onnxruntime fp32 on ``samples`` inputs.
+
+    For a classifier output (the first float output shaped [batch, classes]): ``top1`` is the
+    share of rows whose arg-max equals the reference's, ``top5`` the share whose reference
+    arg-max is among the variant's five highest scores. ``task_accuracy`` is the share of rows
+    whose arg-max equals the given label."""
+
+    samples: int
+    outputs: list[OutputAccuracy]
+    classifier_output: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    task_accuracy: float | None = None
+
+    @property
+    def max_abs(self) -> float:
+        return max((o.max_abs for o in self.outputs), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    @property
+    def cosine(self) -> float:
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+
+def classifier_output(outputs: Mapping[str, np.ndarray]) -> str | None:
+    """Name of the first float output shaped [batch, classes] with at least two classes."""
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        if value.ndim == 2 and value.shape[1] >= 2 and value.dtype.kind == "f":
+            return name
+    return None
+
+
+def accuracy_stats(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], samples: int,
+                   labels: np.ndarray | None = None) -> AccuracyStats:
+    """Compare ``got`` with ``reference`` (each output's ``samples`` stacked along axis 0)."""
+    rows = []
+    for name, ref in reference.items():
+        r = np.asarray(ref, dtype=np.float64).ravel()
+        o = np.asarray(got[name], dtype=np.float64).ravel()
+        if r.shape != o.shape:
+            rows.append(OutputAccuracy(name, float("inf"), float("inf"), 0.0))
+            continue
+        finite = np.isfinite(r) & np.isfinite(o)
+        mismatched_nonfinite = bool((~finite & (np.nan_to_num(r) != np.nan_to_num(o))).any())
+        diff = np.abs(r[finite] - o[finite])
+        max_abs = float("inf") if mismatched_nonfinite else float(diff.max(initial=0.0))
+        scale = float(np.abs(r[finite]).max(initial=0.0))
+        max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+        denom = float(np.linalg.norm(r[finite]) * np.linalg.norm(o[finite]))
+        cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
+        rows.append(OutputAccuracy(name, max_abs, max_rel, cosine))
+    stats = AccuracyStats(samples=samples, outputs=rows)
+    name = classifier_output(reference)
+    if name is not None and np.asarray(got[name]).shape == np.asarray(reference[name]).shape:
+        ref_scores, scores = np.asarray(reference[name]), np.asarray(got[name])
+        ref_top = ref_scores.argmax(axis=1)
+        stats.classifier_output = name
+        stats.top1 = float((scores.argmax(axis=1) == ref_top).mean())
+        if scores.shape[1] > 5:
+            top5 = np.argsort(-scores, axis=1)[:, :5]
+            stats.top5 = float((top5 == ref_top[:, None]).any(axis=1).mean())
+        if labels is not None:
+            stats.task_accuracy = task_accuracy(scores, labels)
+    return stats
+
+
+def task_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows of ``scores`` whose arg-max equals the label."""
+    labels = np.asarray(labels).reshape(-1)
+    return float((np.asarray(scores).argmax(axis=1) == labels).mean())

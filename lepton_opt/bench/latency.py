@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -70,13 +71,66 @@ def compare_latency(compiled, model_bytes: bytes, feeds: Mapping[str, np.ndarray
 
 def _timed(engines: list[Callable[[], object]], repeat: int, warmup: int) -> list[float]:
     """Median milliseconds of each engine, run round-robin after ``warmup`` untimed rounds."""
+    return [statistics.median(t) for t in time_interleaved(engines, repeat, warmup)]
+
+
+def time_interleaved(engines: Sequence[Callable[[], object]], rounds: int, warmup: int = 0,
+                     shuffle_seed: int | None = None) -> list[list[float]]:
+    """Milliseconds of every timed run of each engine, run round-robin after ``warmup`` untimed
+    rounds. With ``shuffle_seed`` the order within each round is shuffled, so that no engine
+    always runs right after the same other one (caches, clocks)."""
     for _ in range(warmup):
         for run in engines:
             run()
+    order = list(range(len(engines)))
+    rng = random.Random(shuffle_seed)
     times: list[list[float]] = [[] for _ in engines]
-    for _ in range(repeat):
-        for i, run in enumerate(engines):
+    for _ in range(rounds):
+        if shuffle_seed is not None:
+            rng.shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            run()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) * 1e3 for t in times]
+            engines[i]()
+            times[i].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    """Per-run times (ms) of one variant at one batch size, and what users read off them."""
+
+    batch: int
+    times_ms: list[float]
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.times_ms, q))
+
+    @property
+    def p50(self) -> float:
+        return self.percentile(50)
+
+    @property
+    def p90(self) -> float:
+        return self.percentile(90)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.times_ms))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.times_ms))
+
+    @property
+    def throughput(self) -> float:
+        """Samples per second at the median latency."""
+        return self.batch * 1e3 / self.p50
+
+    def summary(self) -> dict:
+        return {"batch": self.batch, "runs": len(self.times_ms), "p50_ms": self.p50, "p90_ms": self.p90,
+                "p99_ms": self.p99, "mean_ms": self.mean, "std_ms": self.std,
+                "throughput_per_s": self.throughput}

@@ -160,6 +160,11 @@ class CompiledModel:
         return dest
 
 
+def runtime_threads() -> int:
+    """Threads of TVM's CPU thread pool (starts the pool if it has not started)."""
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
+
 def cuda_available() -> bool:
     """Whether a CUDA device can run kernels here (driver loaded and a GPU present)."""
     try:

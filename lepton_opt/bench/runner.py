@@ -1,0 +1,602 @@
+"""``lepton_opt.benchmark``: latency, throughput, memory and accuracy of every variant of a model.
+
+What one benchmark does, per batch size:
+
+1. builds each variant once (onnxruntime session, optimized ``.onnx``, or a lepton-opt build),
+   recording build time and artifact size;
+2. at the first batch size only, runs every variant on the accuracy inputs (a user dataset or
+   seeded inputs) and compares its outputs with onnxruntime fp32 (the ``ort`` variant);
+3. warms every variant up, then times them interleaved -- one run of each, in an order shuffled
+   every round, repeated -- so that load from other processes and clock changes hit all alike;
+   ratios against onnxruntime come from that one interleaved run;
+4. times onnxruntime once more on its own with its default thread spinning (interleaved
+   sessions run without spinning: busy-waiting workers would take the cores from the next
+   variant), reported for reference;
+5. at the first batch size, measures each variant's peak resident memory in a process of its own
+   (:mod:`lepton_opt.bench.memory`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from lepton_opt.bench.accuracy import AccuracyStats, accuracy_stats, classifier_output, ort_session, random_feeds
+from lepton_opt.bench.latency import LatencyStats, time_interleaved
+from lepton_opt.bench.memory import MemoryStats
+from lepton_opt.bench.variants import BASELINE, BuiltVariant, VariantSpec, build_variant, resolve_variants
+from lepton_opt.errors import InputError, LeptonError, OptionError, TargetError
+from lepton_opt.ir.load import InputShapes, ModelSource, load_model
+
+MIN_ROUNDS = 20
+MAX_ROUNDS = 5000
+DEFAULT_DURATION_S = 10.0
+DEFAULT_SAMPLES = 8
+
+
+@dataclasses.dataclass
+class VariantResult:
+    name: str
+    description: str
+    engine: str
+    status: str = "ok"  # "ok", "unavailable" or "failed"
+    reason: str | None = None
+    build_s: dict[int, float] = dataclasses.field(default_factory=dict)
+    artifact_bytes: int | None = None
+    latency: dict[int, LatencyStats] = dataclasses.field(default_factory=dict)
+    accuracy: AccuracyStats | None = None
+    memory: MemoryStats | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "engine": self.engine,
+            "status": self.status, "reason": self.reason,
+            "build_s": {str(b): s for b, s in self.build_s.items()},
+            "artifact_bytes": self.artifact_bytes,
+            "latency": {str(b): {**s.summary(), "times_ms": s.times_ms} for b, s in self.latency.items()},
+            "accuracy": None if self.accuracy is None else {
+                **dataclasses.asdict(self.accuracy), "max_abs": self.accuracy.max_abs,
+                "max_rel": self.accuracy.max_rel, "cosine": self.accuracy.cosine},
+            "memory": None if self.memory is None else dataclasses.asdict(self.memory),
+        }
+
+
+@dataclasses.dataclass
+class BenchmarkResult:
+    """Everything one benchmark measured; :meth:`to_dict` is the JSON report."""
+
+    model: str
+    sha256: str
+    target: str
+    threads: int
+    batches: list[int]
+    input_shapes: dict[str, list[int]]
+    accuracy_inputs: str
+    rounds: dict[int, int]
+    variants: list[VariantResult]
+    machine: dict[str, Any]
+    date: str
+    ort_spinning_alone: dict[int, LatencyStats] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+    @property
+    def name(self) -> str:
+        return Path(self.model).stem
+
+    def speedup(self, name: str, batch: int | None = None) -> float | None:
+        """onnxruntime's median latency over the variant's (above 1: the variant is faster)."""
+        batch = self.batches[0] if batch is None else batch
+        base, v = self.variant(BASELINE).latency.get(batch), self.variant(name).latency.get(batch)
+        return None if base is None or v is None else base.p50 / v.p50
+
+    @property
+    def failed(self) -> list[VariantResult]:
+        return [v for v in self.variants if v.status == "failed"]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "sha256": self.sha256, "target": self.target, "threads": self.threads,
+            "batches": self.batches, "input_shapes": self.input_shapes, "accuracy_inputs": self.accuracy_inputs,
+            "rounds": {str(b): r for b, r in self.rounds.items()}, "machine": self.machine, "date": self.date,
+            "baseline": BASELINE,
+            "speedup_vs_ort": {v.name: {str(b): self.speedup(v.name, b) for b in self.batches}
+                               for v in self.variants if v.ok},
+            "ort_spinning_alone": {str(b): {**s.summary(), "times_ms": s.times_ms}
+                                   for b, s in self.ort_spinning_alone.items()},
+            "variants": [v.to_dict() for v in self.variants],
+            "notes": self.notes,
+        }
+
+
+def benchmark(
+    model: ModelSource,
+    target: str = "llvm",
+    *,
+    variants: str | Sequence[str] | None = None,
+    input_shapes: InputShapes | None = None,
+    threads: int | None = None,
+    batches: Sequence[int] | None = None,
+    data: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
+    labels: str | os.PathLike | np.ndarray | None = None,
+    samples: int = DEFAULT_SAMPLES,
+    seed: int = 0,
+    rounds: int | None = None,
+    duration: float = DEFAULT_DURATION_S,
+    warmup: int = 5,
+    memory: bool = True,
+    progress: bool = False,
+    report_dir: str | os.PathLike | None = None,
+) -> BenchmarkResult:
+    """Benchmark ``variants`` of ``model`` against onnxruntime; see the module docstring.
+
+    ``batches`` sweeps the batch size (the first dim of every input, which must be dynamic
+    unless it already equals the batch). Accuracy uses ``data`` (an ``.npz`` path or a dict,
+    input name -> samples stacked on axis 0, fed in batches of the first batch size) with
+    optional ``labels`` (one class per sample), else ``samples`` seeded inputs. ``rounds``
+    fixes the number of interleaved rounds; else they fill about ``duration`` seconds per batch
+    size (at least 20). ``report_dir`` also writes Markdown, HTML and JSON reports there.
+    """
+    specs = resolve_variants(list(variants) if variants is not None and not isinstance(variants, str)
+                             else variants)
+    if samples < 1:
+        raise OptionError(f"samples must be at least 1, got {samples}")
+    if rounds is not None and rounds < 1:
+        raise OptionError(f"rounds must be at least 1, got {rounds}")
+    threads = _resolve_threads(threads)
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # read by TVM's thread pool when it starts
+    kind = _check_target(target, specs)
+    loaded = load_model(model)
+    source_name = loaded.source
+    model_bytes = ir.serde.serialize_model(loaded.model).SerializeToString()
+    inputs = _input_specs(loaded.model, input_shapes, source_name)
+    output_names = [v.name for v in loaded.model.graph.outputs]
+    batch_list = _resolve_batches(inputs, batches, source_name)
+    first = batch_list[0]
+    accuracy_feeds, valid_rows, label_array, accuracy_inputs = _accuracy_inputs(
+        inputs, first, data, labels, samples, seed, source_name)
+
+    result = BenchmarkResult(
+        model=source_name, sha256=hashlib.sha256(model_bytes).hexdigest(), target=kind, threads=threads,
+        batches=batch_list, input_shapes=_shapes_at(inputs, first), accuracy_inputs=accuracy_inputs,
+        rounds={}, variants=[VariantResult(s.name, s.description, s.engine) for s in specs],
+        machine=machine_info(threads), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    for spec, vr in zip(specs, result.variants):
+        if spec.unavailable:
+            vr.status, vr.reason = "unavailable", spec.unavailable
+    workdir = Path(tempfile.mkdtemp(prefix="lepton-bench-"))
+    try:
+        with _progress(progress) as bar:
+            for batch in batch_list:
+                shapes = _shapes_at(inputs, batch)
+                built = _build_all(specs, result, model, model_bytes, shapes, kind, threads, workdir,
+                                   batch, output_names, bar)
+                if BASELINE not in built:
+                    raise InputError(f"{source_name}: onnxruntime could not run the model: "
+                                     f"{result.variant(BASELINE).reason}")
+                if batch == first:
+                    _measure_accuracy(built, result, accuracy_feeds, valid_rows, label_array, first, bar)
+                    if any(b.spec.engine == "lepton-opt" for b in built.values()):
+                        note = _tvm_threads_note(threads)
+                        if note:
+                            result.notes.append(note)
+                feeds = accuracy_feeds[0] if batch == first else random_feeds(_feed_specs(inputs, batch), seed)
+                _measure_latency(built, result, feeds, batch, rounds, duration, warmup, bar)
+                _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmup, output_names, bar)
+                if batch == first and memory:
+                    _measure_memory(built, result, feeds, threads, workdir, bar)
+                for b in built.values():
+                    if b.target is not None and "mcpu" in b.target:
+                        result.machine.setdefault("llvm_mcpu", b.target["mcpu"])
+                built.clear()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if report_dir is not None:
+        from lepton_opt.bench.report import write_reports
+
+        write_reports([result], report_dir)
+    return result
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs, shapes and options
+
+
+def _resolve_threads(threads: int | None) -> int:
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is None:
+        return available
+    if threads < 1:
+        raise OptionError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def _tvm_threads_note(threads: int) -> str | None:
+    """None if lepton-opt builds run with ``threads`` threads, else a note saying what they ran with.
+
+    TVM's pool reads TVM_NUM_THREADS when it first runs work, which :func:`benchmark` sets first
+    thing; a pool started earlier in the process keeps its size."""
+    from lepton_opt.targets.artifact import runtime_threads
+
+    actual = runtime_threads()
+    if actual != threads:
+        return (f"lepton-opt builds ran with {actual} threads, not {threads}: TVM's thread pool had started "
+                "before the benchmark (set TVM_NUM_THREADS before running anything compiled in this process)")
+    return None
+
+
+def _check_target(target: str, specs: list[VariantSpec]) -> str:
+    from lepton_opt.targets.build import resolve_target
+
+    kind = resolve_target(target).kind
+    if kind == "cuda" and any(s.engine == "lepton-opt" and not s.unavailable for s in specs):
+        from lepton_opt.targets.artifact import cuda_available
+
+        if not cuda_available():
+            raise TargetError("bench runs the model, and --target cuda needs a CUDA GPU: none is visible here; "
+                              "benchmark --target llvm, or run on a machine with a GPU")
+    return kind
+
+
+@dataclasses.dataclass
+class _Input:
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+
+def _input_specs(model: ir.Model, input_shapes: InputShapes | None, source: str) -> list[_Input]:
+    given = dict(input_shapes or {})
+    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
+    unknown = sorted(set(given) - {v.name for v in inputs})
+    if unknown:
+        raise OptionError(f"{source}: --input-shape names {', '.join(map(repr, unknown))}, not inputs of the model "
+                          f"(inputs: {', '.join(v.name for v in inputs)})")
+    specs = []
+    for v in inputs:
+        dtype = np.dtype(v.dtype.numpy()).name if v.dtype is not None else "float32"
+        if v.name in given:
+            shape: list = [int(d) for d in given[v.name]]
+        elif v.shape is None:
+            raise InputError(f"{source}: input {v.name!r} has no shape; give it with --input-shape {v.name}:DIMS")
+        else:
+            shape = [d if isinstance(d, int) else (d.value if d.value is not None else None) for d in v.shape]
+        specs.append(_Input(v.name, dtype, shape))
+    return specs
+
+
+def _resolve_batches(inputs: list[_Input], batches: Sequence[int] | None, source: str) -> list[int]:
+    """The batch sizes to measure; every input's non-batch dims must be fixed."""
+    for spec in inputs:
+        for axis, dim in enumerate(spec.shape[1:], start=1):
+            if not isinstance(dim, int):
+                raise InputError(f"{source}: input {spec.name!r} dim {axis} ({dim or '?'}) is dynamic; fix it with "
+                                 f"--input-shape {spec.name}:{'x'.join(str(d) if isinstance(d, int) else '?' for d in spec.shape)} "
+                                 "(replace each ? by a size)")
+    batched = [s for s in inputs if s.shape]
+    if not batches:
+        fixed = [s.shape[0] for s in batched if isinstance(s.shape[0], int)]
+        return [fixed[0] if fixed else 1]
+    batches = list(dict.fromkeys(int(b) for b in batches))
+    if any(b < 1 for b in batches):
+        raise OptionError(f"batch sizes must be at least 1, got {batches}")
+    for spec in batched:
+        fixed = spec.shape[0]
+        wrong = [b for b in batches if isinstance(fixed, int) and b != fixed]
+        if wrong:
+            raise OptionError(f"{source}: input {spec.name!r} has a fixed batch of {fixed}, so batch {wrong[0]} cannot "
+                              "run; benchmark a model exported with a dynamic first dim, or drop --batch")
+    return batches
+
+
+def _shapes_at(inputs: list[_Input], batch: int) -> dict[str, list[int]]:
+    return {s.name: ([batch] + [int(d) for d in s.shape[1:]]) if s.shape else [] for s in inputs}
+
+
+def _feed_specs(inputs: list[_Input], batch: int) -> list[dict]:
+    shapes = _shapes_at(inputs, batch)
+    return [{"name": s.name, "dtype": s.dtype, "shape": shapes[s.name]} for s in inputs]
+
+
+def _accuracy_inputs(inputs, batch, data, labels, samples, seed, source):
+    """Feeds for the accuracy check (full batches), valid rows per feed, labels, a description."""
+    if data is None:
+        if labels is not None:
+            raise OptionError("labels need the inputs they belong to: give --data with --labels")
+        feeds = [random_feeds(_feed_specs(inputs, batch), seed + i) for i in range(samples)]
+        return feeds, [batch] * samples, None, f"{samples} seeded random inputs (seed {seed})"
+    arrays, name = _load_data(data, inputs)
+    count = {len(a) for a in arrays.values()}
+    if len(count) != 1:
+        raise InputError(f"{name}: arrays hold different numbers of samples ({sorted(count)}); axis 0 is the sample axis")
+    (n,) = count
+    if n == 0:
+        raise InputError(f"{name}: holds no samples")
+    for spec in inputs:
+        want = tuple(int(d) for d in spec.shape[1:])
+        got = arrays[spec.name].shape[1:]
+        if got != want:
+            raise InputError(f"{name}: {spec.name!r} samples have shape {list(got)}, the model takes {list(want)} "
+                             "per sample (array shape must be [samples, ...] matching the input after its batch dim)")
+    feeds, valid = [], []
+    for start in range(0, n, batch):
+        rows = min(batch, n - start)
+        feed = {}
+        for spec in inputs:
+            chunk = arrays[spec.name][start:start + rows].astype(spec.dtype, copy=False)
+            if rows < batch:  # pad the last batch with copies of its last sample; padded rows are dropped
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - rows, axis=0)])
+            feed[spec.name] = np.ascontiguousarray(chunk)
+        feeds.append(feed)
+        valid.append(rows)
+    label_array = None
+    if labels is not None:
+        label_array = _load_labels(labels, n)
+    return feeds, valid, label_array, f"{name} ({n} samples{', labelled' if label_array is not None else ''})"
+
+
+def _load_data(data, inputs) -> tuple[dict[str, np.ndarray], str]:
+    if isinstance(data, Mapping):
+        arrays, name = {k: np.asarray(v) for k, v in data.items()}, "data"
+    else:
+        name = str(data)
+        try:
+            with np.load(data, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except Exception as e:
+            raise InputError(f"{name}: not a readable .npz file ({type(e).__name__}); save inputs with "
+                             "numpy.savez(path, input_name=array, ...)") from None
+    names = [s.name for s in inputs]
+    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
+        arrays = {names[0]: next(iter(arrays.values()))}
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise InputError(f"{name}: has no array for input(s) {', '.join(map(repr, missing))} "
+                         f"(arrays: {', '.join(arrays) or 'none'}); name each array after a model input")
+    return {n: arrays[n] for n in names}, name
+
+
+def _load_labels(labels, n: int) -> np.ndarray:
+    name = "labels" if isinstance(labels, np.ndarray) else str(labels)
+    if isinstance(labels, np.ndarray):
+        array = labels
+    else:
+        try:
+            array = np.load(labels, allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(f"{name}: no such file") from None
+        except Exception as e:
+            raise InputError(f"{name}: not a readable .npy file ({type(e).__name__})") from None
+    array = np.asarray(array).reshape(-1) if np.ndim(array) else np.asarray(array)
+    if array.ndim != 1 or len(array) != n or array.dtype.kind not in "iu":
+        raise InputError(f"{name}: needs {n} integer class labels (one per sample), got shape {list(np.shape(array))} "
+                         f"of {array.dtype}")
+    return array
+
+
+# ------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, bar):
+    built: dict[str, BuiltVariant] = {}
+    todo = [s for s in specs if not s.unavailable and result.variant(s.name).status != "failed"]
+    task = bar.add(f"building variants (batch {batch})", len(todo))
+    for spec in todo:
+        vr = result.variant(spec.name)
+        bar.update(task, f"building {spec.name} (batch {batch})")
+        try:
+            b = build_variant(spec, source, model_bytes, shapes=shapes, target=kind, threads=threads,
+                              workdir=workdir, tag=f"b{batch}", output_names=output_names)
+        except LeptonError as e:
+            vr.status, vr.reason = "failed", str(e)
+        except Exception as e:  # an engine's own failure (onnxruntime, TVM): report it, measure the rest
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            vr.status, vr.reason = "failed", f"{type(e).__name__}: {first_line}"
+        else:
+            built[spec.name] = b
+            vr.build_s[batch] = b.build_s
+            if batch == result.batches[0]:
+                vr.artifact_bytes = b.artifact_bytes
+        bar.advance(task)
+    bar.done(task)
+    return built
+
+
+def _measure_accuracy(built, result, feeds, valid, labels, batch, bar):
+    task = bar.add("accuracy", len(built) * len(feeds))
+    outputs: dict[str, dict[str, np.ndarray]] = {}
+    for name, b in list(built.items()):
+        bar.update(task, f"accuracy: {name}")
+        runs = []
+        try:
+            for feed in feeds:
+                runs.append(b.run(feed))
+                bar.advance(task)
+        except Exception as e:
+            vr = result.variant(name)
+            vr.status, vr.reason = "failed", f"run failed: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+            del built[name]
+            continue
+        outputs[name] = _stack(runs, valid, batch)
+    bar.done(task)
+    reference = outputs.get(BASELINE)
+    if reference is None:
+        return
+    n = sum(valid)
+    if labels is not None and classifier_output(reference) is None:
+        raise InputError("labels were given but the model has no classifier output ([batch, classes] scores)")
+    for name, got in outputs.items():
+        result.variant(name).accuracy = accuracy_stats(reference, got, n, labels)
+
+
+def _stack(runs: list[dict[str, np.ndarray]], valid: list[int], batch: int) -> dict[str, np.ndarray]:
+    """Each output's samples along axis 0, without the rows that pad the last batch."""
+    stacked = {}
+    for name in runs[0]:
+        parts = []
+        for run, rows in zip(runs, valid):
+            value = np.asarray(run[name])
+            if value.ndim >= 1 and value.shape[0] == batch:
+                parts.append(value[:rows])
+            else:
+                parts.append(value[None])
+        stacked[name] = np.concatenate(parts)
+    return stacked
+
+
+def _measure_latency(built, result, feeds, batch, rounds, duration, warmup, bar):
+    names = list(built)
+    calls = [built[n].timed(feeds) for n in names]
+    task = bar.add(f"warming up (batch {batch})", 1)
+    warm = time_interleaved(calls, max(warmup, 1))
+    bar.done(task)
+    if rounds is None:
+        per_round_s = sum(float(np.median(t)) for t in warm) / 1e3
+        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, duration / max(per_round_s, 1e-6))))
+    result.rounds[batch] = rounds
+    task = bar.add(f"timing {len(names)} variants interleaved (batch {batch})", rounds)
+    timed = _time_with_progress(calls, rounds, bar, task)
+    bar.done(task)
+    for name, times in zip(names, timed):
+        result.variant(name).latency[batch] = LatencyStats(batch, times)
+
+
+def _time_with_progress(calls, rounds, bar, task, chunk: int = 10) -> list[list[float]]:
+    times: list[list[float]] = [[] for _ in calls]
+    done = 0
+    while done < rounds:
+        step = min(chunk, rounds - done)
+        for acc, new in zip(times, time_interleaved(calls, step, shuffle_seed=done)):
+            acc.extend(new)
+        done += step
+        bar.advance(task, step)
+    return times
+
+
+def _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmup, output_names, bar):
+    task = bar.add(f"timing onnxruntime alone with spinning (batch {batch})", 1)
+    session = ort_session(model_bytes, threads=threads, optimize=True, spinning=True)
+    feeds = dict(feeds)
+    runs = min(result.rounds[batch], 200)
+    (times,) = time_interleaved([lambda: session.run(output_names, feeds)], runs, warmup=max(warmup, 1))
+    result.ort_spinning_alone[batch] = LatencyStats(batch, times)
+    bar.done(task)
+
+
+def _measure_memory(built, result, feeds, threads, workdir, bar):
+    from lepton_opt.bench.memory import measure
+
+    feeds_path = workdir / "memory-feeds.npz"
+    np.savez(feeds_path, **feeds)
+    task = bar.add("peak memory (one process per variant)", len(built))
+    for name, b in built.items():
+        bar.update(task, f"peak memory: {name}")
+        kind, path = b.probe
+        try:
+            result.variant(name).memory = measure(kind, path, feeds_path, threads)
+        except Exception as e:
+            result.notes.append(f"peak memory of {name} not measured: {e}")
+        bar.advance(task)
+    bar.done(task)
+
+
+# ------------------------------------------------------------------------------------------
+# Machine facts and progress
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "cpu": cpu_name(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("lepton-opt", "onnxruntime", "apache-tvm", "onnx", "numpy")},
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class _NoProgress:
+    def add(self, description: str, total: int) -> int:
+        return 0
+
+    def update(self, task: int, description: str) -> None:
+        pass
+
+    def advance(self, task: int, steps: int = 1) -> None:
+        pass
+
+    def done(self, task: int) -> None:
+        pass
+
+
+class _RichProgress(_NoProgress):
+    def __init__(self, progress):
+        self._progress = progress
+
+    def add(self, description: str, total: int) -> int:
+        return self._progress.add_task(description, total=max(total, 1))
+
+    def update(self, task: int, description: str) -> None:
+        self._progress.update(task, description=description)
+
+    def advance(self, task: int, steps: int = 1) -> None:
+        self._progress.advance(task, steps)
+
+    def done(self, task: int) -> None:
+        self._progress.remove_task(task)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[_NoProgress]:
+    if not enabled:
+        yield _NoProgress()
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield _RichProgress(progress)

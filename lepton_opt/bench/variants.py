@@ -1,0 +1,112 @@
+"""The variants ``lepton-opt bench`` measures, and how each one is built.
+
+A variant is one way of running the user's model: onnxruntime on the model as given (the
+baseline every ratio is taken against), onnxruntime on lepton-opt's optimized ``.onnx``, or a
+lepton-opt build. Variants whose feature this version does not have (reduced precision,
+quantization, pruning) are listed with the reason, and ``bench`` reports them as unavailable
+rather than measuring something else under their name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from lepton_opt.bench.accuracy import ort_session
+from lepton_opt.errors import OptionError
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    description: str
+    engine: str  # "onnxruntime" or "lepton-opt"
+    level: str | None = None  # graph pipeline run first (ort-opt) or before lowering (lepton-opt builds)
+    unavailable: str | None = None  # why this version cannot build it
+
+
+BASELINE = "ort"
+
+VARIANTS: dict[str, VariantSpec] = {v.name: v for v in [
+    VariantSpec(BASELINE, "onnxruntime fp32, all graph optimizations (the baseline)", "onnxruntime"),
+    VariantSpec("ort-opt", "onnxruntime fp32 on the model after lepton-opt's -O2 passes", "onnxruntime", "O2"),
+    VariantSpec("fp32", "lepton-opt build, fp32, -O2 passes, untuned", "lepton-opt", "O2"),
+    VariantSpec("fp32-O0", "lepton-opt build, fp32, no graph passes, untuned", "lepton-opt", "O0"),
+    VariantSpec("fp16", "lepton-opt build, fp16 mixed precision", "lepton-opt",
+                unavailable="fp16 mixed precision is not implemented in this version"),
+    VariantSpec("bf16", "lepton-opt build, bf16 mixed precision", "lepton-opt",
+                unavailable="bf16 mixed precision is not implemented in this version"),
+    VariantSpec("int8", "lepton-opt build, int8 post-training quantization", "lepton-opt",
+                unavailable="int8 quantization is not implemented in this version"),
+    VariantSpec("pruned", "lepton-opt build of a pruned model", "lepton-opt",
+                unavailable="pruning is not implemented in this version"),
+]}
+
+DEFAULT_VARIANTS = (BASELINE, "fp32")
+
+
+def resolve_variants(names: str | list[str] | tuple[str, ...] | None) -> list[VariantSpec]:
+    """The variants named (comma-separated or a list), the baseline first and added if missing."""
+    if names is None:
+        names = list(DEFAULT_VARIANTS)
+    elif isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise OptionError(f"unknown variant(s) {', '.join(map(repr, unknown))}: choose from {', '.join(VARIANTS)}")
+    ordered = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
+    return [VARIANTS[n] for n in ordered]
+
+
+@dataclasses.dataclass
+class BuiltVariant:
+    """A variant ready to run at one batch size."""
+
+    spec: VariantSpec
+    run: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+    timed: Callable[[Mapping[str, np.ndarray]], Callable[[], object]]  # feeds -> a call to time
+    build_s: float
+    artifact_bytes: int
+    probe: tuple[str, Path]  # (kind, path) for the memory probe: ("onnxruntime", model) or ("lepton-opt", artifact)
+    target: dict | None = None
+
+
+def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapping[str, list[int]],
+                  target: str, threads: int, workdir: Path, tag: str, output_names: list[str]) -> BuiltVariant:
+    """Build ``spec`` for inputs of ``shapes``; files it needs (model, artifact) go to ``workdir``."""
+    import lepton_opt.api as api
+
+    start = time.perf_counter()
+    if spec.engine == "onnxruntime":
+        data = model_bytes
+        if spec.level is not None:
+            data = api.optimize(source, spec.level, input_shapes=shapes).model.SerializeToString()
+        session = ort_session(data, threads=threads, optimize=True, spinning=False)
+        build_s = time.perf_counter() - start
+        path = workdir / f"{spec.name}-{tag}.onnx"
+        path.write_bytes(data)
+
+        def run(feeds):
+            return dict(zip(output_names, session.run(output_names, dict(feeds))))
+
+        def timed(feeds):
+            feeds = dict(feeds)
+            return lambda: session.run(output_names, feeds)
+
+        return BuiltVariant(spec, run, timed, build_s, len(data), ("onnxruntime", path))
+
+    compiled = api.compile(source, target, input_shapes=shapes, level=spec.level)
+    build_s = time.perf_counter() - start
+    path = compiled.save(workdir / f"{spec.name}-{tag}.lepton")
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+    def timed_compiled(feeds):
+        feeds = dict(feeds)
+        return lambda: compiled.run(feeds)
+
+    return BuiltVariant(spec, compiled.run, timed_compiled, build_s, size, ("lepton-opt", Path(path)),
+                        target=compiled.target)
