@@ -22,9 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q || [ $$? -eq 5 ]
 
-# Needs torch for exporting the models: $(PY) -m pip install torch==2.13.0
+# The benchmark suite (benchmarks/README.md): exports the models with torch (CPU wheel; a plain
+# `pip install torch` pulls a multi-GB CUDA build), trains the digits CNN, writes the report to
+# benchmarks/results/suite/ and the summary table into benchmarks/README.md.
 bench: $(STAMP)
-	$(PY) benchmarks/latency.py
+	$(PY) -m pip install --quiet -e ".[bench]" torch==2.13.0
+	$(PY) benchmarks/suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.lepton

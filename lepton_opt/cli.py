@@ -337,6 +337,8 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--samples", default=8, show_default=True, help="Seeded inputs for accuracy when --data is not given.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--rounds", type=int, help="Interleaved timing rounds per batch size [default: fill --duration].")
+@click.option("--block", type=int, help="Runs of each variant in a row per round, the first untimed "
+              "[default: about 0.1 s worth, 3 to 100].")
 @click.option("--duration", default=10.0, show_default=True, help="Seconds of timing per batch size (at least "
               "20 rounds).")
 @click.option("--warmup", default=5, show_default=True, help="Untimed rounds before timing.")
@@ -344,8 +346,8 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.md, report.html (plots) and report.json into this directory.")
 @_handle_errors
-def bench_cmd(model, target, variants, input_shapes, threads, batch, data, labels, samples, seed, rounds, duration,
-              warmup, no_memory, report_dir):
+def bench_cmd(model, target, variants, input_shapes, threads, batch, data, labels, samples, seed, rounds, block,
+              duration, warmup, no_memory, report_dir):
     """Measure latency, throughput, memory and accuracy of MODEL's variants against onnxruntime."""
     import lepton_opt
     from lepton_opt.bench.report import COLUMNS, variant_row
@@ -353,11 +355,11 @@ def bench_cmd(model, target, variants, input_shapes, threads, batch, data, label
     result = lepton_opt.benchmark(
         model, target, variants=variants, input_shapes=_input_shapes(input_shapes), threads=threads,
         batches=_int_list(batch, "--batch"), data=data, labels=labels, samples=samples, seed=seed, rounds=rounds,
-        duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir)
+        block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir)
     keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
     for b in result.batches:
         table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "
-                            f"rounds; accuracy on {result.accuracy_inputs}")
+                            f"rounds of {result.block[b]} runs; accuracy on {result.accuracy_inputs}")
         for i in keep:
             table.add_column(COLUMNS[i], justify="left" if i == 0 else "right", no_wrap=True)
         for v in result.variants:

@@ -75,10 +75,14 @@ def _timed(engines: list[Callable[[], object]], repeat: int, warmup: int) -> lis
 
 
 def time_interleaved(engines: Sequence[Callable[[], object]], rounds: int, warmup: int = 0,
-                     shuffle_seed: int | None = None) -> list[list[float]]:
+                     shuffle_seed: int | None = None, block: int = 1, discard: int = 0) -> list[list[float]]:
     """Milliseconds of every timed run of each engine, run round-robin after ``warmup`` untimed
-    rounds. With ``shuffle_seed`` the order within each round is shuffled, so that no engine
-    always runs right after the same other one (caches, clocks)."""
+    rounds.
+
+    Each round runs every engine ``block`` times in a row and keeps the times of all but the
+    first ``discard`` of them. With ``shuffle_seed`` the order of engines is shuffled every
+    round, so that no engine always runs right after the same other one.
+    """
     for _ in range(warmup):
         for run in engines:
             run()
@@ -89,9 +93,11 @@ def time_interleaved(engines: Sequence[Callable[[], object]], rounds: int, warmu
         if shuffle_seed is not None:
             rng.shuffle(order)
         for i in order:
-            start = time.perf_counter()
-            engines[i]()
-            times[i].append((time.perf_counter() - start) * 1e3)
+            for j in range(block):
+                start = time.perf_counter()
+                engines[i]()
+                if j >= discard:
+                    times[i].append((time.perf_counter() - start) * 1e3)
     return times
 
 

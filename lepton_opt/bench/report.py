@@ -86,12 +86,13 @@ SWEEP_COLUMNS = ["variant", "batch", "p50 ms", "throughput /s", "speed-up vs ort
 def context_lines(result: BenchmarkResult) -> list[str]:
     m = result.machine
     shapes = ", ".join(f"{k} {'x'.join(map(str, s)) or 'scalar'}" for k, s in result.input_shapes.items())
-    rounds = ", ".join(f"batch {b}: {r}" for b, r in result.rounds.items())
+    rounds = "; ".join(f"batch {b}: {r} rounds of {result.block[b]} runs per variant" for b, r in result.rounds.items())
     lines = [
         f"model: {result.model} (sha256 {result.sha256[:12]})",
         f"target: {result.target}{' (' + m['llvm_mcpu'] + ')' if m.get('llvm_mcpu') else ''}; "
         f"{result.threads} threads per engine; inputs {shapes}",
-        f"latency: interleaved rounds, order shuffled each round, after warm-up ({rounds})",
+        f"latency: after warm-up, interleaved rounds in which each variant runs a block of runs in a row, "
+        f"the first untimed, in an order shuffled every round ({rounds})",
         f"accuracy against onnxruntime fp32 on {result.accuracy_inputs}",
     ]
     alone = result.ort_spinning_alone.get(result.batches[0])
@@ -141,8 +142,8 @@ SUITE_COLUMNS = ["model", "variant", "ort p50 ms", "variant p50 ms", "speed-up v
 
 def markdown(results: Sequence[BenchmarkResult]) -> str:
     lines = ["# lepton-opt benchmark report", "", f"Date: {results[0].date}. Machine: {machine_line(results)}.", "",
-             "Speed-up is onnxruntime's median latency over the variant's, both from the same interleaved run "
-             "(above 1: faster than onnxruntime). Errors compare each variant's outputs with onnxruntime fp32 "
+             "Speed-up is how many times faster than onnxruntime a variant ran (above 1: faster), from the same "
+             "interleaved run: in each round, onnxruntime's median over the variant's, then the median over rounds. Errors compare each variant's outputs with onnxruntime fp32 "
              "on the same inputs; max rel err is relative to the largest reference magnitude.", ""]
     if len(results) > 1:
         lines += ["## Summary", ""] + _md_table(SUITE_COLUMNS, suite_rows(results)) + [""]
@@ -331,8 +332,8 @@ def html_page(results: Sequence[BenchmarkResult]) -> str:
              f"</title><style>{_STYLE}</style></head><body>",
              "<h1>lepton-opt benchmark report</h1>",
              f"<p class='meta'>{html.escape(results[0].date)} · {html.escape(machine_line(results))}</p>",
-             "<p>Speed-up is onnxruntime's median latency over the variant's, both from the same interleaved "
-             "run (above 1: faster than onnxruntime). Errors compare each variant's outputs with onnxruntime "
+             "<p>Speed-up is how many times faster than onnxruntime a variant ran (above 1: faster), from the "
+             "same interleaved run: in each round, onnxruntime's median over the variant's, then the median over rounds. Errors compare each variant's outputs with onnxruntime "
              "fp32 on the same inputs.</p>"]
     if len(results) > 1:
         parts += ["<h2>Summary</h2>", _html_table(SUITE_COLUMNS, suite_rows(results))]

@@ -41,8 +41,14 @@ from lepton_opt.bench.variants import BASELINE, BuiltVariant, VariantSpec, build
 from lepton_opt.errors import InputError, LeptonError, OptionError, TargetError
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 
-MIN_ROUNDS = 20
+MIN_ROUNDS = 10
 MAX_ROUNDS = 5000
+# Runs of one variant in a row per round: enough to fill BLOCK_S, within [MIN_BLOCK, MAX_BLOCK].
+# The first run of each block is not timed: switching engines leaves caches and thread pools
+# cold, and that one run would measure the switch, not the variant (measured: MobileNetV2 run
+# alternately with onnxruntime took 1.6x its time alone).
+BLOCK_S = 0.1
+MIN_BLOCK, MAX_BLOCK = 3, 100
 DEFAULT_DURATION_S = 10.0
 DEFAULT_SAMPLES = 8
 
@@ -93,6 +99,7 @@ class BenchmarkResult:
     variants: list[VariantResult]
     machine: dict[str, Any]
     date: str
+    block: dict[int, int] = dataclasses.field(default_factory=dict)
     ort_spinning_alone: dict[int, LatencyStats] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
 
@@ -107,10 +114,20 @@ class BenchmarkResult:
         return Path(self.model).stem
 
     def speedup(self, name: str, batch: int | None = None) -> float | None:
-        """onnxruntime's median latency over the variant's (above 1: the variant is faster)."""
+        """How many times faster than onnxruntime the variant ran (above 1: faster).
+
+        Paired by round: in every interleaved round, onnxruntime's median over the variant's
+        median in that same round; the figure is the median of those ratios. A slow spell of
+        the machine then slows both sides of a ratio alike instead of shifting one median."""
         batch = self.batches[0] if batch is None else batch
         base, v = self.variant(BASELINE).latency.get(batch), self.variant(name).latency.get(batch)
-        return None if base is None or v is None else base.p50 / v.p50
+        if base is None or v is None:
+            return None
+        per_round = max(self.block.get(batch, 2) - 1, 1)
+        ours, theirs = _round_medians(v.times_ms, per_round), _round_medians(base.times_ms, per_round)
+        if len(ours) != len(theirs) or not ours:
+            return base.p50 / v.p50
+        return float(np.median(np.asarray(theirs) / np.asarray(ours)))
 
     @property
     def failed(self) -> list[VariantResult]:
@@ -120,7 +137,8 @@ class BenchmarkResult:
         return {
             "model": self.model, "sha256": self.sha256, "target": self.target, "threads": self.threads,
             "batches": self.batches, "input_shapes": self.input_shapes, "accuracy_inputs": self.accuracy_inputs,
-            "rounds": {str(b): r for b, r in self.rounds.items()}, "machine": self.machine, "date": self.date,
+            "rounds": {str(b): r for b, r in self.rounds.items()},
+            "block": {str(b): r for b, r in self.block.items()}, "machine": self.machine, "date": self.date,
             "baseline": BASELINE,
             "speedup_vs_ort": {v.name: {str(b): self.speedup(v.name, b) for b in self.batches}
                                for v in self.variants if v.ok},
@@ -129,6 +147,10 @@ class BenchmarkResult:
             "variants": [v.to_dict() for v in self.variants],
             "notes": self.notes,
         }
+
+
+def _round_medians(times: list[float], per_round: int) -> list[float]:
+    return [float(np.median(times[i:i + per_round])) for i in range(0, len(times), per_round)]
 
 
 def benchmark(
@@ -144,6 +166,7 @@ def benchmark(
     samples: int = DEFAULT_SAMPLES,
     seed: int = 0,
     rounds: int | None = None,
+    block: int | None = None,
     duration: float = DEFAULT_DURATION_S,
     warmup: int = 5,
     memory: bool = True,
@@ -156,8 +179,9 @@ def benchmark(
     unless it already equals the batch). Accuracy uses ``data`` (an ``.npz`` path or a dict,
     input name -> samples stacked on axis 0, fed in batches of the first batch size) with
     optional ``labels`` (one class per sample), else ``samples`` seeded inputs. ``rounds``
-    fixes the number of interleaved rounds; else they fill about ``duration`` seconds per batch
-    size (at least 20). ``report_dir`` also writes Markdown, HTML and JSON reports there.
+    fixes the number of interleaved rounds and ``block`` the runs per variant in each (the
+    first untimed); else blocks last about 0.1 s and rounds fill about ``duration`` seconds per
+    batch size (at least 10 rounds). ``report_dir`` also writes Markdown, HTML and JSON reports there.
     """
     specs = resolve_variants(list(variants) if variants is not None and not isinstance(variants, str)
                              else variants)
@@ -165,6 +189,8 @@ def benchmark(
         raise OptionError(f"samples must be at least 1, got {samples}")
     if rounds is not None and rounds < 1:
         raise OptionError(f"rounds must be at least 1, got {rounds}")
+    if block is not None and block < 2:
+        raise OptionError(f"block must be at least 2 (its first run is not timed), got {block}")
     threads = _resolve_threads(threads)
     os.environ["TVM_NUM_THREADS"] = str(threads)  # read by TVM's thread pool when it starts
     kind = _check_target(target, specs)
@@ -204,7 +230,7 @@ def benchmark(
                         if note:
                             result.notes.append(note)
                 feeds = accuracy_feeds[0] if batch == first else random_feeds(_feed_specs(inputs, batch), seed)
-                _measure_latency(built, result, feeds, batch, rounds, duration, warmup, bar)
+                _measure_latency(built, result, feeds, batch, rounds, block, duration, warmup, bar)
                 _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmup, output_names, bar)
                 if batch == first and memory:
                     _measure_memory(built, result, feeds, threads, workdir, bar)
@@ -470,29 +496,31 @@ def _stack(runs: list[dict[str, np.ndarray]], valid: list[int], batch: int) -> d
     return stacked
 
 
-def _measure_latency(built, result, feeds, batch, rounds, duration, warmup, bar):
+def _measure_latency(built, result, feeds, batch, rounds, block, duration, warmup, bar):
     names = list(built)
     calls = [built[n].timed(feeds) for n in names]
     task = bar.add(f"warming up (batch {batch})", 1)
     warm = time_interleaved(calls, max(warmup, 1))
     bar.done(task)
+    run_s = [float(np.median(t)) / 1e3 for t in warm]
+    if block is None:
+        block = int(min(MAX_BLOCK, max(MIN_BLOCK, np.ceil(BLOCK_S / max(max(run_s), 1e-6)))))
     if rounds is None:
-        per_round_s = sum(float(np.median(t)) for t in warm) / 1e3
-        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, duration / max(per_round_s, 1e-6))))
-    result.rounds[batch] = rounds
+        rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS, duration / max(block * sum(run_s), 1e-6))))
+    result.rounds[batch], result.block[batch] = rounds, block
     task = bar.add(f"timing {len(names)} variants interleaved (batch {batch})", rounds)
-    timed = _time_with_progress(calls, rounds, bar, task)
+    timed = _time_with_progress(calls, rounds, block, bar, task)
     bar.done(task)
     for name, times in zip(names, timed):
         result.variant(name).latency[batch] = LatencyStats(batch, times)
 
 
-def _time_with_progress(calls, rounds, bar, task, chunk: int = 10) -> list[list[float]]:
+def _time_with_progress(calls, rounds, block, bar, task, chunk: int = 5) -> list[list[float]]:
     times: list[list[float]] = [[] for _ in calls]
     done = 0
     while done < rounds:
         step = min(chunk, rounds - done)
-        for acc, new in zip(times, time_interleaved(calls, step, shuffle_seed=done)):
+        for acc, new in zip(times, time_interleaved(calls, step, shuffle_seed=done, block=block, discard=1)):
             acc.extend(new)
         done += step
         bar.advance(task, step)
@@ -503,7 +531,7 @@ def _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmu
     task = bar.add(f"timing onnxruntime alone with spinning (batch {batch})", 1)
     session = ort_session(model_bytes, threads=threads, optimize=True, spinning=True)
     feeds = dict(feeds)
-    runs = min(result.rounds[batch], 200)
+    runs = min(result.rounds[batch] * (result.block[batch] - 1), 500)
     (times,) = time_interleaved([lambda: session.run(output_names, feeds)], runs, warmup=max(warmup, 1))
     result.ort_spinning_alone[batch] = LatencyStats(batch, times)
     bar.done(task)

@@ -22,7 +22,7 @@ from lepton_opt.errors import InputError, OptionError
 from tests.models import resnet_cnn, tiny_mlp
 from tests.test_cli import assert_user_error, lepton
 
-FAST = {"threads": 1, "rounds": 6, "warmup": 1, "memory": False}
+FAST = {"threads": 1, "rounds": 3, "block": 3, "warmup": 1, "memory": False}  # 6 timed runs per variant
 
 
 def _ort_outputs(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
@@ -41,7 +41,7 @@ def test_variants_are_measured_interleaved_with_consistent_statistics(cnn_result
     assert [v.name for v in r.variants] == ["ort", "fp32", "ort-opt", "int8"]
     assert [v.status for v in r.variants] == ["ok", "ok", "ok", "unavailable"]
     assert "not implemented" in r.variant("int8").reason and not r.variant("int8").latency
-    assert r.batches == [1, 3] and r.rounds == {1: 6, 3: 6}
+    assert r.batches == [1, 3] and r.rounds == {1: 3, 3: 3} and r.block == {1: 3, 3: 3}
     for name in ("ort", "fp32", "ort-opt"):
         v = r.variant(name)
         assert v.build_s.keys() == {1, 3} and v.artifact_bytes > 0
@@ -50,7 +50,10 @@ def test_variants_are_measured_interleaved_with_consistent_statistics(cnn_result
             assert len(stats.times_ms) == 6 and all(t > 0 for t in stats.times_ms)
             assert stats.p50 == pytest.approx(np.median(stats.times_ms))
             assert stats.throughput == pytest.approx(batch * 1e3 / stats.p50)
-            assert r.speedup(name, batch) == pytest.approx(r.variant("ort").latency[batch].p50 / stats.p50)
+            # Paired by round: 3 rounds of 2 timed runs each.
+            base = np.reshape(r.variant("ort").latency[batch].times_ms, (3, 2))
+            ours = np.reshape(stats.times_ms, (3, 2))
+            assert r.speedup(name, batch) == pytest.approx(np.median(np.median(base, 1) / np.median(ours, 1)))
     assert r.speedup("ort") == 1.0 and r.speedup("int8") is None
     assert len(r.ort_spinning_alone[1].times_ms) == 6
 
@@ -111,10 +114,11 @@ def test_accuracy_stats_top_k_and_relative_error():
 def test_latency_stats_and_shuffled_interleaving():
     calls = []
     engines = [lambda i=i: calls.append(i) for i in range(3)]
-    times = time_interleaved(engines, rounds=20, warmup=2, shuffle_seed=0)
-    assert [len(t) for t in times] == [20, 20, 20]
-    rounds = [tuple(calls[6 + 3 * k: 9 + 3 * k]) for k in range(20)]
-    assert all(sorted(r) == [0, 1, 2] for r in rounds) and len(set(rounds)) > 1
+    times = time_interleaved(engines, rounds=20, warmup=2, shuffle_seed=0, block=3, discard=1)
+    assert [len(t) for t in times] == [40, 40, 40]  # 20 rounds x (3 runs - 1 untimed)
+    rounds = [tuple(calls[6 + 9 * k: 15 + 9 * k]) for k in range(20)]
+    assert all(sorted(r) == [0, 0, 0, 1, 1, 1, 2, 2, 2] for r in rounds) and len(set(rounds)) > 1
+    assert all(r[0] == r[1] == r[2] for r in rounds)  # blocks of one engine in a row
     stats = LatencyStats(2, [1.0, 2.0, 3.0, 4.0, 100.0])
     assert (stats.p50, stats.mean, stats.throughput) == (3.0, 22.0, pytest.approx(2000 / 3))
     assert stats.p99 == pytest.approx(np.percentile(stats.times_ms, 99))
@@ -166,7 +170,7 @@ def test_labels_need_a_classifier_output():
 
 def test_cli_bench_writes_reports_and_prints_the_table(tmp_path, mlp_path):
     before = mlp_path.read_bytes()
-    result = lepton("bench", mlp_path, "--variants", "ort,fp32,fp16", "--rounds", "5", "--no-memory",
+    result = lepton("bench", mlp_path, "--variants", "ort,fp32,fp16", "--rounds", "3", "--block", "2", "--no-memory",
                     "--threads", "1", "--report", tmp_path / "rep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "speed-up vs ort" in result.stdout and "fp16: unavailable" in result.stdout
@@ -183,7 +187,7 @@ def test_cli_bench_writes_reports_and_prints_the_table(tmp_path, mlp_path):
     (["--target", "cuda"], []),
 ])
 def test_cli_bench_bad_input(tmp_path, mlp_path, args, fragments):
-    result = lepton("bench", mlp_path, "--rounds", "2", "--no-memory", *args, cwd=tmp_path)
+    result = lepton("bench", mlp_path, "--rounds", "2", "--block", "2", "--no-memory", *args, cwd=tmp_path)
     line = assert_user_error(result, *fragments)
     if "--target" in args:
         assert "cuda" in line
