@@ -35,9 +35,10 @@ import numpy as np
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import AccuracyStats, accuracy_stats, classifier_output, ort_session, random_feeds
+from lepton_opt.bench.data import accuracy_inputs, feed_specs, input_specs, resolve_batches, shapes_at, stack_outputs
 from lepton_opt.bench.latency import LatencyStats, time_interleaved
 from lepton_opt.bench.memory import MemoryStats
-from lepton_opt.bench.variants import BASELINE, BuiltVariant, VariantSpec, build_variant, resolve_variants
+from lepton_opt.bench.variants import BASELINE, BuiltVariant, PruneOptions, VariantSpec, build_variant, resolve_variants
 from lepton_opt.errors import InputError, LeptonError, OptionError, TargetError
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 
@@ -113,14 +114,17 @@ class BenchmarkResult:
     def name(self) -> str:
         return Path(self.model).stem
 
-    def speedup(self, name: str, batch: int | None = None) -> float | None:
-        """How many times faster than onnxruntime the variant ran (above 1: faster).
+    def speedup(self, name: str, batch: int | None = None, baseline: str = BASELINE) -> float | None:
+        """How many times faster than ``baseline`` (onnxruntime) the variant ran (above 1: faster).
 
-        Paired by round: in every interleaved round, onnxruntime's median over the variant's
+        Paired by round: in every interleaved round, the baseline's median over the variant's
         median in that same round; the figure is the median of those ratios. A slow spell of
         the machine then slows both sides of a ratio alike instead of shifting one median."""
         batch = self.batches[0] if batch is None else batch
-        base, v = self.variant(BASELINE).latency.get(batch), self.variant(name).latency.get(batch)
+        try:
+            base, v = self.variant(baseline).latency.get(batch), self.variant(name).latency.get(batch)
+        except KeyError:
+            return None
         if base is None or v is None:
             return None
         per_round = max(self.block.get(batch, 2) - 1, 1)
@@ -170,6 +174,7 @@ def benchmark(
     duration: float = DEFAULT_DURATION_S,
     warmup: int = 5,
     memory: bool = True,
+    prune: PruneOptions | None = None,
     progress: bool = False,
     report_dir: str | os.PathLike | None = None,
 ) -> BenchmarkResult:
@@ -181,7 +186,8 @@ def benchmark(
     optional ``labels`` (one class per sample), else ``samples`` seeded inputs. ``rounds``
     fixes the number of interleaved rounds and ``block`` the runs per variant in each (the
     first untimed); else blocks last about 0.1 s and rounds fill about ``duration`` seconds per
-    batch size (at least 10 rounds). ``report_dir`` also writes Markdown, HTML and JSON reports there.
+    batch size (at least 10 rounds). ``prune`` says how the ``pruned``/``ort-pruned`` variants prune
+    (default: channel pruning, 30%). ``report_dir`` also writes Markdown, HTML and JSON reports there.
     """
     specs = resolve_variants(list(variants) if variants is not None and not isinstance(variants, str)
                              else variants)
@@ -197,39 +203,40 @@ def benchmark(
     loaded = load_model(model)
     source_name = loaded.source
     model_bytes = ir.serde.serialize_model(loaded.model).SerializeToString()
-    inputs = _input_specs(loaded.model, input_shapes, source_name)
+    inputs = input_specs(loaded.model, input_shapes, source_name)
     output_names = [v.name for v in loaded.model.graph.outputs]
-    batch_list = _resolve_batches(inputs, batches, source_name)
+    batch_list = resolve_batches(inputs, batches, source_name)
     first = batch_list[0]
-    accuracy_feeds, valid_rows, label_array, accuracy_inputs = _accuracy_inputs(
-        inputs, first, data, labels, samples, seed, source_name)
+    evaluation = accuracy_inputs(inputs, first, data, labels, samples, seed, source_name)
 
     result = BenchmarkResult(
         model=source_name, sha256=hashlib.sha256(model_bytes).hexdigest(), target=kind, threads=threads,
-        batches=batch_list, input_shapes=_shapes_at(inputs, first), accuracy_inputs=accuracy_inputs,
+        batches=batch_list, input_shapes=shapes_at(inputs, first), accuracy_inputs=evaluation.description,
         rounds={}, variants=[VariantResult(s.name, s.description, s.engine) for s in specs],
         machine=machine_info(threads), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     for spec, vr in zip(specs, result.variants):
         if spec.unavailable:
             vr.status, vr.reason = "unavailable", spec.unavailable
+    if any(s.pruned for s in specs):
+        result.notes.append(f"pruned variants: {(prune or PruneOptions()).describe()}")
     workdir = Path(tempfile.mkdtemp(prefix="lepton-bench-"))
     try:
         with _progress(progress) as bar:
             for batch in batch_list:
-                shapes = _shapes_at(inputs, batch)
+                shapes = shapes_at(inputs, batch)
                 built = _build_all(specs, result, model, model_bytes, shapes, kind, threads, workdir,
-                                   batch, output_names, bar)
+                                   batch, output_names, prune, bar)
                 if BASELINE not in built:
                     raise InputError(f"{source_name}: onnxruntime could not run the model: "
                                      f"{result.variant(BASELINE).reason}")
                 if batch == first:
-                    _measure_accuracy(built, result, accuracy_feeds, valid_rows, label_array, first, bar)
+                    _measure_accuracy(built, result, evaluation, first, bar)
                     if any(b.spec.engine == "lepton-opt" for b in built.values()):
                         note = _tvm_threads_note(threads)
                         if note:
                             result.notes.append(note)
-                feeds = accuracy_feeds[0] if batch == first else random_feeds(_feed_specs(inputs, batch), seed)
+                feeds = evaluation.feeds[0] if batch == first else random_feeds(feed_specs(inputs, batch), seed)
                 _measure_latency(built, result, feeds, batch, rounds, block, duration, warmup, bar)
                 _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmup, output_names, bar)
                 if batch == first and memory:
@@ -287,149 +294,11 @@ def _check_target(target: str, specs: list[VariantSpec]) -> str:
     return kind
 
 
-@dataclasses.dataclass
-class _Input:
-    name: str
-    dtype: str
-    shape: list[int | str | None]
-
-
-def _input_specs(model: ir.Model, input_shapes: InputShapes | None, source: str) -> list[_Input]:
-    given = dict(input_shapes or {})
-    inputs = [v for v in model.graph.inputs if not v.is_initializer()]
-    unknown = sorted(set(given) - {v.name for v in inputs})
-    if unknown:
-        raise OptionError(f"{source}: --input-shape names {', '.join(map(repr, unknown))}, not inputs of the model "
-                          f"(inputs: {', '.join(v.name for v in inputs)})")
-    specs = []
-    for v in inputs:
-        dtype = np.dtype(v.dtype.numpy()).name if v.dtype is not None else "float32"
-        if v.name in given:
-            shape: list = [int(d) for d in given[v.name]]
-        elif v.shape is None:
-            raise InputError(f"{source}: input {v.name!r} has no shape; give it with --input-shape {v.name}:DIMS")
-        else:
-            shape = [d if isinstance(d, int) else (d.value if d.value is not None else None) for d in v.shape]
-        specs.append(_Input(v.name, dtype, shape))
-    return specs
-
-
-def _resolve_batches(inputs: list[_Input], batches: Sequence[int] | None, source: str) -> list[int]:
-    """The batch sizes to measure; every input's non-batch dims must be fixed."""
-    for spec in inputs:
-        for axis, dim in enumerate(spec.shape[1:], start=1):
-            if not isinstance(dim, int):
-                raise InputError(f"{source}: input {spec.name!r} dim {axis} ({dim or '?'}) is dynamic; fix it with "
-                                 f"--input-shape {spec.name}:{'x'.join(str(d) if isinstance(d, int) else '?' for d in spec.shape)} "
-                                 "(replace each ? by a size)")
-    batched = [s for s in inputs if s.shape]
-    if not batches:
-        fixed = [s.shape[0] for s in batched if isinstance(s.shape[0], int)]
-        return [fixed[0] if fixed else 1]
-    batches = list(dict.fromkeys(int(b) for b in batches))
-    if any(b < 1 for b in batches):
-        raise OptionError(f"batch sizes must be at least 1, got {batches}")
-    for spec in batched:
-        fixed = spec.shape[0]
-        wrong = [b for b in batches if isinstance(fixed, int) and b != fixed]
-        if wrong:
-            raise OptionError(f"{source}: input {spec.name!r} has a fixed batch of {fixed}, so batch {wrong[0]} cannot "
-                              "run; benchmark a model exported with a dynamic first dim, or drop --batch")
-    return batches
-
-
-def _shapes_at(inputs: list[_Input], batch: int) -> dict[str, list[int]]:
-    return {s.name: ([batch] + [int(d) for d in s.shape[1:]]) if s.shape else [] for s in inputs}
-
-
-def _feed_specs(inputs: list[_Input], batch: int) -> list[dict]:
-    shapes = _shapes_at(inputs, batch)
-    return [{"name": s.name, "dtype": s.dtype, "shape": shapes[s.name]} for s in inputs]
-
-
-def _accuracy_inputs(inputs, batch, data, labels, samples, seed, source):
-    """Feeds for the accuracy check (full batches), valid rows per feed, labels, a description."""
-    if data is None:
-        if labels is not None:
-            raise OptionError("labels need the inputs they belong to: give --data with --labels")
-        feeds = [random_feeds(_feed_specs(inputs, batch), seed + i) for i in range(samples)]
-        return feeds, [batch] * samples, None, f"{samples} seeded random inputs (seed {seed})"
-    arrays, name = _load_data(data, inputs)
-    count = {len(a) for a in arrays.values()}
-    if len(count) != 1:
-        raise InputError(f"{name}: arrays hold different numbers of samples ({sorted(count)}); axis 0 is the sample axis")
-    (n,) = count
-    if n == 0:
-        raise InputError(f"{name}: holds no samples")
-    for spec in inputs:
-        want = tuple(int(d) for d in spec.shape[1:])
-        got = arrays[spec.name].shape[1:]
-        if got != want:
-            raise InputError(f"{name}: {spec.name!r} samples have shape {list(got)}, the model takes {list(want)} "
-                             "per sample (array shape must be [samples, ...] matching the input after its batch dim)")
-    feeds, valid = [], []
-    for start in range(0, n, batch):
-        rows = min(batch, n - start)
-        feed = {}
-        for spec in inputs:
-            chunk = arrays[spec.name][start:start + rows].astype(spec.dtype, copy=False)
-            if rows < batch:  # pad the last batch with copies of its last sample; padded rows are dropped
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - rows, axis=0)])
-            feed[spec.name] = np.ascontiguousarray(chunk)
-        feeds.append(feed)
-        valid.append(rows)
-    label_array = None
-    if labels is not None:
-        label_array = _load_labels(labels, n)
-    return feeds, valid, label_array, f"{name} ({n} samples{', labelled' if label_array is not None else ''})"
-
-
-def _load_data(data, inputs) -> tuple[dict[str, np.ndarray], str]:
-    if isinstance(data, Mapping):
-        arrays, name = {k: np.asarray(v) for k, v in data.items()}, "data"
-    else:
-        name = str(data)
-        try:
-            with np.load(data, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise InputError(f"{name}: no such file") from None
-        except Exception as e:
-            raise InputError(f"{name}: not a readable .npz file ({type(e).__name__}); save inputs with "
-                             "numpy.savez(path, input_name=array, ...)") from None
-    names = [s.name for s in inputs]
-    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
-        arrays = {names[0]: next(iter(arrays.values()))}
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise InputError(f"{name}: has no array for input(s) {', '.join(map(repr, missing))} "
-                         f"(arrays: {', '.join(arrays) or 'none'}); name each array after a model input")
-    return {n: arrays[n] for n in names}, name
-
-
-def _load_labels(labels, n: int) -> np.ndarray:
-    name = "labels" if isinstance(labels, np.ndarray) else str(labels)
-    if isinstance(labels, np.ndarray):
-        array = labels
-    else:
-        try:
-            array = np.load(labels, allow_pickle=False)
-        except FileNotFoundError:
-            raise InputError(f"{name}: no such file") from None
-        except Exception as e:
-            raise InputError(f"{name}: not a readable .npy file ({type(e).__name__})") from None
-    array = np.asarray(array).reshape(-1) if np.ndim(array) else np.asarray(array)
-    if array.ndim != 1 or len(array) != n or array.dtype.kind not in "iu":
-        raise InputError(f"{name}: needs {n} integer class labels (one per sample), got shape {list(np.shape(array))} "
-                         f"of {array.dtype}")
-    return array
-
-
 # ------------------------------------------------------------------------------------------
 # Measurements
 
 
-def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, bar):
+def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, prune, bar):
     built: dict[str, BuiltVariant] = {}
     todo = [s for s in specs if not s.unavailable and result.variant(s.name).status != "failed"]
     task = bar.add(f"building variants (batch {batch})", len(todo))
@@ -438,7 +307,7 @@ def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdi
         bar.update(task, f"building {spec.name} (batch {batch})")
         try:
             b = build_variant(spec, source, model_bytes, shapes=shapes, target=kind, threads=threads,
-                              workdir=workdir, tag=f"b{batch}", output_names=output_names)
+                              workdir=workdir, tag=f"b{batch}", output_names=output_names, prune=prune)
         except LeptonError as e:
             vr.status, vr.reason = "failed", str(e)
         except Exception as e:  # an engine's own failure (onnxruntime, TVM): report it, measure the rest
@@ -454,7 +323,8 @@ def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdi
     return built
 
 
-def _measure_accuracy(built, result, feeds, valid, labels, batch, bar):
+def _measure_accuracy(built, result, evaluation, batch, bar):
+    feeds, valid, labels = evaluation.feeds, evaluation.valid, evaluation.labels
     task = bar.add("accuracy", len(built) * len(feeds))
     outputs: dict[str, dict[str, np.ndarray]] = {}
     for name, b in list(built.items()):
@@ -469,7 +339,7 @@ def _measure_accuracy(built, result, feeds, valid, labels, batch, bar):
             vr.status, vr.reason = "failed", f"run failed: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
             del built[name]
             continue
-        outputs[name] = _stack(runs, valid, batch)
+        outputs[name] = stack_outputs(runs, valid, batch)
     bar.done(task)
     reference = outputs.get(BASELINE)
     if reference is None:
@@ -479,21 +349,6 @@ def _measure_accuracy(built, result, feeds, valid, labels, batch, bar):
         raise InputError("labels were given but the model has no classifier output ([batch, classes] scores)")
     for name, got in outputs.items():
         result.variant(name).accuracy = accuracy_stats(reference, got, n, labels)
-
-
-def _stack(runs: list[dict[str, np.ndarray]], valid: list[int], batch: int) -> dict[str, np.ndarray]:
-    """Each output's samples along axis 0, without the rows that pad the last batch."""
-    stacked = {}
-    for name in runs[0]:
-        parts = []
-        for run, rows in zip(runs, valid):
-            value = np.asarray(run[name])
-            if value.ndim >= 1 and value.shape[0] == batch:
-                parts.append(value[:rows])
-            else:
-                parts.append(value[None])
-        stacked[name] = np.concatenate(parts)
-    return stacked
 
 
 def _measure_latency(built, result, feeds, batch, rounds, block, duration, warmup, bar):
