@@ -11,6 +11,9 @@ Public API::
     result = lepton_opt.optimize("model.onnx", "O2")   # a smaller, standard .onnx
     onnx.save(result.model, "model.opt.onnx")
 
+    pruned = lepton_opt.prune("model.onnx", "channel", 0.3)   # also "magnitude", "2:4", budgets
+    onnx.save(pruned.model, "model.pruned.onnx")
+
     bench = lepton_opt.benchmark("model.onnx", variants="ort,fp32", report_dir="report")
     bench.speedup("fp32")                # onnxruntime median / lepton-opt median, same run
 """
@@ -27,9 +30,10 @@ from lepton_opt.api import (  # noqa: A004
     load,
     load_compiled,
     optimize,
+    prune,
     verify,
 )
 from lepton_opt.errors import LeptonError
 
 __all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load", "load_compiled",
-           "optimize", "verify"]
+           "optimize", "prune", "verify"]

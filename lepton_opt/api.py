@@ -118,6 +118,18 @@ def compile(  # noqa: A001 - the public name the product promises
                          passes=passes)
 
 
+def prune(model: ModelSource, method: str = "channel", sparsity: float | None = None, **options):
+    """Prune ``model`` ("magnitude", "channel" or "2:4"); returns a
+    :class:`lepton_opt.passes.prune.PruneResult` whose ``model`` is a standard ``onnx.ModelProto``.
+
+    Options (see :func:`lepton_opt.passes.prune.prune`): scope, criterion, layers, max_error,
+    max_accuracy_drop, data, labels, samples, seed, input_shapes.
+    """
+    from lepton_opt.passes.prune import prune as run_prune
+
+    return run_prune(model, method, sparsity, **options)
+
+
 def benchmark(model: ModelSource, target: str = "llvm", **options):
     """Latency, throughput, memory and accuracy of variants of ``model`` against onnxruntime.
 
@@ -203,5 +215,5 @@ def _value_info(value: ir.Value) -> dict:
     return {"name": value.name, "dtype": value.dtype.name if value.dtype is not None else "?", "shape": shape}
 
 
-__all__ = ["LeptonError", "OptimizeResult", "benchmark", "compile", "inspect_model", "load", "load_compiled", "optimize",
+__all__ = ["LeptonError", "OptimizeResult", "benchmark", "compile", "prune", "inspect_model", "load", "load_compiled", "optimize",
            "verify"]
