@@ -2,8 +2,10 @@
 
 scikit-learn ships the UCI handwritten digits (1797 8x8 grey images, 10 classes) inside the
 package, so this needs no download. The CNN is trained at benchmark time (seeded, CPU, a few
-seconds), exported with the TorchScript exporter with a dynamic batch axis, and its held-out
-test split is saved beside it, so every variant's accuracy is a real test-set accuracy.
+seconds) on 1144 of the images, exported with the TorchScript exporter with a dynamic batch
+axis. Two held-out splits are saved beside it: a validation split (203 images) for calibration
+and sensitivity scans, and the test split (450 images) that every reported accuracy is
+measured on, so choices made on the validation split do not leak into the figures.
 
     python benchmarks/digits.py --out benchmarks/results/models   # digits_cnn.onnx + test data
 """
@@ -26,21 +28,27 @@ BATCH = 64
 @dataclass
 class DigitsArtifacts:
     model: Path
-    data: Path  # .npz with "input": [N, 1, 8, 8] float32
+    data: Path  # test split: .npz with "input": [N, 1, 8, 8] float32
     labels: Path  # .npy with N int64 labels
+    val_data: Path  # validation split, same format
+    val_labels: Path
     torch_test_accuracy: float
     seconds: float
 
 
-def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train/test split (75/25, stratified, seeded) of the digits images, scaled to [0, 1]."""
+def load_split() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train/validation/test splits (1144/203/450, stratified, seeded) of the digits images,
+    scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8]
     y = digits.target.astype(np.int64)
-    return train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.25, random_state=SEED, stratify=y)
+    x_train, x_val, y_train, y_val = train_test_split(x_rest, y_rest, test_size=0.15, random_state=SEED,
+                                                      stratify=y_rest)
+    return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
 
 
 def build_model():
@@ -61,7 +69,8 @@ def train_and_export(out_dir: Path, *, epochs: int = EPOCHS, verbose: bool = Tru
 
     start = time.perf_counter()
     torch.manual_seed(SEED)
-    x_train, x_test, y_train, y_test = load_split()
+    splits = load_split()
+    (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
     model = build_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
@@ -87,14 +96,17 @@ def train_and_export(out_dir: Path, *, epochs: int = EPOCHS, verbose: bool = Tru
         torch.onnx.export(model, (torch.from_numpy(x_test[:1]),), str(path), input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
                           opset_version=17, dynamo=False)
-    data, labels = out_dir / "digits_test.npz", out_dir / "digits_test_labels.npy"
-    np.savez(data, input=x_test)
-    np.save(labels, y_test)
+    paths = {}
+    for split in ("val", "test"):
+        x, y = splits[split]
+        paths[split] = (out_dir / f"digits_{split}.npz", out_dir / f"digits_{split}_labels.npy")
+        np.savez(paths[split][0], input=x)
+        np.save(paths[split][1], y)
     seconds = time.perf_counter() - start
     if verbose:
         print(f"digits_cnn: trained {epochs} epochs on {len(x_train)} images in {seconds:.1f} s; torch test "
               f"accuracy {100 * accuracy:.2f}% on {len(x_test)} images -> {path}", flush=True)
-    return DigitsArtifacts(path, data, labels, accuracy, seconds)
+    return DigitsArtifacts(path, *paths["test"], *paths["val"], accuracy, seconds)
 
 
 def main(argv=None) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("resnet50", "mobilenet_v2", "bert_base", "vit_small", "yolo_style", "digits_cnn")
-VARIANTS = "ort,ort-opt,fp32,fp32-O0,fp16,int8,pruned"
+VARIANTS = "ort,ort-opt,fp32,fp32-O0,pruned,ort-pruned,fp16,int8"
 README = HERE / "README.md"
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 ACCURACY_SAMPLES = 4

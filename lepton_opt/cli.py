@@ -306,6 +306,73 @@ def inspect_cmd(model, input_shapes):
         out.print("every op has a converter", highlight=False)
 
 
+@main.command("prune")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--method", "-m", type=click.Choice(["magnitude", "channel", "2:4"]), default="channel",
+              show_default=True, help="channel: remove whole output channels (faster everywhere); magnitude: "
+              "zero single weights (smaller when compressed); 2:4: 2 of every 4 weights (sparse tensor cores).")
+@click.option("--sparsity", "-s", type=float, help="Share of channels to remove (channel) or weights to zero "
+              "(magnitude); with a budget, the largest per-layer share the scan may choose [default 0.9].")
+@click.option("--scope", type=click.Choice(["global", "layer"]), default="global", show_default=True,
+              help="magnitude: one threshold over all layers, or the same share in each.")
+@click.option("--criterion", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
+              help="channel: norm of a channel's weights that ranks it.")
+@click.option("--layers", metavar="PATTERN,...", help="Prune only nodes or weights matching these shell patterns.")
+@click.option("--max-error", type=float, help="Budget: largest output error relative to the largest reference "
+              "value; a sensitivity scan picks per-layer ratios.")
+@click.option("--max-accuracy-drop", type=float, help="Budget: top-1 accuracy points (needs --data and --labels).")
+@click.option("--data", type=click.Path(path_type=Path), help="Calibration inputs (.npz, one array per input, "
+              "samples on axis 0) [default: seeded random inputs].")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class labels (.npy) for --max-accuracy-drop.")
+@click.option("--samples", default=8, show_default=True, help="Seeded calibration inputs when --data is not given.")
+@input_shape_option
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Pruned model to write [default: MODEL name with .pruned.onnx].")
+@_handle_errors
+def prune_cmd(model, method, sparsity, scope, criterion, layers, max_error, max_accuracy_drop, data, labels,
+              samples, input_shapes, output):
+    """Prune MODEL (.onnx) and write a standard ONNX model; print what each layer lost."""
+    import lepton_opt
+
+    output = output or Path(model.name.removesuffix(".onnx") + ".pruned.onnx")
+    if output.exists() and output.is_dir():
+        raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
+    if model.exists() and output.exists() and output.resolve() == model.resolve():
+        raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
+    with err.status(f"pruning {model.name}{' (sensitivity scan)' if max_error or max_accuracy_drop else ''}…"):
+        result = lepton_opt.prune(model, method, sparsity, scope=scope, criterion=criterion, layers=patterns,
+                                  max_error=max_error, max_accuracy_drop=max_accuracy_drop, data=data,
+                                  labels=labels, samples=samples, input_shapes=_input_shapes(input_shapes))
+        import onnx_ir as ir
+
+        _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+    table = Table(title=f"{model.name}: {method} pruning")
+    for col in ("layer", "op", "shape before", "after", "pruned", "scan error"):
+        table.add_column(col, justify="left" if col in ("layer", "op") else "right")
+    for row in result.layers:
+        scanned = result.scan.sensitivity.get(row.name, {}) if result.scan else {}
+        chosen = result.scan.ratios.get(row.name) if result.scan else None
+        error = f"{scanned[chosen]:.3g}" if chosen in scanned else ""
+        table.add_row(row.name, row.op, "x".join(map(str, row.shape_before)), "x".join(map(str, row.shape_after)),
+                      f"{100 * row.ratio:.1f}%", error)
+    out.print(table)
+    for name, why in result.skipped:
+        out.print(f"left alone: {name}: {why}", highlight=False, soft_wrap=True)
+    unit = "channels removed" if method == "channel" else "weights zeroed"
+    asked = (f"the scan chose per-layer shares up to {100 * result.requested:.0f}%" if result.scan
+             else f"asked {100 * result.requested:.0f}%")
+    out.print(f"{unit}: {100 * result.achieved:.1f}% of the prunable ones ({asked}); parameters {result.params_before:,} -> "
+              f"{result.params_after:,} ({result.nonzero_after:,} non-zero); file {result.bytes_before / 2**20:.2f} -> "
+              f"{result.bytes_after / 2**20:.2f} MiB, compressed {result.compressed_before / 2**20:.2f} -> "
+              f"{result.compressed_after / 2**20:.2f} MiB", highlight=False, soft_wrap=True)
+    if result.scan:
+        out.print(f"scan: {result.scan.metric} {result.scan.achieved:.4g} within budget {result.scan.budget:g} "
+                  f"({result.scan.evaluations} onnxruntime evaluations)", highlight=False)
+    out.print(f"note: {result.hardware}", highlight=False, soft_wrap=True)
+    out.print(f"pruned [bold]{model}[/] -> [bold]{output}[/]", highlight=False, soft_wrap=True)
+
+
 def _int_list(value: str | None, option: str) -> list[int] | None:
     if not value:
         return None
@@ -324,8 +391,12 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu); cuda needs a GPU.")
 @click.option("--variants", default="ort,fp32", show_default=True, metavar="A,B,...",
-              help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, fp16, bf16, int8, "
-                   "pruned. Those this version cannot build are reported as unavailable.")
+              help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, pruned, ort-pruned, "
+                   "fp16, bf16, int8. Those this version cannot build are reported as unavailable.")
+@click.option("--prune-method", type=click.Choice(["channel", "magnitude", "2:4"]), default="channel",
+              show_default=True, help="How the pruned and ort-pruned variants prune.")
+@click.option("--prune-sparsity", type=float, default=0.3, show_default=True,
+              help="Share the pruned variants remove (2:4: always 0.5).")
 @input_shape_option
 @click.option("--threads", type=int, help="Threads per engine [default: every CPU available].")
 @click.option("--batch", "batch", metavar="B1,B2,...", help="Batch sizes to sweep (the model's first dim must be "
@@ -346,16 +417,18 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.md, report.html (plots) and report.json into this directory.")
 @_handle_errors
-def bench_cmd(model, target, variants, input_shapes, threads, batch, data, labels, samples, seed, rounds, block,
+def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shapes, threads, batch, data, labels, samples, seed, rounds, block,
               duration, warmup, no_memory, report_dir):
     """Measure latency, throughput, memory and accuracy of MODEL's variants against onnxruntime."""
     import lepton_opt
     from lepton_opt.bench.report import COLUMNS, variant_row
+    from lepton_opt.bench.variants import PruneOptions
 
     result = lepton_opt.benchmark(
         model, target, variants=variants, input_shapes=_input_shapes(input_shapes), threads=threads,
         batches=_int_list(batch, "--batch"), data=data, labels=labels, samples=samples, seed=seed, rounds=rounds,
-        block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir)
+        block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir,
+        prune=PruneOptions(prune_method, 0.5 if prune_method == "2:4" else prune_sparsity))
     keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
     for b in result.batches:
         table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "

@@ -27,6 +27,19 @@ class VariantSpec:
     engine: str  # "onnxruntime" or "lepton-opt"
     level: str | None = None  # graph pipeline run first (ort-opt) or before lowering (lepton-opt builds)
     unavailable: str | None = None  # why this version cannot build it
+    pruned: bool = False  # built from the pruned model (see PruneOptions)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneOptions:
+    """How the ``pruned`` and ``ort-pruned`` variants prune the model."""
+
+    method: str = "channel"
+    sparsity: float = 0.3
+
+    def describe(self) -> str:
+        what = "of the channels of every prunable group" if self.method == "channel" else "of the weights"
+        return f"{self.method} pruning, {100 * self.sparsity:g}% {what}"
 
 
 BASELINE = "ort"
@@ -42,8 +55,9 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in [
                 unavailable="bf16 mixed precision is not implemented in this version"),
     VariantSpec("int8", "lepton-opt build, int8 post-training quantization", "lepton-opt",
                 unavailable="int8 quantization is not implemented in this version"),
-    VariantSpec("pruned", "lepton-opt build of a pruned model", "lepton-opt",
-                unavailable="pruning is not implemented in this version"),
+    VariantSpec("pruned", "lepton-opt build of the pruned model (-O2 passes, untuned)", "lepton-opt", "O2",
+                pruned=True),
+    VariantSpec("ort-pruned", "onnxruntime fp32 on the pruned model", "onnxruntime", pruned=True),
 ]}
 
 DEFAULT_VARIANTS = (BASELINE, "fp32")
@@ -76,11 +90,16 @@ class BuiltVariant:
 
 
 def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapping[str, list[int]],
-                  target: str, threads: int, workdir: Path, tag: str, output_names: list[str]) -> BuiltVariant:
+                  target: str, threads: int, workdir: Path, tag: str, output_names: list[str],
+                  prune: PruneOptions | None = None) -> BuiltVariant:
     """Build ``spec`` for inputs of ``shapes``; files it needs (model, artifact) go to ``workdir``."""
     import lepton_opt.api as api
 
     start = time.perf_counter()
+    if spec.pruned:
+        prune = prune or PruneOptions()
+        pruned = api.prune(source, prune.method, prune.sparsity, input_shapes=shapes).model
+        source, model_bytes = pruned, pruned.SerializeToString()
     if spec.engine == "onnxruntime":
         data = model_bytes
         if spec.level is not None:

@@ -38,7 +38,7 @@ def cnn_result():
 
 def test_variants_are_measured_interleaved_with_consistent_statistics(cnn_result):
     r = cnn_result
-    assert [v.name for v in r.variants] == ["ort", "fp32", "ort-opt", "int8"]
+    assert [v.name for v in r.variants] == ["ort", "fp32", "ort-opt", "int8"]  # the baseline first
     assert [v.status for v in r.variants] == ["ok", "ok", "ok", "unavailable"]
     assert "not implemented" in r.variant("int8").reason and not r.variant("int8").latency
     assert r.batches == [1, 3] and r.rounds == {1: 3, 3: 3} and r.block == {1: 3, 3: 3}
@@ -99,6 +99,22 @@ def test_dataset_with_labels_gives_task_accuracy_and_pads_the_last_batch(tmp_pat
         assert acc.samples == 10  # three batches of 4, the last one padded, padding dropped
         assert acc.task_accuracy == pytest.approx(0.6)
     assert "10 samples, labelled" in r.accuracy_inputs
+
+
+def test_pruned_variants_run_the_pruned_model_on_both_engines():
+    from lepton_opt.bench.variants import PruneOptions
+
+    r = lepton_opt.benchmark(resnet_cnn(), variants="fp32,pruned,ort-pruned", prune=PruneOptions("channel", 0.5),
+                             **FAST)
+    assert [v.status for v in r.variants] == ["ok"] * 4
+    assert "channel pruning, 50% of the channels" in " ".join(r.notes)
+    for name in ("pruned", "ort-pruned"):
+        acc = r.variant(name).accuracy
+        assert acc.max_abs > 1e-3 and acc.cosine < 0.99999  # the model changed, and accuracy says so
+    assert r.variant("pruned").accuracy.max_abs == pytest.approx(r.variant("ort-pruned").accuracy.max_abs, rel=1e-2)
+    assert r.variant("pruned").artifact_bytes < r.variant("fp32").artifact_bytes
+    assert r.variant("ort-pruned").artifact_bytes < r.variant("ort").artifact_bytes
+    assert r.speedup("pruned", baseline="fp32") is not None and r.speedup("fp32", baseline="nope") is None
 
 
 def test_accuracy_stats_top_k_and_relative_error():
