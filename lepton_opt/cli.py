@@ -317,6 +317,9 @@ def inspect_cmd(model, input_shapes):
               help="magnitude: one threshold over all layers, or the same share in each.")
 @click.option("--criterion", type=click.Choice(["l1", "l2"]), default="l1", show_default=True,
               help="channel: norm of a channel's weights that ranks it.")
+@click.option("--channel-multiple", default=8, show_default=True,
+              help="channel: round the channels kept to a multiple of this (1: exact share); kernels tile "
+                   "channels by 8 or 16 and odd counts run slower.")
 @click.option("--layers", metavar="PATTERN,...", help="Prune only nodes or weights matching these shell patterns.")
 @click.option("--max-error", type=float, help="Budget: largest output error relative to the largest reference "
               "value; a sensitivity scan picks per-layer ratios.")
@@ -329,7 +332,7 @@ def inspect_cmd(model, input_shapes):
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Pruned model to write [default: MODEL name with .pruned.onnx].")
 @_handle_errors
-def prune_cmd(model, method, sparsity, scope, criterion, layers, max_error, max_accuracy_drop, data, labels,
+def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layers, max_error, max_accuracy_drop, data, labels,
               samples, input_shapes, output):
     """Prune MODEL (.onnx) and write a standard ONNX model; print what each layer lost."""
     import lepton_opt
@@ -341,7 +344,8 @@ def prune_cmd(model, method, sparsity, scope, criterion, layers, max_error, max_
         raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
     patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
     with err.status(f"pruning {model.name}{' (sensitivity scan)' if max_error or max_accuracy_drop else ''}…"):
-        result = lepton_opt.prune(model, method, sparsity, scope=scope, criterion=criterion, layers=patterns,
+        result = lepton_opt.prune(model, method, sparsity, scope=scope, criterion=criterion,
+                                  channel_multiple=channel_multiple, layers=patterns,
                                   max_error=max_error, max_accuracy_drop=max_accuracy_drop, data=data,
                                   labels=labels, samples=samples, input_shapes=_input_shapes(input_shapes))
         import onnx_ir as ir

@@ -36,10 +36,13 @@ class PruneOptions:
 
     method: str = "channel"
     sparsity: float = 0.3
+    channel_multiple: int = 8
 
     def describe(self) -> str:
-        what = "of the channels of every prunable group" if self.method == "channel" else "of the weights"
-        return f"{self.method} pruning, {100 * self.sparsity:g}% {what}"
+        if self.method == "channel":
+            return (f"channel pruning, {100 * self.sparsity:g}% of the channels of every prunable group "
+                    f"(counts kept rounded to a multiple of {self.channel_multiple})")
+        return f"{self.method} pruning, {100 * self.sparsity:g}% of the weights"
 
 
 BASELINE = "ort"
@@ -98,7 +101,8 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
     start = time.perf_counter()
     if spec.pruned:
         prune = prune or PruneOptions()
-        pruned = api.prune(source, prune.method, prune.sparsity, input_shapes=shapes).model
+        pruned = api.prune(source, prune.method, prune.sparsity, input_shapes=shapes,
+                           channel_multiple=prune.channel_multiple).model
         source, model_bytes = pruned, pruned.SerializeToString()
     if spec.engine == "onnxruntime":
         data = model_bytes

@@ -89,7 +89,7 @@ CHANNEL_MODELS = {
 def test_channel_pruning_removes_channels_and_equals_the_masked_original(name):
     make, groups = CHANNEL_MODELS[name]
     model = make()
-    result = lepton_opt.prune(model, "channel", 0.3)
+    result = lepton_opt.prune(model, "channel", 0.3, channel_multiple=1)
     assert {row.name for row in result.layers} == groups
     for row in result.layers:  # round(0.3 * C) channels removed from every group
         assert row.shape_before[0] - row.shape_after[0] == round(0.3 * row.shape_before[0])
@@ -105,9 +105,18 @@ def test_channel_pruning_removes_channels_and_equals_the_masked_original(name):
     assert any(not np.allclose(pruned[o], original[o], atol=1e-6) for o in original)  # something was removed
 
 
+def test_channel_counts_are_rounded_to_the_channel_multiple():
+    result = lepton_opt.prune(transformer_layer(), "channel", 0.3)  # FFN 256 wide: keep 179.2 -> 176
+    (row,) = result.layers
+    assert row.shape_after == [176] and result.achieved == pytest.approx(80 / 256)
+    cnn = lepton_opt.prune(resnet_cnn(), "channel", 0.3, channel_multiple=8)
+    assert sorted((r.shape_before[0], r.shape_after[0]) for r in cnn.layers) == [(16, 8), (16, 8), (32, 24),
+                                                                                (32, 24)]
+
+
 def test_channel_pruning_keeps_residual_groups_consistent_and_dynamic_batch_runs():
     model = resnet_cnn(batch="N")
-    result = lepton_opt.prune(model, "channel", 0.5)
+    result = lepton_opt.prune(model, "channel", 0.5, channel_multiple=1)
     weights = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
     by_node = {n.name: n for n in result.model.graph.node}
     # conv_0 and conv_2 feed the same residual Add: both keep the same number of channels,
@@ -236,7 +245,8 @@ def test_cli_prune(tmp_path):
     path = tmp_path / "cnn.onnx"
     onnx.save(resnet_cnn(), path)
     before = path.read_bytes()
-    result = lepton("prune", path, "-m", "channel", "-s", "0.3", "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    result = lepton("prune", path, "-m", "channel", "-s", "0.3", "--channel-multiple", "1", "-o", tmp_path / "out.onnx",
+                    cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "conv_0+conv_2" in result.stdout and "channels removed: 31.2%" in result.stdout
     assert "left alone: gemm_0" in result.stdout and "fewer multiply-adds" in result.stdout

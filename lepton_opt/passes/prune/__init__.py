@@ -100,6 +100,7 @@ def prune(
     *,
     scope: str = "global",
     criterion: str = "l1",
+    channel_multiple: int = 8,
     layers: Sequence[str] | None = None,
     max_error: float | None = None,
     max_accuracy_drop: float | None = None,
@@ -113,7 +114,8 @@ def prune(
 
     ``sparsity`` is the share of weights to zero (magnitude: over all prunable weights with
     ``scope="global"``, per weight with ``"layer"``) or of channels to remove per channel group
-    (channel); 2:4 is always half. With ``max_error`` (largest output error relative to the
+    (channel), the kept count rounded to a multiple of ``channel_multiple`` (1: no rounding);
+    2:4 is always half. With ``max_error`` (largest output error relative to the
     largest reference value) or ``max_accuracy_drop`` (points of top-1 accuracy; needs ``data``
     and ``labels``) a sensitivity scan picks per-layer ratios up to ``sparsity`` (default 0.9)
     instead. ``layers`` limits pruning to nodes or weights matching shell patterns.
@@ -122,6 +124,8 @@ def prune(
         raise OptionError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     if criterion not in ("l1", "l2"):
         raise OptionError(f"unknown channel criterion {criterion!r}; choose l1 or l2")
+    if channel_multiple < 1:
+        raise OptionError(f"--channel-multiple must be at least 1, got {channel_multiple}")
     if scope not in ("global", "layer"):
         raise OptionError(f"unknown scope {scope!r}; choose global or layer")
     budgeted = max_error is not None or max_accuracy_drop is not None
@@ -142,7 +146,7 @@ def prune(
     loaded = load_model(model, input_shapes)
     source = loaded.source
     base = _with_shapes(ir.serde.serialize_model(loaded.model))
-    pruner = _Pruner(base, method, criterion, layers, source)
+    pruner = _Pruner(base, method, criterion, layers, source, channel_multiple)
 
     scan = None
     if budgeted:
@@ -170,8 +174,9 @@ def _with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
 class _Pruner:
     """Builds pruned copies of ``base`` from a plan: unit name -> ratio."""
 
-    def __init__(self, base: onnx.ModelProto, method: str, criterion: str, layers, source: str):
+    def __init__(self, base: onnx.ModelProto, method: str, criterion: str, layers, source: str, multiple: int = 1):
         self.base, self.method, self.criterion, self.source = base, method, criterion, source
+        self.multiple = multiple
         model = ir.serde.deserialize_model(base)
         self.skipped: list[tuple[str, str]] = []
         if method == "channel":
@@ -208,7 +213,7 @@ class _Pruner:
             analysis = channel_pruning.analyze(model, self.criterion)
             by_name = {_group_name(g): g for g in analysis.groups}
             plan = {by_name[u].root: r for u, r in ratios.items() if u in by_name}
-            kept = channel_pruning.keep_indices(analysis, plan)
+            kept = channel_pruning.keep_indices(analysis, plan, self.multiple)
             channel_pruning.apply(model, analysis, kept)
             if report:
                 for name in self.units:
