@@ -255,3 +255,35 @@ def test_cli_prune(tmp_path):
     bad = lepton("prune", path, "-m", "2:4", "-s", "0.7", cwd=tmp_path)
     assert_user_error(bad, "2:4 sparsity is always 0.5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.onnx", "out.onnx"]
+
+
+def _ffn_with_constant_nodes() -> onnx.ModelProto:
+    """A torch-style FFN: MatMul, bias Add, erf GELU whose scalars are Constant nodes, MatMul."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) * 0.2, n)
+             for n, s in (("w1", (32, 64)), ("b1", (64,)), ("w2", (64, 32)))]
+
+    def scalar(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value, np.float32)))
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["b1", "h"], ["hb"], name="fc1_bias"),
+        scalar("sqrt2", 1.4142135), scalar("one", 1.0), scalar("half", 0.5),
+        helper.make_node("Div", ["hb", "sqrt2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["hb", "e1"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
+    ]
+    graph = helper.make_graph(nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 32])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_scalars_from_constant_nodes_do_not_stop_channel_pruning():
+    model = _ffn_with_constant_nodes()
+    result = lepton_opt.prune(model, "channel", 0.25, channel_multiple=1)
+    assert [(r.name, r.shape_before, r.shape_after) for r in result.layers] == [("fc1", [64], [48])]
+    feeds = random_inputs(model)
+    np.testing.assert_allclose(ort_run(result.model, feeds)["y"], ort_run(_masked_original(model, result), feeds)["y"],
+                               rtol=1e-4, atol=1e-5)

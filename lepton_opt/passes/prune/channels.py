@@ -173,8 +173,8 @@ def analyze(model: ir.Model, criterion: str = "l1") -> ChannelAnalysis:
                         freeze(layouts[other], f"{where} combines tensors whose channels do not line up")
                         continue
                     out_layout = layout
-                elif other is not None and other.const_value is not None:
-                    axis = _constant_channel_axis(layout, other)
+                elif other is not None and _constant_shape(other) is not None:
+                    axis = _constant_channel_axis(layout, _constant_shape(other))
                     if axis is None:
                         freeze(layout, f"{where} applies a constant whose shape does not follow the channels")
                         continue
@@ -369,10 +369,23 @@ def _tie(a: Layout, b: Layout, uf: _UnionFind, sizes: Mapping[int, int]) -> bool
     return True
 
 
-def _constant_channel_axis(layout: Layout, constant: ir.Value) -> int | None:
-    """Axis of ``constant`` that runs along the channels (-1: it is the same for every channel);
-    None if its shape fits neither."""
-    shape = list(constant.const_value.shape)
+def _constant_shape(value: ir.Value) -> list[int] | None:
+    """Shape of an initializer or of a Constant node's tensor (exporters emit scalars that way)."""
+    if value.const_value is not None:
+        return list(value.const_value.shape)
+    node = value.producer()
+    if node is not None and node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        attr = node.attributes.get("value")
+        if attr is not None:
+            return list(attr.value.shape)
+        if any(k in node.attributes for k in ("value_float", "value_int")):
+            return []
+    return None
+
+
+def _constant_channel_axis(layout: Layout, shape: list[int]) -> int | None:
+    """Axis of a constant of ``shape`` that runs along the channels (-1: the same for every
+    channel); None if its shape fits neither."""
     offset = layout.rank - len(shape)
     channel_axis = layout.axis - offset
     if channel_axis < 0 or shape[channel_axis] == 1:
