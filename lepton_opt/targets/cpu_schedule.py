@@ -359,7 +359,7 @@ def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir
 
 
 def _rule_tiled_reduction(
-    func: tirx.PrimFunc, target: tvm.target.Target
+    func: tirx.PrimFunc, target: tvm.target.Target, padded: bool = False
 ) -> s_tir.Schedule | None:
     sch = s_tir.Schedule(func)
     _inline_injective(sch, keep_padding=True)
@@ -427,6 +427,24 @@ def _rule_tiled_reduction(
     if vl < 4 and vext <= 4 * lanes:
         vl = vext
     rows_ext = ext_of[row_var] if row_var is not None else 1
+    few_rows = rows_ext > _MAX_ROWS and _largest_divisor(rows_ext, _MAX_ROWS) < 4
+    if (vl < 4 or few_rows) and not padded:
+        # An extent with no useful divisor (197 tokens, 179 channels) leaves a scalar or
+        # one-row micro-kernel: pad the vector axis to a multiple of the lanes and the row axis
+        # to a multiple of _MAX_ROWS (the padded inputs and the cropped output become blocks of
+        # their own) and schedule that instead. Only einsum-shaped blocks (matmuls) can be
+        # padded; a convolution keeps the unpadded tiling below.
+        padding = [lanes if iv.same_as(vec_var) and vl < 4 else
+                   _MAX_ROWS if row_var is not None and iv.same_as(row_var) and few_rows else 1
+                   for iv in iter_vars]
+        try:
+            padded_sch = s_tir.Schedule(sch.mod["main"])
+            padded_sch.pad_einsum(padded_sch.get_sblock(stmt.name_hint), padding)
+            result = _rule_tiled_reduction(padded_sch.mod["main"], target, padded=True)
+        except Exception:  # noqa: BLE001 - not an einsum, or the padded form did not schedule
+            result = None
+        if result is not None:
+            return result
     n_vec = vext // vl
     best = None
     for u in range(min(_MAX_U, n_vec), 0, -1):

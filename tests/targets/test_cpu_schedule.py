@@ -49,3 +49,30 @@ def test_convolutions_are_converted_to_nhwc():
     convs = text.count("R.nn.conv2d(")
     assert convs == 6
     assert text.count('data_layout="NHWC"') == convs and text.count('kernel_layout="HWIO"') == convs
+
+
+def test_odd_extents_are_padded_into_the_tiled_micro_kernel():
+    """197 tokens (ViT) and a prime width: no power-of-two divisor, so the matmul is padded to
+    the vector width and row tile, not left with a scalar one-row micro-kernel."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Relu", ["mm"], ["y"])], "odd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 197, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 197, 179])],
+        [numpy_helper.from_array(rng.standard_normal((64, 179)).astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod, target = _legalized(model)
+    (func,) = [f for _, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    scheduled, rule = cpu_schedule.schedule_prim_func(func, target)
+    text = scheduled.script()
+    assert rule == "tiled_reduction" and "T.vectorized" in text and "_pad" in text, text
+    x = rng.standard_normal((1, 197, 64)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+    onnx.checker.check_model(model)
