@@ -161,7 +161,7 @@ def markdown(results: Sequence[BenchmarkResult]) -> str:
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})  # same data, same bytes
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -170,6 +170,7 @@ def _figure(width: float, height: float):
     import matplotlib
 
     matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, searchable
+    matplotlib.rcParams["svg.hashsalt"] = "lepton-opt"  # element ids that do not change between renders
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=100)
@@ -258,13 +259,23 @@ def accuracy_plot(results: Sequence[BenchmarkResult]) -> str | None:
     panels = [p for p in panels if p[0]]
     if not panels:
         return None
-    fig = _figure(6.5 * len(panels), 4.0)
+    fig = _figure(6.5 * len(panels), 4.4)
+    markers = "os^Dv<>pP*X"
+    model_marker = {r.name: markers[i % len(markers)] for i, r in enumerate(results)}
     for k, (pts, ylabel, y, log) in enumerate(panels, start=1):
         ax = fig.add_subplot(1, len(panels), k)
         for model, variant, s, acc in pts:
-            ax.scatter([s], [y(acc)], s=30, color=_color(variant))
-            ax.annotate(f"{model}/{variant}" if len(results) > 1 else variant, (s, y(acc)), fontsize=7,
-                        textcoords="offset points", xytext=(4, 3))
+            ax.scatter([s], [y(acc)], s=36, color=_color(variant), marker=model_marker[model], alpha=0.85)
+            if len(results) == 1:
+                ax.annotate(variant, (s, y(acc)), fontsize=7, textcoords="offset points", xytext=(4, 3))
+        if len(results) > 1:  # colour = variant, marker = model: labels on every point would overlap
+            from matplotlib.lines import Line2D
+
+            variants = sorted({p[1] for p in pts}, key=list(VARIANTS).index)
+            models = sorted({p[0] for p in pts}, key=[r.name for r in results].index)
+            handles = [Line2D([], [], color=_color(v), marker="o", linestyle="", label=v) for v in variants]
+            handles += [Line2D([], [], color="gray", marker=model_marker[m], linestyle="", label=m) for m in models]
+            ax.legend(handles=handles, fontsize=7, loc="best")
         if log:
             ax.set_yscale("log")
         ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
@@ -357,6 +368,11 @@ def html_page(results: Sequence[BenchmarkResult]) -> str:
 
 def to_json(results: Sequence[BenchmarkResult]) -> str:
     return json.dumps({"results": [r.to_dict() for r in results]}, indent=1, allow_nan=True) + "\n"
+
+
+def load_results(path: str | os.PathLike) -> list[BenchmarkResult]:
+    """The results of a ``report.json``, to render its reports again."""
+    return [BenchmarkResult.from_dict(r) for r in json.loads(Path(path).read_text())["results"]]
 
 
 def write_reports(results: Sequence[BenchmarkResult], directory: str | os.PathLike) -> dict[str, Path]:

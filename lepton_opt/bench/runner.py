@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import AccuracyStats, accuracy_stats, classifier_output, ort_session, random_feeds
+from lepton_opt.bench.accuracy import AccuracyStats, OutputAccuracy, accuracy_stats, classifier_output, ort_session, random_feeds
 from lepton_opt.bench.data import accuracy_inputs, feed_specs, input_specs, resolve_batches, shapes_at, stack_outputs
 from lepton_opt.bench.latency import LatencyStats, time_interleaved
 from lepton_opt.bench.memory import MemoryStats
@@ -83,6 +83,19 @@ class VariantResult:
                 "max_rel": self.accuracy.max_rel, "cosine": self.accuracy.cosine},
             "memory": None if self.memory is None else dataclasses.asdict(self.memory),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariantResult:
+        acc = data.get("accuracy")
+        if acc is not None:
+            fields = {f.name for f in dataclasses.fields(AccuracyStats)}
+            acc = AccuracyStats(**{k: v for k, v in acc.items() if k in fields})
+            acc.outputs = [OutputAccuracy(**o) for o in acc.outputs]
+        return cls(
+            data["name"], data["description"], data["engine"], data["status"], data.get("reason"),
+            {int(b): t for b, t in data.get("build_s", {}).items()}, data.get("artifact_bytes"),
+            {int(b): LatencyStats(int(b), s["times_ms"]) for b, s in data.get("latency", {}).items()},
+            acc, None if data.get("memory") is None else MemoryStats(**data["memory"]))
 
 
 @dataclasses.dataclass
@@ -151,6 +164,20 @@ class BenchmarkResult:
             "variants": [v.to_dict() for v in self.variants],
             "notes": self.notes,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkResult:
+        """A result back from its JSON report (to re-render reports without measuring again)."""
+        def by_batch(mapping):
+            return {int(b): v for b, v in mapping.items()}
+
+        return cls(
+            data["model"], data["sha256"], data["target"], data["threads"], list(data["batches"]),
+            dict(data["input_shapes"]), data["accuracy_inputs"], by_batch(data["rounds"]),
+            [VariantResult.from_dict(v) for v in data["variants"]], dict(data["machine"]), data["date"],
+            by_batch(data.get("block", {})),
+            {int(b): LatencyStats(int(b), s["times_ms"]) for b, s in data.get("ort_spinning_alone", {}).items()},
+            list(data.get("notes", [])))
 
 
 def _round_medians(times: list[float], per_round: int) -> list[float]:

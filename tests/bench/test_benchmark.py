@@ -81,6 +81,11 @@ def test_reports_markdown_html_json(cnn_result, tmp_path):
     assert fp32["latency"]["1"]["times_ms"] == cnn_result.variant("fp32").latency[1].times_ms
     assert data["speedup_vs_ort"]["fp32"]["3"] == pytest.approx(cnn_result.speedup("fp32", 3))
     assert data["machine"]["versions"]["onnxruntime"] == ort.__version__
+    # The JSON holds everything the reports show: rendered again from it, they are identical.
+    from lepton_opt.bench.report import html_page, load_results, markdown
+
+    again = load_results(paths["json"])
+    assert markdown(again) == md and html_page(again) == page
 
 
 def test_dataset_with_labels_gives_task_accuracy_and_pads_the_last_batch(tmp_path):
