@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -40,20 +39,11 @@ def _parse(argv):
     return parser.parse_args(argv)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv=None) -> int:
     args = _parse(argv)
     # The TVM thread pool reads this when it starts: set it before lepton_opt loads TVM.
     from lepton_opt.bench.latency import compare_latency, set_runtime_threads
+    from lepton_opt.bench.runner import cpu_name
 
     set_runtime_threads(args.threads)
     sys.path.insert(0, str(HERE))
@@ -92,7 +82,7 @@ def main(argv=None) -> int:
               flush=True)
 
     print()
-    print(f"Machine: {_cpu_name()}, {args.threads} threads per engine, {args.repeat} interleaved runs, medians")
+    print(f"Machine: {cpu_name()}, {args.threads} threads per engine, {args.repeat} interleaved runs, medians")
     print("| model | lepton-opt (ms) | onnxruntime, no spinning, interleaved (ms) | onnxruntime, spinning, "
           "alone (ms) | ratio to the faster onnxruntime | compile (s) | max abs err |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -102,7 +92,7 @@ def main(argv=None) -> int:
               f"{r['compile_s']:.0f} | {r['max_abs_err']:.1e} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": _cpu_name(), "threads": args.threads,
+        args.json.write_text(json.dumps({"machine": cpu_name(), "threads": args.threads,
                                          "results": results}, indent=2) + "\n")
     return 0 if all(r["ok"] for r in results) else 1
 
