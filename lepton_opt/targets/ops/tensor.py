@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import tvm
 from tvm import relax
 from tvm import tirx as tir
 
@@ -238,10 +237,10 @@ def Gather(ctx, x, indices, *, axis=0):
     dims = shape_of(x)
     axis = _norm_axis(axis, len(dims))
     indices = _wrap_indices(ctx, indices, dims[axis], 1)
-    # Indices computed at run time (token ids) are clipped: an out-of-range id must not read
-    # outside the table (TVM's "fast" mode would). Constant indices were range-checked above.
-    mode = "fast" if isinstance(indices, tvm.ir.Constant) else "clip"
-    return op.take(x, indices, axis=axis, mode=mode)
+    # Indices are clipped: an out-of-range id computed at run time (a token id) must not read
+    # outside the table. TVM's "fast" mode would, and it logs a warning for every take built
+    # with it (users read those lines at compile time); for in-range indices both agree.
+    return op.take(x, indices, axis=axis, mode="clip")
 
 
 def GatherElements(ctx, x, indices, *, axis=0):
