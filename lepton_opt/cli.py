@@ -319,7 +319,7 @@ def inspect_cmd(model, input_shapes):
               help="channel: norm of a channel's weights that ranks it.")
 @click.option("--channel-multiple", default=8, show_default=True,
               help="channel: round the channels kept to a multiple of this (1: exact share); kernels tile "
-                   "channels by 8 or 16 and odd counts run slower.")
+                   "channels by 8 or 16, and onnxruntime runs odd counts slower.")
 @click.option("--layers", metavar="PATTERN,...", help="Prune only nodes or weights matching these shell patterns.")
 @click.option("--max-error", type=float, help="Budget: largest output error relative to the largest reference "
               "value; a sensitivity scan picks per-layer ratios.")

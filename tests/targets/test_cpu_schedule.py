@@ -76,3 +76,29 @@ def test_odd_extents_are_padded_into_the_tiled_micro_kernel():
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
     onnx.checker.check_model(model)
+
+
+def test_odd_output_channels_of_a_convolution_are_padded_to_whole_vectors():
+    """45 output channels (a pruned layer): the NHWC convolution computes 48 and slices 45, so its
+    micro-kernel gets full vectors; the result still equals onnxruntime's."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "odd_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 45, 12, 12])],
+        [numpy_helper.from_array(rng.standard_normal((45, 8, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(45).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
+    text = mod["main"].script()
+    assert "R.strided_slice" in text and "R.nn.pad" in text, text
+    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
