@@ -73,6 +73,16 @@ def random_feeds(inputs: Sequence[Mapping], seed: int = 0,
     return feeds
 
 
+def _finite_errors(r: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Over the elements finite in both float64 arrays: the mask, |r - o|, its max and the cosine."""
+    finite = np.isfinite(r) & np.isfinite(o)
+    diff = np.abs(r[finite] - o[finite])
+    max_abs = float(diff.max(initial=0.0))
+    denom = float(np.linalg.norm(r[finite]) * np.linalg.norm(o[finite]))
+    cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
+    return finite, diff, max_abs, cosine
+
+
 def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
             atol: float = 1e-4, rtol: float = 1e-4) -> VerifyReport:
     errors = []
@@ -83,13 +93,9 @@ def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
             errors.append(OutputError(name, float("inf"), float("inf"), 0.0, False))
             continue
         r, o = ref.astype(np.float64), out.astype(np.float64)
-        diff = np.abs(r - o)
-        finite = np.isfinite(r) & np.isfinite(o)
+        finite, diff, max_abs, cosine = _finite_errors(r, o)
         same_nonfinite = np.array_equal(np.isnan(r), np.isnan(o)) and np.array_equal(r[np.isinf(r)], o[np.isinf(r)])
-        max_abs = float(diff[finite].max()) if finite.any() else 0.0
-        max_rel = float((diff[finite] / np.maximum(np.abs(r[finite]), 1e-12)).max()) if finite.any() else 0.0
-        denom = np.linalg.norm(r[finite]) * np.linalg.norm(o[finite])
-        cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
+        max_rel = float((diff / np.maximum(np.abs(r[finite]), 1e-12)).max(initial=0.0))
         ok = same_nonfinite and bool(np.allclose(o[finite], r[finite], atol=atol, rtol=rtol))
         errors.append(OutputError(name, max_abs, max_rel, cosine, ok))
     return VerifyReport(errors, atol, rtol)
@@ -156,14 +162,11 @@ def accuracy_stats(reference: Mapping[str, np.ndarray], got: Mapping[str, np.nda
         if r.shape != o.shape:
             rows.append(OutputAccuracy(name, float("inf"), float("inf"), 0.0))
             continue
-        finite = np.isfinite(r) & np.isfinite(o)
-        mismatched_nonfinite = bool((~finite & (np.nan_to_num(r) != np.nan_to_num(o))).any())
-        diff = np.abs(r[finite] - o[finite])
-        max_abs = float("inf") if mismatched_nonfinite else float(diff.max(initial=0.0))
+        finite, _, max_abs, cosine = _finite_errors(r, o)
+        if (~finite & (np.nan_to_num(r) != np.nan_to_num(o))).any():
+            max_abs = float("inf")  # a NaN or infinity on one side only
         scale = float(np.abs(r[finite]).max(initial=0.0))
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
-        denom = float(np.linalg.norm(r[finite]) * np.linalg.norm(o[finite]))
-        cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
         rows.append(OutputAccuracy(name, max_abs, max_rel, cosine))
     stats = AccuracyStats(samples=samples, outputs=rows)
     name = classifier_output(reference)

@@ -6,9 +6,10 @@ What one benchmark does, per batch size:
    recording build time and artifact size;
 2. at the first batch size only, runs every variant on the accuracy inputs (a user dataset or
    seeded inputs) and compares its outputs with onnxruntime fp32 (the ``ort`` variant);
-3. warms every variant up, then times them interleaved -- one run of each, in an order shuffled
-   every round, repeated -- so that load from other processes and clock changes hit all alike;
-   ratios against onnxruntime come from that one interleaved run;
+3. warms every variant up, then times them interleaved -- rounds in which each variant runs a
+   short block of runs in a row (the first untimed), in an order shuffled every round -- so that
+   load from other processes and clock changes hit all alike; speed-ups against onnxruntime are
+   paired by round within that one interleaved run;
 4. times onnxruntime once more on its own with its default thread spinning (interleaved
    sessions run without spinning: busy-waiting workers would take the cores from the next
    variant), reported for reference;
@@ -327,6 +328,7 @@ def _check_target(target: str, specs: list[VariantSpec]) -> str:
 
 def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, prune, bar):
     built: dict[str, BuiltVariant] = {}
+    pruned_cache: dict = {}  # pruned and ort-pruned share one pruned model
     todo = [s for s in specs if not s.unavailable and result.variant(s.name).status != "failed"]
     task = bar.add(f"building variants (batch {batch})", len(todo))
     for spec in todo:
@@ -334,7 +336,8 @@ def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdi
         bar.update(task, f"building {spec.name} (batch {batch})")
         try:
             b = build_variant(spec, source, model_bytes, shapes=shapes, target=kind, threads=threads,
-                              workdir=workdir, tag=f"b{batch}", output_names=output_names, prune=prune)
+                              workdir=workdir, tag=f"b{batch}", output_names=output_names, prune=prune,
+                              pruned_cache=pruned_cache)
         except LeptonError as e:
             vr.status, vr.reason = "failed", str(e)
         except Exception as e:  # an engine's own failure (onnxruntime, TVM): report it, measure the rest

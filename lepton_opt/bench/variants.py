@@ -94,16 +94,20 @@ class BuiltVariant:
 
 def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapping[str, list[int]],
                   target: str, threads: int, workdir: Path, tag: str, output_names: list[str],
-                  prune: PruneOptions | None = None) -> BuiltVariant:
-    """Build ``spec`` for inputs of ``shapes``; files it needs (model, artifact) go to ``workdir``."""
+                  prune: PruneOptions | None = None, pruned_cache: dict | None = None) -> BuiltVariant:
+    """Build ``spec`` for inputs of ``shapes``; files it needs (model, artifact) go to ``workdir``.
+    The pruned model is kept in ``pruned_cache`` for the next pruned variant at these shapes."""
     import lepton_opt.api as api
 
     start = time.perf_counter()
     if spec.pruned:
         prune = prune or PruneOptions()
-        pruned = api.prune(source, prune.method, prune.sparsity, input_shapes=shapes,
-                           channel_multiple=prune.channel_multiple).model
-        source, model_bytes = pruned, pruned.SerializeToString()
+        pruned_cache = {} if pruned_cache is None else pruned_cache
+        if "model" not in pruned_cache:
+            pruned_cache["model"] = api.prune(source, prune.method, prune.sparsity, input_shapes=shapes,
+                                              channel_multiple=prune.channel_multiple).model
+        source = pruned_cache["model"]
+        model_bytes = source.SerializeToString()
     if spec.engine == "onnxruntime":
         data = model_bytes
         if spec.level is not None:

@@ -220,7 +220,7 @@ class _Pruner:
                     group = by_name[name]
                     after = len(kept[group.root])
                     rows.append(LayerPruning(name, "channels", [group.size], [after], 1 - after / group.size))
-            proto = _with_shapes(ir.serde.serialize_model(model))
+            proto = ir.serde.serialize_model(model)  # shapes are inferred once, for the result
         else:
             weights = {_weight_name(w): w for w in prunable_weights(model)}
             chosen = [weights[u] for u in self.units]
@@ -296,15 +296,12 @@ class _Evaluator:
     def __call__(self, proto: onnx.ModelProto) -> float:
         """The budgeted metric of ``proto``: lower is better."""
         self.count += 1
+        from lepton_opt.bench.accuracy import accuracy_stats
+
         got = self._outputs(proto)
         if self.accuracy:
             return self.base_accuracy - self._accuracy(got)
-        worst = 0.0
-        for name, ref in self.reference.items():
-            r, o = ref.astype(np.float64), got[name].astype(np.float64)
-            scale = float(np.abs(r).max(initial=0.0)) or 1.0
-            worst = max(worst, float(np.abs(r - o).max(initial=0.0)) / scale)
-        return worst
+        return accuracy_stats(self.reference, got, self.batches.samples).max_rel
 
 
 def _scan(pruner: _Pruner, evaluate: Callable[[onnx.ModelProto], float], grid: tuple[float, ...],
@@ -362,8 +359,7 @@ def _result(base, pruned, method, requested, rows, pruner, scan) -> PruneResult:
     else:
         sizes = [int(np.prod(r.shape_before)) for r in rows]
         achieved = sum(r.ratio * s for r, s in zip(rows, sizes)) / sum(sizes) if sizes else 0.0
-    del pruned.graph.value_info[:]  # shapes of the original would be stale; consumers re-infer
-    if method == "channel":
+    if method == "channel":  # channel counts changed: infer the value shapes again
         pruned = _with_shapes(pruned)
     return PruneResult(
         model=pruned, method=method, requested=requested, achieved=achieved, layers=rows,
