@@ -48,6 +48,12 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx-ir rejects malformed graphs (dangling names, bad attributes)
         raise ModelLoadError(f"{name}: cannot read the ONNX graph: {_first_line(e)}") from e
+    try:
+        # ONNX requires topological order, but some tools (fp16 converters among them) append
+        # nodes at the end; every later stage walks the graph in order.
+        model.graph.sort()
+    except Exception as e:
+        raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
     return LoadedModel(model, name, digest, model.opset_imports.get("", 1))
