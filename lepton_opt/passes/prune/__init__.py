@@ -150,7 +150,9 @@ def prune(
 
     scan = None
     if budgeted:
-        evaluator = _Evaluator(base, data, labels, samples, seed, source, max_accuracy_drop is not None)
+        from lepton_opt.passes.calibration import Evaluator
+
+        evaluator = Evaluator(base, data, labels, samples, seed, source, max_accuracy_drop is not None)
         grid = (1.0,) if method == "2:4" else tuple(r for r in SCAN_GRID if r <= sparsity + 1e-9)
         scan = _scan(pruner, evaluator, grid, max_error if max_error is not None else max_accuracy_drop)
         ratios = scan.ratios
@@ -254,54 +256,6 @@ def _matches(names: Sequence[str], patterns: Sequence[str]) -> bool:
     import fnmatch
 
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
-
-
-class _Evaluator:
-    """Runs candidate models in onnxruntime on the calibration inputs and scores them against the
-    original: largest output error over the largest reference value, or top-1 accuracy drop."""
-
-    def __init__(self, base: onnx.ModelProto, data, labels, samples, seed, source, accuracy: bool):
-        from lepton_opt.bench.data import accuracy_inputs, input_specs, resolve_batches
-
-        model = ir.serde.deserialize_model(base)
-        inputs = input_specs(model, None, source)
-        batch = resolve_batches(inputs, None, source)[0]
-        if accuracy and labels is None:
-            raise OptionError("--max-accuracy-drop needs labelled data: give --data and --labels")
-        self.batches = accuracy_inputs(inputs, batch, data, labels, samples, seed, source)
-        self.batch, self.accuracy, self.count = batch, accuracy, 0
-        self.reference = self._outputs(base)
-        if accuracy:
-            from lepton_opt.bench.accuracy import classifier_output
-
-            self.scores_name = classifier_output(self.reference)
-            if self.scores_name is None:
-                raise InputError(f"{source}: --max-accuracy-drop needs a classifier output ([batch, classes] scores)")
-            self.base_accuracy = self._accuracy(self.reference)
-
-    def _outputs(self, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-        from lepton_opt.bench.accuracy import ort_session
-        from lepton_opt.bench.data import stack_outputs
-
-        session = ort_session(proto, optimize=True)
-        names = [o.name for o in session.get_outputs()]
-        runs = [dict(zip(names, session.run(names, feed))) for feed in self.batches.feeds]
-        return stack_outputs(runs, self.batches.valid, self.batch)
-
-    def _accuracy(self, outputs) -> float:
-        from lepton_opt.bench.accuracy import task_accuracy
-
-        return 100.0 * task_accuracy(outputs[self.scores_name], self.batches.labels)
-
-    def __call__(self, proto: onnx.ModelProto) -> float:
-        """The budgeted metric of ``proto``: lower is better."""
-        self.count += 1
-        from lepton_opt.bench.accuracy import accuracy_stats
-
-        got = self._outputs(proto)
-        if self.accuracy:
-            return self.base_accuracy - self._accuracy(got)
-        return accuracy_stats(self.reference, got, self.batches.samples).max_rel
 
 
 def _scan(pruner: _Pruner, evaluate: Callable[[onnx.ModelProto], float], grid: tuple[float, ...],
