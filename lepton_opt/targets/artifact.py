@@ -43,6 +43,7 @@ class CompiledModel:
         self.manifest = manifest
         self._library_path = library_path
         self._vm: relax.VirtualMachine | None = None
+        self.precision = None  # set by lepton_opt.compile: the mixed-precision conversion's result, if any
 
     # ------------------------------------------------------------------ description
     @property

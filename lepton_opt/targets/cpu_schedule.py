@@ -179,6 +179,41 @@ class _PadConvChannels(relax.PyExprMutator):
         return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[out_channels])
 
 
+_WIDENED_OPS = frozenset({"relax.matmul", "relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d",
+                          "relax.nn.conv1d_transpose", "relax.nn.conv2d_transpose"})
+
+
+@relax.expr_functor.mutator
+class _WidenLowPrecision(relax.PyExprMutator):
+    """float16/bfloat16 matmuls and convolutions that accumulate in float32 read float32 copies of
+    their operands (constant weights are folded to float32 at build time). CPUs without
+    float16/bfloat16 arithmetic would otherwise convert every element inside the micro-kernel,
+    once per reuse; converting once per tensor keeps the float32 kernels' speed. Low precision
+    remains the storage format of the activations between these ops."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _WIDENED_OPS):
+            return call
+        if str(getattr(call.attrs, "out_dtype", "")) != "float32":
+            return call
+        dtypes = [str(getattr(getattr(a, "ty", None), "dtype", "")) for a in call.args[:2]]
+        if not any(d in ("float16", "bfloat16") for d in dtypes):
+            return call
+        args = [relax.op.astype(a, "float32") if d in ("float16", "bfloat16") else a
+                for a, d in zip(call.args[:2], dtypes)] + list(call.args[2:])
+        return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+@tvm.transform.module_pass(opt_level=0, name="LeptonWidenLowPrecision")
+def _widen_low_precision(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+    mutator = _WidenLowPrecision(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mod[gv] = mutator.visit_expr(func)
+    return mod
+
+
 def _pad_conv_channels_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     lanes = _lanes(target, 32)
 
@@ -194,12 +229,15 @@ def _pad_conv_channels_pass(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """Relax passes to run before legalization: NHWC/HWIO convolutions (see module doc), whose
-    odd output channel counts are padded to whole vectors."""
+    """Relax passes to run before legalization: float16/bfloat16 matmuls and convolutions
+    computed from float32 copies of their operands (:class:`_WidenLowPrecision`), NHWC/HWIO
+    convolutions (see module doc), whose odd output channel counts are padded to whole vectors."""
     from lepton_opt.targets.ops.fused import expand_attention_pass  # no CPU attention kernel: see there
 
     return [
         expand_attention_pass,
+        _widen_low_precision,
+        relax.transform.Normalize(),
         _scalar_const_to_rank,
         _convert_conv_layout,
         relax.transform.Normalize(),

@@ -16,6 +16,19 @@ def scalar(x: relax.Expr, value: float) -> relax.Expr:
     return relax.const(value, dtype_of(x))
 
 
+LOW_FLOATS = ("float16", "bfloat16")
+
+
+def in_float32(ctx, x: relax.Expr, fn) -> relax.Expr:
+    """``fn(x)`` computed in float32 when ``x`` is float16/bfloat16, rounded back once: for
+    sums and averages, whose running total would lose precision (or overflow) in the low type."""
+    dt = dtype_of(x)
+    if dt not in LOW_FLOATS:
+        return fn(x)
+    out = fn(ctx.emit(relax.op.astype(x, "float32")))
+    return relax.op.astype(ctx.emit(out) if not isinstance(out, relax.Var) else out, dt)
+
+
 def _is_float(x: relax.Expr) -> bool:
     return dtype_of(x).startswith(("float", "bfloat"))
 
@@ -154,6 +167,12 @@ def Mish(ctx, x):
 
 
 def Gelu(ctx, x, *, approximate="none"):
+    # In float32 for low-precision inputs: x^3 of the tanh form leaves float16 at |x| > 40, and
+    # CPUs without float16 arithmetic would convert after each of the pieces.
+    return in_float32(ctx, x, lambda t: _gelu(t, approximate))
+
+
+def _gelu(x, approximate):
     if approximate == "tanh":
         inner = op.multiply(scalar(x, math.sqrt(2 / math.pi)),
                             op.add(x, op.multiply(scalar(x, 0.044715), op.multiply(x, op.multiply(x, x)))))

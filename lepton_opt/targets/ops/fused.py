@@ -45,6 +45,11 @@ def _bias(ctx, mask, dtype: str):
         lowest = float(np.finfo(np.dtype(dtype)).min)
         mask = op.where(mask, relax.const(0.0, dtype), relax.const(lowest, dtype))
         mask = ctx.emit(mask)
+    elif dtype_of(mask) != dtype:
+        # ONNX types the mask apart from Q (a float32 mask with float16 Q): clip it into Q's range
+        # (float32's lowest would round to -inf) and convert, so the bias add stays in Q's type.
+        info = np.finfo(np.dtype(dtype)) if dtype != "bfloat16" else np.finfo(np.float32)
+        mask = ctx.emit(op.astype(op.clip(mask, float(info.min), float(info.max)), dtype))
     dims = shape_of(mask)
     if len(dims) < 4:
         mask = ctx.emit(op.reshape(mask, [1] * (4 - len(dims)) + list(dims)))
@@ -102,7 +107,12 @@ def _expand_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | 
         return None
     query, key, value = call.args[:3]
     bias = call.args[3] if len(call.args) > 3 else None
-    dtype = dtype_of(query)
+    dtype = out_dtype = dtype_of(query)
+    if dtype in ("float16", "bfloat16"):  # scores, softmax and sums in float32, rounded once at the end
+        dtype = "float32"
+        query, key, value = (bb.emit(op.astype(t, dtype)) for t in (query, key, value))
+        if bias is not None:
+            bias = bb.emit(op.astype(bias, dtype))
     q_len, kv_len, head_dim = shape_of(query)[1], shape_of(key)[1], shape_of(query)[3]
     scale = float(attrs.scale.value) if attrs.scale is not None else 1.0 / float(np.sqrt(head_dim))
     q4 = bb.emit(op.permute_dims(query, [0, 2, 1, 3]))
@@ -119,7 +129,8 @@ def _expand_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | 
         causal = np.where(allowed, 0.0, np.finfo(np.dtype(dtype)).min).astype(dtype)
         scores = bb.emit(op.add(scores, relax.const(causal, dtype)))
     probs = bb.emit(op.nn.softmax(scores, axis=-1))
-    return op.permute_dims(bb.emit(op.matmul(probs, v4)), [0, 2, 1, 3])
+    out = op.permute_dims(bb.emit(op.matmul(probs, v4)), [0, 2, 1, 3])
+    return out if out_dtype == dtype else op.astype(bb.emit(out), out_dtype)
 
 
 @relax.expr_functor.mutator

@@ -9,12 +9,26 @@ from tvm import relax
 from tvm import tirx as tir
 
 from lepton_opt.targets.lower import LoweringError, dtype_of, shape_of
-from lepton_opt.targets.ops.elementwise import scalar
+from lepton_opt.targets.ops.elementwise import LOW_FLOATS, in_float32, scalar
 
 op = relax.op
 
 _CONV = {1: (op.nn.conv1d, "NCW", "OIW"), 2: (op.nn.conv2d, "NCHW", "OIHW"), 3: (op.nn.conv3d, "NCDHW", "OIDHW")}
 _CONV_T = {1: (op.nn.conv1d_transpose, "NCW", "IOW"), 2: (op.nn.conv2d_transpose, "NCHW", "IOHW")}
+
+
+def _wide(ctx, x: relax.Expr, make) -> relax.Expr:
+    """``make(out_dtype)``: float16/bfloat16 convolutions and matmuls accumulate in float32 and
+    round once, after their epilogue (bias, scaling); ``make`` gets the dtype to accumulate in and
+    returns the float32 result when ``x`` is low precision."""
+    dt = dtype_of(x)
+    if dt not in LOW_FLOATS:
+        return make(None)
+    return op.astype(ctx.emit(make("float32")), dt)
+
+
+def _as(x: relax.Expr, dtype: str | None) -> relax.Expr:
+    return x if dtype is None or dtype_of(x) == dtype else op.astype(x, dtype)
 
 
 def _static_spatial(x: relax.Expr, what: str) -> list[int]:
@@ -61,11 +75,15 @@ def Conv(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kerne
     kernel = kernel_shape or shape_of(w)[2:]
     strides, pads, dilations = _window(x, kernel, strides, pads, dilations, auto_pad, "Conv with auto_pad")
     fn, layout, kernel_layout = _CONV[n]
-    out = fn(x, w, strides=strides, padding=pads, dilation=dilations, groups=group,
-             data_layout=layout, kernel_layout=kernel_layout)
-    if b is not None:
-        out = op.add(ctx.emit(out), _channel_bias(b, rank))
-    return out
+
+    def make(acc):
+        out = fn(x, w, strides=strides, padding=pads, dilation=dilations, groups=group,
+                 data_layout=layout, kernel_layout=kernel_layout, out_dtype=acc)
+        if b is not None:
+            out = op.add(ctx.emit(out), _as(ctx.emit(_channel_bias(b, rank)), acc))
+        return out
+
+    return _wide(ctx, x, make)
 
 
 def ConvTranspose(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
@@ -94,11 +112,15 @@ def ConvTranspose(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group
         pads = begins + ends
     pads = list(pads or [0] * (2 * n))
     fn, layout, kernel_layout = _CONV_T[n]
-    out = fn(x, w, strides=strides, padding=pads, output_padding=output_padding, dilation=dilations,
-             groups=group, data_layout=layout, kernel_layout=kernel_layout)
-    if b is not None:
-        out = op.add(ctx.emit(out), _channel_bias(b, rank))
-    return out
+
+    def make(acc):
+        out = fn(x, w, strides=strides, padding=pads, output_padding=output_padding, dilation=dilations,
+                 groups=group, data_layout=layout, kernel_layout=kernel_layout, out_dtype=acc)
+        if b is not None:
+            out = op.add(ctx.emit(out), _as(ctx.emit(_channel_bias(b, rank)), acc))
+        return out
+
+    return _wide(ctx, x, make)
 
 
 _POOL = {
@@ -114,8 +136,12 @@ def _pool(kind, ctx, x, auto_pad, ceil_mode, dilations, kernel_shape, pads, stri
     fn = _POOL[kind].get(n)
     if fn is None:
         raise LoweringError(f"pooling over {n} spatial dimensions is not supported")
-    return fn(x, pool_size=list(kernel_shape), strides=strides, padding=pads, dilation=dilations,
-              ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), layout=_LAYOUT[n])
+
+    def pool(t):
+        return fn(t, pool_size=list(kernel_shape), strides=strides, padding=pads, dilation=dilations,
+                  ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad), layout=_LAYOUT[n])
+
+    return in_float32(ctx, x, pool) if kind == "avg" else pool(x)
 
 
 def MaxPool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape, pads=None,
@@ -131,7 +157,7 @@ def AveragePool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, 
 
 
 def GlobalAveragePool(ctx, x):
-    return op.mean(x, axis=list(range(2, len(shape_of(x)))), keepdims=True)
+    return in_float32(ctx, x, lambda t: op.mean(t, axis=list(range(2, len(shape_of(x)))), keepdims=True))
 
 
 def GlobalMaxPool(ctx, x):
@@ -195,6 +221,9 @@ def LayerNormalization(ctx, x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash
     beta = _broadcast_param(bias, normalized)
     if beta is None:
         beta = op.zeros(normalized, dtype_of(x))
+    if stash_type == 1 and dtype_of(x) in LOW_FLOATS:  # statistics and scaling in float32
+        gamma, beta = ctx.emit(op.astype(gamma, "float32")), ctx.emit(op.astype(beta, "float32"))
+        return [in_float32(ctx, x, lambda t: op.nn.layer_norm(t, gamma, beta, axes=axes, epsilon=epsilon))]
     return [op.nn.layer_norm(x, gamma, beta, axes=axes, epsilon=epsilon)]
 
 
@@ -238,14 +267,14 @@ def _coerced_2d(fn, ctx, x, axis):
 
 def Softmax(ctx, x, *, axis=None):
     if ctx.opset < 13:
-        return _coerced_2d(op.nn.softmax, ctx, x, 1 if axis is None else axis)
-    return op.nn.softmax(x, axis=-1 if axis is None else axis)
+        return in_float32(ctx, x, lambda t: _coerced_2d(op.nn.softmax, ctx, t, 1 if axis is None else axis))
+    return in_float32(ctx, x, lambda t: op.nn.softmax(t, axis=-1 if axis is None else axis))
 
 
 def LogSoftmax(ctx, x, *, axis=None):
     if ctx.opset < 13:
-        return _coerced_2d(op.nn.log_softmax, ctx, x, 1 if axis is None else axis)
-    return op.nn.log_softmax(x, axis=-1 if axis is None else axis)
+        return in_float32(ctx, x, lambda t: _coerced_2d(op.nn.log_softmax, ctx, t, 1 if axis is None else axis))
+    return in_float32(ctx, x, lambda t: op.nn.log_softmax(t, axis=-1 if axis is None else axis))
 
 
 def Hardmax(ctx, x, *, axis=None):
@@ -260,21 +289,26 @@ def Hardmax(ctx, x, *, axis=None):
 
 
 def MatMul(ctx, a, b):
-    return op.matmul(a, b)
+    return _wide(ctx, a, lambda acc: op.matmul(a, b, out_dtype=acc))
 
 
 def Gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
     if transA:
-        a = op.permute_dims(a, [1, 0])
+        a = ctx.emit(op.permute_dims(a, [1, 0]))
     if transB:
-        b = op.permute_dims(b, [1, 0])
-    out = op.matmul(a, b)
-    if alpha != 1.0:
-        out = op.multiply(ctx.emit(out), scalar(a, alpha))
-    if c is not None and beta != 0.0:
-        c = c if beta == 1.0 else op.multiply(c, scalar(c, beta))
-        out = op.add(ctx.emit(out), c)
-    return out
+        b = ctx.emit(op.permute_dims(b, [1, 0]))
+
+    def make(acc):
+        out = op.matmul(a, b, out_dtype=acc)
+        if alpha != 1.0:
+            out = op.multiply(ctx.emit(out), relax.const(alpha, acc or dtype_of(a)))
+        if c is not None and beta != 0.0:
+            bias = _as(c, acc)
+            bias = bias if beta == 1.0 else op.multiply(bias, relax.const(beta, acc or dtype_of(c)))
+            out = op.add(ctx.emit(out), bias)
+        return out
+
+    return _wide(ctx, a, make)
 
 
 def Flatten(ctx, x, *, axis=1):

@@ -8,7 +8,7 @@ from tvm import relax
 from tvm import tirx as tir
 
 from lepton_opt.targets.lower import DTYPES, LoweringError, dtype_of, shape_of
-from lepton_opt.targets.ops.elementwise import scalar
+from lepton_opt.targets.ops.elementwise import in_float32, scalar
 
 op = relax.op
 
@@ -461,8 +461,18 @@ def Range(ctx, start, limit, delta):
     return relax.const(np.arange(a, b, c, dtype=values[0].dtype), dtype_of(start))
 
 
+# Reductions whose running total needs float32 when the input is float16/bfloat16.
+_ACCUMULATING = frozenset({"ReduceSum", "ReduceMean", "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSum",
+                           "ReduceLogSumExp", "ReduceProd"})
+
+
 def _reduce(fn, since_opset=18, name=""):
-    def convert(ctx, x, axes_in=None, *, keepdims=1, noop_with_empty_axes=0, **attrs):
+    def convert(ctx, x, axes_in=None, **kwargs):
+        if name in _ACCUMULATING:
+            return in_float32(ctx, x, lambda t: reduce(ctx, t, axes_in, **kwargs))
+        return reduce(ctx, x, axes_in, **kwargs)
+
+    def reduce(ctx, x, axes_in=None, *, keepdims=1, noop_with_empty_axes=0, **attrs):
         dims = shape_of(x)
         if ctx.opset >= since_opset and _runtime(ctx, 1):
             length = shape_of(axes_in)
