@@ -39,6 +39,7 @@ class OptimizeResult(OpCounts):
     ops_before: dict[str, int]
     ops_after: dict[str, int]
     as_ir: bool = False
+    precision: Any = None  # a lepton_opt.passes.precision.PrecisionResult when a precision was asked for
 
     @functools.cached_property
     def model(self) -> onnx.ModelProto | ir.Model:
@@ -56,6 +57,8 @@ def optimize(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     max_iterations: int | None = None,
+    precision: str | None = None,
+    **precision_options: Any,
 ) -> OptimizeResult:
     """Run the ``level`` pipeline ("O0".."O3") or the named ``passes`` to a fixed point.
 
@@ -63,7 +66,12 @@ def optimize(
     shape computations fold). With ``verify_each``, onnxruntime runs the model on inputs seeded
     by ``seed`` before the first pass and after every pass that changed it, and
     ``VerificationError`` names the first pass that moved an output beyond ``atol``/``rtol``.
+
+    ``precision`` ("fp16" or "bf16") converts the optimized model to mixed precision; the
+    ``precision_options`` are those of :func:`lepton_opt.passes.precision.convert_precision`
+    (keep_io_types, op_block_list, node_block_list, max_error, min_cosine, data, samples).
     """
+    _check_precision_options(precision, precision_options)
     names = pipeline_names(level, passes)
     loaded = load_model(model, input_shapes)
     as_ir = isinstance(model, ir.Model)
@@ -72,12 +80,37 @@ def optimize(
     verifier = Verifier(ir_model, seed=seed, atol=atol, rtol=rtol) if verify_each else None
     manager_options = {} if max_iterations is None else {"max_iterations": max_iterations}
     result = PassManager(build_passes(names), verifier=verifier, **manager_options)(ir_model)
-    return OptimizeResult(result.model, names, result.summary(), result.records, result.iterations,
-                          result.converged, ops_before, dict(op_histogram(result.model)), as_ir)
+    final, converted = result.model, None
+    if precision is not None:
+        converted = _convert_precision(final, precision, seed=seed, **precision_options)
+        final = converted.model
+    return OptimizeResult(final, names, result.summary(), result.records, result.iterations,
+                          result.converged, ops_before, dict(op_histogram(final)), as_ir, converted)
+
+
+def _check_precision_options(precision: str | None, options: Mapping[str, Any]) -> None:
+    import inspect
+
+    from lepton_opt.passes.precision import convert_precision
+
+    allowed = set(inspect.signature(convert_precision).parameters) - {"model", "precision", "input_shapes", "seed"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; precision options are "
+                        f"{', '.join(sorted(allowed))}")
+    if options and precision is None:
+        raise LeptonError(f"{', '.join(sorted(options))} apply to a precision conversion: give precision='fp16' or 'bf16'")
+
+
+def _convert_precision(model: ir.Model, precision: str, **options):
+    from lepton_opt.passes.precision import convert_precision
+
+    return convert_precision(model, precision, **options)
 
 
 def _prepare(model: ModelSource, input_shapes: InputShapes | None,
-             level: str) -> tuple[LoadedModel, list[str]]:
+             level: str, precision: str | None = None,
+             precision_options: Mapping[str, Any] | None = None) -> tuple[LoadedModel, list[str], Any]:
     loaded = load_model(model, input_shapes)
     names = pipeline_names(level)
     try:
@@ -87,7 +120,12 @@ def _prepare(model: ModelSource, input_shapes: InputShapes | None,
         # an op it does not know), lower the model as it is, reloaded since the passes may have
         # stopped half-way.
         loaded, names = load_model(model, input_shapes), []
-    return loaded, names
+    converted = None
+    if precision is not None:
+        converted = _convert_precision(loaded.model, precision, **(precision_options or {}))
+        loaded = dataclasses.replace(loaded, model=converted.model)
+        names = [*names, f"precision-{precision}"]
+    return loaded, names, converted
 
 
 # The pipeline run before lowering: simplification and fusions, without O3's size trade-offs.
@@ -102,20 +140,32 @@ def compile(  # noqa: A001 - the public name the product promises
     mcpu: str | None = None,
     cuda_arch: str | None = None,
     level: str | None = None,
+    precision: str | None = None,
+    **precision_options: Any,
 ):
     """Compile ``model`` for ``target`` ("llvm"/"cpu" or "cuda") and return a ``CompiledModel``.
 
     ``input_shapes`` maps input names to full shapes and fixes dynamic dimensions; dims left
     symbolic are compiled as dynamic where the lowering allows it. ``level`` is the graph
     pipeline run before lowering ("O0" = none; default "O2", see :data:`COMPILE_LEVEL`).
+    ``precision`` ("fp16"/"bf16") converts the model to mixed precision after the passes, with
+    the ``precision_options`` of :func:`optimize`.
     """
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.compile import compile_model
 
+    _check_precision_options(precision, precision_options)
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
-    loaded, passes = _prepare(model, input_shapes, level or COMPILE_LEVEL)
-    return compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
-                         passes=passes)
+    loaded, passes, converted = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
+    compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
+                             passes=passes)
+    compiled.precision = converted  # the PrecisionResult (kept nodes, guard), or None
+    if converted is not None:
+        compiled.manifest["precision"] = {
+            "precision": precision, "converted_nodes": len(converted.plan.converted),
+            "kept_fp32": {k.name: k.reason for k in converted.plan.kept.values()},
+        }
+    return compiled
 
 
 def prune(model: ModelSource, method: str = "channel", sparsity: float | None = None, **options):

@@ -62,6 +62,80 @@ input_shape_option = click.option(
     help="Fix an input's shape, e.g. input:1x3x224x224 (repeatable). Needed for dynamic dims.")
 
 
+def precision_options(fn):
+    """The mixed-precision options shared by ``optimize`` and ``compile``."""
+    options = [
+        click.option("--precision", type=click.Choice(["fp16", "bf16"]),
+                     help="Convert to mixed precision after the passes (numerically sensitive ops stay fp32)."),
+        click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
+                     help="Keep model inputs and outputs float32 (--precision)."),
+        click.option("--op-block-list", metavar="OP,...", help="Op types to keep in fp32, added to the default list."),
+        click.option("--node-block-list", metavar="NODE,...", help="Node names to keep in fp32."),
+        click.option("--no-default-block-list", is_flag=True,
+                     help="Do not keep the default op block list (Exp, Pow, ReduceSum, ...) in fp32."),
+        click.option("--max-error", type=float,
+                     help="Accuracy guard: largest output error relative to the largest fp32 output value; nodes "
+                          "responsible are kept in fp32 until it holds."),
+        click.option("--min-cosine", type=float, help="Accuracy guard: smallest cosine similarity to fp32 outputs."),
+        click.option("--data", type=click.Path(path_type=Path),
+                     help="Calibration inputs for the guard (.npz, one array per input, samples on axis 0)."),
+        click.option("--samples", default=8, show_default=True,
+                     help="Seeded calibration inputs for the guard when --data is not given."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _precision_kwargs(precision, keep_io_types, op_block_list, node_block_list, no_default_block_list,
+                      max_error, min_cosine, data, samples) -> dict:
+    def names(text):
+        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+    given = {"--op-block-list": op_block_list, "--node-block-list": node_block_list, "--max-error": max_error,
+             "--min-cosine": min_cosine, "--data": data}
+    if precision is None:
+        used = [k for k, v in given.items() if v is not None]
+        if used or not keep_io_types or no_default_block_list:
+            raise LeptonError(f"{', '.join(used) or '--no-keep-io-types and --no-default-block-list'} apply only "
+                              "with --precision fp16 or bf16")
+        return {}
+    return {"precision": precision, "keep_io_types": keep_io_types, "op_block_list": names(op_block_list),
+            "node_block_list": names(node_block_list), "use_default_block_list": not no_default_block_list,
+            "max_error": max_error, "min_cosine": min_cosine, "data": data, "samples": samples}
+
+
+def _print_precision(result) -> None:
+    """What a precision conversion did: counts, the nodes kept in fp32 and why, the guard."""
+    plan = result.plan
+    out.print(f"{plan.precision}: {len(plan.converted)} nodes converted, {len(plan.kept)} kept in fp32, "
+              f"{result.weights_converted} weights converted, {result.casts} Casts inserted", highlight=False)
+    if plan.kept:
+        table = Table(title="kept in fp32")
+        for col in ("node", "op", "why"):
+            table.add_column(col, overflow="fold")
+        rows = list(plan.kept.values())
+        for k in rows[:_KEPT_ROWS]:
+            table.add_row(k.name, k.op_type, k.reason)
+        if len(rows) > _KEPT_ROWS:
+            table.add_row(f"... and {len(rows) - _KEPT_ROWS} more", "", "")
+        out.print(table)
+    guard = result.guard
+    if guard is not None:
+        what = "max error" if guard.metric == "max_error" else "cosine"
+        bound = "<=" if guard.metric == "max_error" else ">="
+        out.print(f"accuracy guard ({what} {bound} {guard.budget:g}, on {guard.data}): naive {guard.naive:.4g} -> "
+                  f"{guard.final:.4g}, {len(guard.kept)} node(s) kept in fp32 by the guard, "
+                  f"{guard.evaluations} candidate(s) scored", highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+_KEPT_ROWS = 25
+# compile --verify compares with onnxruntime fp32: mixed precision earns a looser default.
+_VERIFY_TOLERANCE = {None: 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lepton-opt", prog_name="lepton-opt")
 def main() -> None:
@@ -77,19 +151,26 @@ def main() -> None:
 @click.option("--mcpu", help="LLVM CPU name to compile for (default: the host CPU and its features).")
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_80, sm_86, sm_89, sm_90.")
 @click.option("--verify", is_flag=True, help="Compare with onnxruntime on seeded inputs; exit 1 beyond tolerance.")
-@click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance for --verify.")
-@click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for --verify.")
+@click.option("--atol", type=float, help="Absolute tolerance for --verify [default: 1e-4; 1e-2 with --precision fp16, "
+                                         "5e-2 with bf16].")
+@click.option("--rtol", type=float, help="Relative tolerance for --verify [default: as --atol].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --verify inputs.")
+@precision_options
 @_handle_errors
-def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed):
+def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
     shapes = _input_shapes(input_shapes)
+    precision = _precision_kwargs(**precision)
+    default_tolerance = _VERIFY_TOLERANCE[precision.get("precision")]
+    atol = default_tolerance if atol is None else atol
+    rtol = default_tolerance if rtol is None else rtol
     output = output or Path(model.name).with_suffix(".lepton")
     start = time.perf_counter()
     with err.status(f"compiling {model.name} for {target}…"):
-        compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch)
+        compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch,
+                                      **precision)
     elapsed = time.perf_counter() - start
     if verify and compiled.target["kind"] == "cuda":
         err.print("note: --verify runs the model; a CUDA build cannot run without a GPU, "
@@ -100,6 +181,8 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
         with err.status("verifying against onnxruntime…"):
             report = lepton_opt.verify(compiled, model, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
     compiled.save(output)
+    if compiled.precision is not None:
+        _print_precision(compiled.precision)
     out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s "
               f"-> [bold]{output}[/]", highlight=False)
     if report is not None:
@@ -130,9 +213,10 @@ def _describe_target(target: dict) -> str:
                    "moves an output beyond tolerance.")
 @click.option("--atol", default=1e-4, show_default=True, help="Absolute tolerance for --verify-each.")
 @click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for --verify-each.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the --verify-each inputs.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --verify-each and guard inputs.")
+@precision_options
 @_handle_errors
-def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, rtol, seed):
+def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, rtol, seed, **precision):
     """Optimize MODEL (.onnx) into a standard, smaller ONNX model that onnxruntime runs as before."""
     import lepton_opt
 
@@ -141,10 +225,13 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
         raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
     if model.exists() and output.exists() and output.resolve() == model.resolve():
         raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    precision = _precision_kwargs(**precision)
     start = time.perf_counter()
-    with err.status(f"optimizing {model.name}…"):
+    with err.status(f"optimizing {model.name}…") as status:
+        progress = (lambda msg: status.update(f"{precision['precision']} accuracy guard: {msg}…")) if precision else None
         result = lepton_opt.optimize(model, f"O{level}", passes=passes, input_shapes=_input_shapes(input_shapes),
-                                     verify_each=verify_each, seed=seed, atol=atol, rtol=rtol)
+                                     verify_each=verify_each, seed=seed, atol=atol, rtol=rtol,
+                                     **({**precision, "progress": progress} if precision else {}))
         _save_model_atomically(result.ir_model, output, model)
     elapsed = time.perf_counter() - start
     table = Table(title=f"{model.name}: {result.nodes_before} -> {result.nodes_after} nodes "
@@ -158,6 +245,8 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
         table.add_row(row.name, str(row.runs), str(row.rewrites), f"{row.node_delta:+d}" if row.node_delta else "0",
                       changed or "-", f"{row.seconds * 1e3:.0f}")
     out.print(table)
+    if result.precision is not None:
+        _print_precision(result.precision)
     checked = " (every pass verified against onnxruntime)" if verify_each else ""
     out.print(f"optimized [bold]{model}[/] -> [bold]{output}[/] in {elapsed:.1f} s{checked}", highlight=False,
               soft_wrap=True)
@@ -396,7 +485,7 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu); cuda needs a GPU.")
 @click.option("--variants", default="ort,fp32", show_default=True, metavar="A,B,...",
               help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, pruned, ort-pruned, "
-                   "fp16, bf16, int8. Those this version cannot build are reported as unavailable.")
+                   "fp16, bf16, ort-fp16, int8. Those this version cannot build are reported as unavailable.")
 @click.option("--prune-method", type=click.Choice(["channel", "magnitude", "2:4"]), default="channel",
               show_default=True, help="How the pruned and ort-pruned variants prune.")
 @click.option("--prune-sparsity", type=float, default=0.3, show_default=True,

@@ -2,8 +2,8 @@
 
 A variant is one way of running the user's model: onnxruntime on the model as given (the
 baseline every ratio is taken against), onnxruntime on lepton-opt's optimized ``.onnx``, or a
-lepton-opt build. Variants whose feature this version does not have (reduced precision,
-quantization, pruning) are listed with the reason, and ``bench`` reports them as unavailable
+lepton-opt build, in fp32, mixed precision (fp16, bf16) or pruned. Variants whose feature this
+version does not have (int8 quantization) are listed with the reason, and ``bench`` reports them as unavailable
 rather than measuring something else under their name.
 """
 
@@ -28,6 +28,7 @@ class VariantSpec:
     level: str | None = None  # graph pipeline run first (ort-opt) or before lowering (lepton-opt builds)
     unavailable: str | None = None  # why this version cannot build it
     pruned: bool = False  # built from the pruned model (see PruneOptions)
+    precision: str | None = None  # mixed precision ("fp16"/"bf16") after the passes, default options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,12 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in [
     VariantSpec("ort-opt", "onnxruntime fp32 on the model after lepton-opt's -O2 passes", "onnxruntime", "O2"),
     VariantSpec("fp32", "lepton-opt build, fp32, -O2 passes, untuned", "lepton-opt", "O2"),
     VariantSpec("fp32-O0", "lepton-opt build, fp32, no graph passes, untuned", "lepton-opt", "O0"),
-    VariantSpec("fp16", "lepton-opt build, fp16 mixed precision", "lepton-opt",
-                unavailable="fp16 mixed precision is not implemented in this version"),
-    VariantSpec("bf16", "lepton-opt build, bf16 mixed precision", "lepton-opt",
-                unavailable="bf16 mixed precision is not implemented in this version"),
+    VariantSpec("fp16", "lepton-opt build, fp16 mixed precision (default block list, fp32 IO), -O2, untuned",
+                "lepton-opt", "O2", precision="fp16"),
+    VariantSpec("bf16", "lepton-opt build, bf16 mixed precision (default block list, fp32 IO), -O2, untuned",
+                "lepton-opt", "O2", precision="bf16"),
+    VariantSpec("ort-fp16", "onnxruntime on lepton-opt's fp16 model (-O2 passes, then fp16)", "onnxruntime",
+                "O2", precision="fp16"),
     VariantSpec("int8", "lepton-opt build, int8 post-training quantization", "lepton-opt",
                 unavailable="int8 quantization is not implemented in this version"),
     VariantSpec("pruned", "lepton-opt build of the pruned model (-O2 passes, untuned)", "lepton-opt", "O2",
@@ -111,7 +114,8 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
     if spec.engine == "onnxruntime":
         data = model_bytes
         if spec.level is not None:
-            data = api.optimize(source, spec.level, input_shapes=shapes).model.SerializeToString()
+            data = api.optimize(source, spec.level, input_shapes=shapes,
+                                precision=spec.precision).model.SerializeToString()
         session = ort_session(data, threads=threads, optimize=True, spinning=False)
         build_s = time.perf_counter() - start
         path = workdir / f"{spec.name}-{tag}.onnx"
@@ -126,7 +130,7 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
 
         return BuiltVariant(spec, run, timed, build_s, len(data), ("onnxruntime", path))
 
-    compiled = api.compile(source, target, input_shapes=shapes, level=spec.level)
+    compiled = api.compile(source, target, input_shapes=shapes, level=spec.level, precision=spec.precision)
     build_s = time.perf_counter() - start
     path = compiled.save(workdir / f"{spec.name}-{tag}.lepton")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

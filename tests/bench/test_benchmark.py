@@ -191,10 +191,10 @@ def test_labels_need_a_classifier_output():
 
 def test_cli_bench_writes_reports_and_prints_the_table(tmp_path, mlp_path):
     before = mlp_path.read_bytes()
-    result = lepton("bench", mlp_path, "--variants", "ort,fp32,fp16", "--rounds", "3", "--block", "2", "--no-memory",
+    result = lepton("bench", mlp_path, "--variants", "ort,fp32,int8", "--rounds", "3", "--block", "2", "--no-memory",
                     "--threads", "1", "--report", tmp_path / "rep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "speed-up vs ort" in result.stdout and "fp16: unavailable" in result.stdout
+    assert "speed-up vs ort" in result.stdout and "int8: unavailable" in result.stdout
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.json", "report.md"]
     assert mlp_path.read_bytes() == before
 

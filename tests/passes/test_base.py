@@ -188,12 +188,12 @@ class Explodes(Pass):
 def test_compile_prepares_with_the_o2_pipeline_and_falls_back_without_it(monkeypatch):
     from lepton_opt import api
 
-    loaded, names = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
+    loaded, names, _ = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
     assert names == list(registry.PIPELINES[api.COMPILE_LEVEL]) and "fold-constants" in names
     assert "Shape" not in {n.op_type for n in loaded.model.graph}
     monkeypatch.setitem(registry.PASSES, Explodes.name, Explodes)
     monkeypatch.setitem(registry.PIPELINES, api.COMPILE_LEVEL, ("fold-shapes", "explodes"))
-    loaded, names = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
+    loaded, names, _ = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
     assert names == []  # the manifest must not claim passes whose work was thrown away
     assert sum(1 for n in loaded.model.graph if n.op_type == "Shape") == 8
 
