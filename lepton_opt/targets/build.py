@@ -113,8 +113,6 @@ def build(mod: tvm.IRModule, spec: TargetSpec) -> tvm.runtime.Executable:
     """Compile a lowered Relax module for ``spec``."""
     target = spec.tvm_target()
     if spec.kind == "llvm":
-        if os.environ.get("LEPTON_STOCK"):  # TEMPORARY until cpu_schedule lands
-            return tvm.compile(mod, target=target)
         from lepton_opt.targets.cpu_schedule import build_cpu
 
         return build_cpu(mod, target)

@@ -117,13 +117,21 @@ class _ScalarConstToRank(relax.PyExprMutator):
         return getattr(relax.op, call.op.name.split(".")[-1])(*args)
 
 
-@tvm.transform.module_pass(opt_level=0, name="LeptonScalarConstToRank")
-def _scalar_const_to_rank(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    mutator = _ScalarConstToRank(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gv] = mutator.visit_expr(func)
-    return mod
+def _mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
+    """A module pass running ``make_mutator(mod)`` over every Relax function."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mutator = make_mutator(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mod[gv] = mutator.visit_expr(func)
+        return mod
+
+    return _pass
+
+
+_scalar_const_to_rank = _mutator_pass("LeptonScalarConstToRank", _ScalarConstToRank)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LeptonConvertConvLayout")
@@ -205,27 +213,12 @@ class _WidenLowPrecision(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
-@tvm.transform.module_pass(opt_level=0, name="LeptonWidenLowPrecision")
-def _widen_low_precision(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    mutator = _WidenLowPrecision(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gv] = mutator.visit_expr(func)
-    return mod
+_widen_low_precision = _mutator_pass("LeptonWidenLowPrecision", _WidenLowPrecision)
 
 
 def _pad_conv_channels_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     lanes = _lanes(target, 32)
-
-    @tvm.transform.module_pass(opt_level=0, name="LeptonPadConvChannels")
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mutator = _PadConvChannels(mod, lanes)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mod[gv] = mutator.visit_expr(func)
-        return mod
-
-    return _pass
+    return _mutator_pass("LeptonPadConvChannels", lambda mod: _PadConvChannels(mod, lanes))
 
 
 def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
