@@ -27,9 +27,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("resnet50", "mobilenet_v2", "bert_base", "vit_small", "yolo_style", "digits_cnn")
-VARIANTS = "ort,ort-opt,fp32,fp32-O0,pruned,ort-pruned,fp16,int8"
+VARIANTS = "ort,ort-opt,fp32,fp32-O0,pruned,ort-pruned,fp16,bf16,ort-fp16,int8"
 README = HERE / "README.md"
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
+PRECISION_BEGIN, PRECISION_END = "<!-- precision:begin -->", "<!-- precision:end -->"
 ACCURACY_SAMPLES = 4
 
 
@@ -88,13 +89,52 @@ def readme_table(results) -> str:
     return "\n".join(lines + ["", END])
 
 
+def _measured(result, names) -> bool:
+    ok = {v.name for v in result.variants if v.ok}
+    return set(names) <= ok
+
+
+def precision_table(results) -> str | None:
+    """Mixed precision against the fp32 build, paired in the same interleaved run, with accuracy."""
+    def ratio(r, name, base):
+        value = r.speedup(name, baseline=base) if _measured(r, {name, base}) else None
+        return "–" if value is None else f"{value:.2f}x"
+
+    def accuracy(r, name, what):
+        if not _measured(r, {name}):
+            return "–"
+        acc = r.variant(name).accuracy
+        value = getattr(acc, what, None) if acc else None
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f}%" if what == "task_accuracy" else f"{value:.6f}"
+
+    rows = [[r.name, ratio(r, "fp16", "fp32"), ratio(r, "bf16", "fp32"), ratio(r, "ort-fp16", "ort"),
+             accuracy(r, "fp16", "cosine"), accuracy(r, "bf16", "cosine"), accuracy(r, "ort-fp16", "cosine"),
+             accuracy(r, "fp32", "task_accuracy"), accuracy(r, "fp16", "task_accuracy"),
+             accuracy(r, "bf16", "task_accuracy")] for r in results]
+    if not any(_measured(r, {"fp16"}) or _measured(r, {"bf16"}) for r in results):
+        return None
+    columns = ["model", "fp16 vs fp32 build", "bf16 vs fp32 build", "ort-fp16 vs ort", "fp16 cosine",
+               "bf16 cosine", "ort-fp16 cosine", "fp32 task acc", "fp16 task acc", "bf16 task acc"]
+    lines = [PRECISION_BEGIN, "", "Speed ratios above 1: the mixed-precision variant ran faster, paired by round in "
+             "the suite run above. Cosine: against onnxruntime fp32 outputs on the suite's accuracy inputs.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + ["", PRECISION_END])
+
+
+def _replace(text: str, begin: str, end: str, block: str, heading: str) -> str:
+    if begin in text and end in text:
+        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    return text.rstrip() + f"\n\n## {heading}\n\n" + block + "\n"
+
+
 def update_readme(results, path: Path = README) -> None:
-    text = path.read_text()
-    table = readme_table(results)
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: table, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n## Suite\n\n" + table + "\n"
+    text = _replace(path.read_text(), BEGIN, END, readme_table(results), "Suite")
+    precision = precision_table(results)
+    if precision:
+        text = _replace(text, PRECISION_BEGIN, PRECISION_END, precision, "Mixed precision (fp16, bf16)")
     path.write_text(text)
 
 
