@@ -213,3 +213,12 @@ def test_cli_bench_bad_input(tmp_path, mlp_path, args, fragments):
     if "--target" in args:
         assert "cuda" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx"]
+
+
+def test_mixed_precision_variants_are_built_and_checked_against_fp32():
+    r = lepton_opt.benchmark(resnet_cnn(batch=1), variants="fp32,fp16,bf16,ort-fp16", **FAST)
+    assert [v.status for v in r.variants] == ["ok"] * 5
+    for name in ("fp16", "ort-fp16"):
+        assert r.variant(name).accuracy.cosine >= 0.999, name
+    assert r.variant("bf16").accuracy.cosine >= 0.99
+    assert r.speedup("fp16", baseline="fp32") > 0
