@@ -70,7 +70,7 @@ def _has_gpu() -> bool:
 def test_fp16_builds_cross_compile_with_tensor_core_matmuls(arch):
     # The encoder's matmuls read float16 and accumulate in float32: dlight's tensor-core rule
     # takes them (wmma fragments); the CNN's convolutions build as float16 kernels.
-    compiled = lepton_opt.compile(transformer_layer(batch=1, seq=128, hidden=256, ffn=1024), target="cuda",
+    compiled = lepton_opt.compile(transformer_layer(batch=1, seq=128, hidden=128, ffn=512), target="cuda",
                                   cuda_arch=arch, precision="fp16")
     source = compiled.device_source()
     assert "half" in source and "wmma::mma_sync" in source and "wmma::fragment" in source
