@@ -92,6 +92,16 @@ DEFAULT_OP_BLOCK_LIST: dict[str, str] = {
 
 
 @dataclasses.dataclass
+class _Binding:
+    """How one node's float32 values map to the low type when it is converted."""
+
+    lowered_in: list[int]  # input indices that take the low type
+    lowered_out: list[int]  # output indices that become the low type
+    either: list[int]  # input indices that accept float32 or the low type (pass-through)
+    refusal: str | None = None  # why the node cannot be converted
+
+
+@dataclasses.dataclass
 class KeptNode:
     """A node left in float32, and why."""
 
@@ -109,6 +119,13 @@ class PrecisionPlan:
     converted: set[str]
     kept: dict[str, KeptNode]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # node name -> how its float32 values map to the low type (from the schema, computed once)
+    bindings: dict[str, _Binding] = dataclasses.field(default_factory=dict, repr=False)
+
+    def binding(self, node: ir.Node, opset: int) -> _Binding:
+        if node.name not in self.bindings:
+            self.bindings[node.name] = _binding(node, opset, self.precision)
+        return self.bindings[node.name]
 
 
 @dataclasses.dataclass
@@ -146,16 +163,6 @@ class PrecisionResult:
 # ----------------------------------------------------------------------------------------
 # Planning
 # ----------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class _Binding:
-    """How one node's float32 values map to the low type when it is converted."""
-
-    lowered_in: list[int]  # input indices that take the low type
-    lowered_out: list[int]  # output indices that become the low type
-    either: list[int]  # input indices that accept float32 or the low type (pass-through)
-    refusal: str | None = None  # why the node cannot be converted
-
 
 def _schema(node: ir.Node, opset: int):
     try:
@@ -276,7 +283,7 @@ def plan_precision(model: ir.Model, precision: str = "fp16", *, op_block_list: I
     plan = PrecisionPlan(precision, set(), {})
     weight_warned: set[str] = set()
     for node in graph:
-        binding = _binding(node, opset, precision)
+        binding = plan.binding(node, opset)
         if not binding.lowered_in and not binding.lowered_out:
             continue  # computes nothing in float32 (shape ops, Cast, integer ops)
 
@@ -297,14 +304,13 @@ def plan_precision(model: ir.Model, precision: str = "fp16", *, op_block_list: I
         elif any(v in captured for v in node.outputs):
             keep("its output is read inside a subgraph")
         else:
-            problem = next((p for i in binding.lowered_in
-                            if node.inputs[i].const_value is not None
-                            for p in [_weight_problem(node.inputs[i], precision)] if p), None)
+            weight, problem = next(((node.inputs[i], p) for i in binding.lowered_in
+                                    if node.inputs[i].const_value is not None
+                                    for p in [_weight_problem(node.inputs[i], precision)] if p), (None, None))
             if problem:
                 keep(problem)
-                weight_name = problem.split("'")[1]
-                if weight_name not in weight_warned:
-                    weight_warned.add(weight_name)
+                if weight.name not in weight_warned:
+                    weight_warned.add(weight.name)
                     plan.warnings.append(f"{problem}: kept in float32 with the nodes that read it")
             else:
                 plan.converted.add(node.name)
@@ -328,12 +334,11 @@ class _Rewriter:
         self.low_weights: dict[ir.Value, ir.Value] = {}
         self.cast_cache: dict[tuple[ir.Value, ir.DataType], ir.Value] = {}
         self.low_values: set[ir.Value] = set()  # values holding the low type (or rounded, when emulating)
-        self.weights_kept: set[str] = set()
 
     def run(self) -> None:
         graph = self.graph
         # Bindings from the original types, before any value changes type.
-        self.bindings = {node: _binding(node, self.opset, self.plan.precision) for node in graph}
+        self.bindings = {node: self.plan.binding(node, self.opset) for node in graph}
         if not self.keep_io_types and not self.emulate:
             for v in graph.inputs:
                 if v.dtype == ir.DataType.FLOAT and not v.is_initializer():
@@ -453,28 +458,28 @@ class _Rewriter:
         return self.low_weights[v]
 
     def _fix_outputs(self) -> None:
-        graph = self.graph
-        for i, v in enumerate(list(graph.outputs)):
-            if self.emulate:
-                continue
+        """Graph outputs keep float32 (``keep_io_types``) or all take the low type."""
+        if self.emulate:
+            return
+        for i, v in enumerate(list(self.graph.outputs)):
             if v in self.low_values and self.keep_io_types:
-                name = v.name
-                v.name = f"{name}__{self.plan.precision}"
-                cast = ir.Node("", "Cast", [v], [ir.AttrInt64("to", ir.DataType.FLOAT)], name=f"{name}__cast_fp32")
-                out = cast.outputs[0]
-                out.name, out.dtype, out.shape = name, ir.DataType.FLOAT, v.shape
-                graph.insert_after(v.producer(), cast) if v.producer() is not None else graph.append(cast)
-                graph.outputs[i] = out
-                self.casts += 1
+                self._cast_output(i, v, ir.DataType.FLOAT, "fp32")
             elif v not in self.low_values and not self.keep_io_types and v.dtype == ir.DataType.FLOAT:
-                name = v.name
-                v.name = f"{name}__fp32"
-                cast = ir.Node("", "Cast", [v], [ir.AttrInt64("to", self.low)], name=f"{name}__cast_{self.plan.precision}")
-                out = cast.outputs[0]
-                out.name, out.dtype, out.shape = name, self.low, v.shape
-                graph.insert_after(v.producer(), cast) if v.producer() is not None else graph.append(cast)
-                graph.outputs[i] = out
-                self.casts += 1
+                self._cast_output(i, v, self.low, self.plan.precision)
+
+    def _cast_output(self, index: int, v: ir.Value, to: ir.DataType, suffix: str) -> None:
+        """Graph output ``index`` becomes ``Cast(v, to)`` under ``v``'s name (``v`` is renamed)."""
+        name = v.name
+        v.name = f"{name}__{self.plan.precision if to == ir.DataType.FLOAT else 'fp32'}"
+        cast = ir.Node("", "Cast", [v], [ir.AttrInt64("to", to)], name=f"{name}__cast_{suffix}")
+        out = cast.outputs[0]
+        out.name, out.dtype, out.shape = name, to, v.shape
+        if v.producer() is not None:
+            self.graph.insert_after(v.producer(), cast)
+        else:
+            self.graph.append(cast)
+        self.graph.outputs[index] = out
+        self.casts += 1
 
 
 def _infer_types(model: ir.Model) -> None:
@@ -524,20 +529,26 @@ class _Guard:
     def _nodes(self) -> dict[str, ir.Node]:
         return {n.name: n for n in self.model.graph}
 
+    def _converted_values(self, nodes: dict[str, ir.Node]) -> dict[str, tuple[list[str], list[str]]]:
+        """Per converted node, the names of its low-type outputs and of its non-constant low-type
+        inputs (weights were checked when planning)."""
+        opset = self.model.opset_imports.get("", 1)
+        io = {}
+        for name in self.plan.converted:
+            node = nodes[name]
+            binding = self.plan.binding(node, opset)
+            io[name] = ([node.outputs[i].name for i in binding.lowered_out],
+                        [node.inputs[i].name for i in binding.lowered_in if node.inputs[i].const_value is None])
+        return io
+
     def keep_out_of_range(self) -> list[KeptNode]:
         """Keep converted nodes whose float values exceed the low type's range on the calibration data."""
         limit = _max(self.plan.precision)
         nodes = self._nodes()
-        opset = self.model.opset_imports.get("", 1)
         values: dict[str, list[str]] = {}
-        for name in self.plan.converted:
-            node = nodes[name]
-            binding = _binding(node, opset, self.plan.precision)
-            for i in binding.lowered_out:
-                values.setdefault(node.outputs[i].name, []).append(name)
-            for i in binding.lowered_in:
-                if node.inputs[i].const_value is None:  # weights were checked when planning
-                    values.setdefault(node.inputs[i].name, []).append(name)
+        for name, (outs, ins) in self._converted_values(nodes).items():
+            for value in outs + ins:
+                values.setdefault(value, []).append(name)
         peaks = value_peaks(self.evaluator, self.base, list(values))
         kept: list[KeptNode] = []
         for value, peak in sorted(peaks.items(), key=lambda kv: -kv[1]):
@@ -560,18 +571,9 @@ class _Guard:
 
     def ranked(self) -> list[tuple[str, float]]:
         """Converted nodes by the relative error they add at their output, largest first."""
-        nodes = self._nodes()
-        opset = self.model.opset_imports.get("", 1)
         emulated, *_ = apply_plan(self.model, self.plan, keep_io_types=self.keep_io_types, emulate=True)
-        names, io = [], {}
-        for name in self.plan.converted:
-            node = nodes[name]
-            binding = _binding(node, opset, self.plan.precision)
-            outs = [node.outputs[i].name for i in binding.lowered_out]
-            ins = [node.inputs[i].name for i in binding.lowered_in
-                   if node.inputs[i].const_value is None]
-            io[name] = (outs, ins)
-            names += outs + ins
+        io = self._converted_values(self._nodes())
+        names = [value for outs, ins in io.values() for value in outs + ins]
         errors = value_errors(self.evaluator, self.base, ir.serde.serialize_model(emulated), names)
         added = []
         order = {n.name: i for i, n in enumerate(self.model.graph)}

@@ -25,8 +25,7 @@ def in_float32(ctx, x: relax.Expr, fn) -> relax.Expr:
     dt = dtype_of(x)
     if dt not in LOW_FLOATS:
         return fn(x)
-    out = fn(ctx.emit(relax.op.astype(x, "float32")))
-    return relax.op.astype(ctx.emit(out) if not isinstance(out, relax.Var) else out, dt)
+    return relax.op.astype(ctx.emit(fn(ctx.emit(relax.op.astype(x, "float32")))), dt)
 
 
 def _is_float(x: relax.Expr) -> bool:
@@ -186,11 +185,12 @@ def fast_erf(ctx, x: relax.Expr) -> relax.Expr:
     float32, which vectorizes and fuses into the producer's epilogue; ``relax.op.erf`` becomes a
     scalar libm call per element on CPU (measured: the GELU epilogue of BERT-base's first
     feed-forward matmul spent most of its time there). Other dtypes keep ``relax.op.erf``."""
-    if dtype_of(ctx.emit(x) if not isinstance(x, relax.Var) else x) != "float32":
+    x = ctx.emit(x)
+    if dtype_of(x) != "float32":
         return op.erf(x)
     from tvm import topi
 
-    return ctx.bb.call_te(topi.fast_erf, ctx.emit(x), primfunc_name_hint="fast_erf")
+    return ctx.bb.call_te(topi.fast_erf, x, primfunc_name_hint="fast_erf")
 
 
 def Clip(ctx, x, min_in=None, max_in=None, **attrs):
