@@ -124,8 +124,9 @@ def _print_precision(result) -> None:
     if guard is not None:
         what = "max error" if guard.metric == "max_error" else "cosine"
         bound = "<=" if guard.metric == "max_error" else ">="
-        out.print(f"accuracy guard ({what} {bound} {guard.budget:g}, on {guard.data}): naive {guard.naive:.4g} -> "
-                  f"{guard.final:.4g}, {len(guard.kept)} node(s) kept in fp32 by the guard, "
+        fmt = ".4g" if guard.metric == "max_error" else ".6f"
+        out.print(f"accuracy guard ({what} {bound} {guard.budget:g}, on {guard.data}): naive {guard.naive:{fmt}} -> "
+                  f"{guard.final:{fmt}}, {len(guard.kept)} node(s) kept in fp32 by the guard, "
                   f"{guard.evaluations} candidate(s) scored", highlight=False, soft_wrap=True)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
