@@ -47,6 +47,8 @@ from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 
+from lepton_opt.targets import int8 as _int8
+
 logger = logging.getLogger(__name__)
 
 # Accumulator vectors in one micro-kernel: AVX-512 has 32 zmm registers; leave room for the
@@ -278,11 +280,12 @@ def _has_if_then_else(stmt) -> bool:
     return bool(tvm.get_global_func("s_tir.schedule.HasIfThenElse")(stmt))
 
 
-def _inline_injective(sch: s_tir.Schedule, keep_padding: bool) -> None:
+def _inline_injective(sch: s_tir.Schedule, keep_padding: bool, keep=None) -> None:
     """Inline spatial blocks into their consumers (or producers) until nothing changes.
 
     Padding blocks (an ``if_then_else`` body) are kept with ``keep_padding``: inlined into a
-    convolution they put a branch on every multiply-add of the innermost loop.
+    convolution they put a branch on every multiply-add of the innermost loop. Blocks for which
+    ``keep(block)`` is true are kept too.
     """
     changed = True
     while changed:
@@ -293,6 +296,8 @@ def _inline_injective(sch: s_tir.Schedule, keep_padding: bool) -> None:
             if any(k != "S" for k in _block_iter_kinds(sch, block)):
                 continue
             if keep_padding and _has_if_then_else(sch.get(block)):
+                continue
+            if keep is not None and keep(block):
                 continue
             try:
                 sch.compute_inline(block)
@@ -604,7 +609,26 @@ def _is_var_plus_other(expr, var) -> bool:
     return False
 
 
+def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """The integer dot-product kernels of quantized models (:mod:`.int8`)."""
+
+    def inline(sch: s_tir.Schedule, main) -> None:
+        def feeds_main(block) -> bool:
+            return any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(block))
+
+        _inline_injective(sch, keep_padding=True, keep=feeds_main)
+
+    result = _int8.schedule_int8(func, target, inline)
+    if result is None:
+        return None
+    sch, producers = result
+    for block in producers:
+        _parallel_vectorize_block(sch, block, _lanes(target, _write_dtype_bits(sch, block)))
+    return sch
+
+
 _RULES = (
+    ("int8", _rule_int8),
     ("tiled_reduction", _rule_tiled_reduction),
     ("row_reduction", _rule_row_reduction),
     ("generic", _rule_generic),

@@ -1,0 +1,249 @@
+"""Integer kernels: uint8 x int8 -> int32 matmul and NHWC convolution, and their CPU schedule.
+
+The quantized converters (:mod:`lepton_opt.targets.ops.quant`) bring every heavy op of a QDQ
+model to one of two TE computes defined here, with the weight packed at build time into the
+layout x86's dot-product instructions read:
+
+* ``lepton_int8_dense``: ``C[m, no, ni] = sum_k X[m, k] * W[no, k // 4, ni, k % 4]``
+* ``lepton_int8_conv``: the same over ``(kh, kw, ci)`` with NHWC data and weights packed as
+  ``[co // 16, kh, kw, ci // 4, co % 16, ci % 4]``.
+
+``X`` is uint8 and ``W`` int8: VNNI's ``vpdpbusd`` multiplies 4 unsigned bytes of the data
+(broadcast) with 16 x 4 signed bytes of the weight and adds the 16 int32 sums to an accumulator
+in one instruction (64 multiply-adds; a float32 FMA does 16). Signed activations are shifted
+by +128 into uint8 before the kernel and the shift is taken back with a per-channel constant
+(see ``quant.py``), so one kernel serves int8 and uint8 data.
+
+:func:`schedule_int8` is the CPU schedule of those blocks (tried before every other rule in
+:mod:`.cpu_schedule`): a register tile of ``rows x u`` accumulator vectors (16 int32 lanes
+each) kept in a local buffer, the reduction loops outside it, the ``16 x 4`` dot product
+tensorized to ``vpdpbusd`` where the target has AVX512-VNNI (else vectorized int32 arithmetic),
+the fused epilogue (requantization) computed per tile and the outer tiles run in parallel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import s_tir, te, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+
+LANES = 16  # int32 accumulators per vector (one zmm)
+GROUP = 4  # bytes of the reduction axis per 32-bit lane
+BLOCK_PREFIX = "lepton_int8_"
+_MAX_ACC = 24  # accumulator vectors in one micro-kernel (of 32 zmm registers)
+_MAX_ROWS = 8
+_MAX_U = 4
+
+
+# ----------------------------------------------------------------------------------------
+# The VNNI dot product: 4 uint8 (broadcast) x 16x4 int8 -> 16 int32, accumulated in registers
+# ----------------------------------------------------------------------------------------
+# TVM ships an equivalent intrinsic (tensor_intrin.x86), written for a global accumulator and
+# the older LLVM signature of vpdpbusd (i32 vectors); LLVM 20 takes byte vectors.
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            "int32x16", "llvm.x86.avx512.vpdpbusd.512",
+            C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"),
+        )
+
+
+VNNI_INTRIN = "lepton_vnni_dot_16x4"
+TensorIntrin.register(VNNI_INTRIN, _dot_16x4_desc, _dot_16x4_vnni, override=True)
+
+
+def has_vnni(target: tvm.target.Target) -> bool:
+    if target.kind.name != "llvm":
+        return False
+    try:
+        return bool(tvm.target.codegen.target_has_features("avx512vnni", target))
+    except Exception:  # noqa: BLE001 - an LLVM that cannot answer: do not use the instruction
+        return False
+
+
+# ----------------------------------------------------------------------------------------
+# Weight packing (numpy, at build time)
+# ----------------------------------------------------------------------------------------
+
+def pad_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack_dense(w_nk: np.ndarray) -> np.ndarray:
+    """int8 ``[N, K]`` -> ``[N/16, K/4, 16, 4]``, zero-padded to whole groups."""
+    n, k = w_nk.shape
+    np_, kp = pad_to(n, LANES), pad_to(k, GROUP)
+    full = np.zeros((np_, kp), np.int8)
+    full[:n, :k] = w_nk
+    return np.ascontiguousarray(full.reshape(np_ // LANES, LANES, kp // GROUP, GROUP).transpose(0, 2, 1, 3))
+
+
+def pack_conv(w_oihw: np.ndarray) -> np.ndarray:
+    """int8 ``[CO, CI, KH, KW]`` -> ``[CO/16, KH, KW, CI/4, 16, 4]``, zero-padded."""
+    co, ci, kh, kw = w_oihw.shape
+    cop, cip = pad_to(co, LANES), pad_to(ci, GROUP)
+    full = np.zeros((cop, cip, kh, kw), np.int8)
+    full[:co, :ci] = w_oihw
+    blocks = full.reshape(cop // LANES, LANES, cip // GROUP, GROUP, kh, kw)
+    return np.ascontiguousarray(blocks.transpose(0, 4, 5, 2, 1, 3))
+
+
+# ----------------------------------------------------------------------------------------
+# TE computes
+# ----------------------------------------------------------------------------------------
+
+def dense_compute(x: te.Tensor, w: te.Tensor) -> te.Tensor:
+    """``x`` uint8 ``[M, Kp]``, ``w`` packed int8 ``[No, Kp/4, 16, 4]`` -> int32 ``[M, No, 16]``."""
+    _, kp = x.shape
+    ko = te.reduce_axis((0, kp // GROUP), "ko")
+    ki = te.reduce_axis((0, GROUP), "ki")
+    return te.compute(
+        (x.shape[0], w.shape[0], LANES),
+        lambda m, no, ni: te.sum(
+            x[m, ko * GROUP + ki].astype("int32") * w[no, ko, ni, ki].astype("int32"), axis=[ko, ki]
+        ),
+        name=BLOCK_PREFIX + "dense",
+    )
+
+
+def conv_compute(x: te.Tensor, w: te.Tensor, strides, dilations) -> te.Tensor:
+    """``x`` uint8 NHWC (already padded), ``w`` packed -> int32 ``[N, OH, OW, CO/16, 16]``."""
+    n, hp, wp, _ = (int(d) for d in x.shape)
+    cob, kh_, kw_, cib, _, _ = (int(d) for d in w.shape)
+    sh, sw = strides
+    dh, dw = dilations
+    oh = (hp - (kh_ - 1) * dh - 1) // sh + 1
+    ow = (wp - (kw_ - 1) * dw - 1) // sw + 1
+    kh = te.reduce_axis((0, kh_), "kh")
+    kw = te.reduce_axis((0, kw_), "kw")
+    cio = te.reduce_axis((0, cib), "cio")
+    cii = te.reduce_axis((0, GROUP), "cii")
+    return te.compute(
+        (n, oh, ow, cob, LANES),
+        lambda b, y, xx, co, cl: te.sum(
+            x[b, y * sh + kh * dh, xx * sw + kw * dw, cio * GROUP + cii].astype("int32")
+            * w[co, kh, kw, cio, cl, cii].astype("int32"),
+            axis=[kh, kw, cio, cii],
+        ),
+        name=BLOCK_PREFIX + "conv",
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# CPU schedule
+# ----------------------------------------------------------------------------------------
+
+def _int8_block(sch: s_tir.Schedule):
+    root = sch.get_sblock("root")
+    found = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith(BLOCK_PREFIX)]
+    return found[0] if len(found) == 1 else None
+
+
+def _divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _tile(rows: int, cols: int) -> tuple[int, int]:
+    """(rows, u): the largest register tile of ``rows x u`` accumulator vectors that divides."""
+    best = (0, 1, 1)
+    for u in range(min(_MAX_U, cols), 0, -1):
+        if cols % u:
+            continue
+        r = _divisor(rows, min(_MAX_ROWS, _MAX_ACC // u))
+        if (r * u, u) > best[:2]:
+            best = (r * u, u, r)
+    return best[2], best[1]
+
+
+def schedule_int8(func: tirx.PrimFunc, target: tvm.target.Target, inline_injective):
+    """Schedule a function holding one ``lepton_int8_*`` block: ``(schedule, producer blocks)``
+    (the producers, such as padding, are left to the caller), or ``None`` if it holds none.
+
+    ``inline_injective(sch, block)`` inlines the spatial blocks other than the int8 block's
+    direct producers (an inlined producer would leave an expression where the dot product
+    needs a plain 4-byte load).
+    """
+    sch = s_tir.Schedule(func)
+    main = _int8_block(sch)
+    if main is None:
+        return None
+    inline_injective(sch, main)
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
+    producers, epilogue = blocks[:idx], blocks[idx + 1:]
+    loops = sch.get_loops(main)
+    # Spatial (..., row, co_block, 16) then reduction (..., group, 4), as the computes define them.
+    n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
+    spatial, red = loops[:-n_red], loops[-n_red:]
+    *outer, row, cob, lane = spatial
+    rows, cobs = int(sch.get(row).extent), int(sch.get(cob).extent)
+    r, u = _tile(rows, cobs)
+    wb = sch.cache_write(main, 0, "local")
+    ro, ri = sch.split(row, factors=[None, r])
+    co_o, co_i = sch.split(cob, factors=[None, u])
+    sch.reorder(*outer, ro, co_o, *red[:-1], ri, co_i, lane, red[-1])
+    tile = sch.fuse(*outer, ro, co_o)
+    sch.parallel(tile)
+    sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
+    for block in epilogue:
+        sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
+    if epilogue:
+        try:
+            sch.compute_inline(wb)
+        except Exception:  # noqa: BLE001 - the accumulators are the function's output
+            pass
+    init = sch.decompose_reduction(main, red[0])
+    if has_vnni(target):
+        sch.tensorize(lane, VNNI_INTRIN)
+    else:
+        sch.vectorize(lane)
+    sch.unroll(ri)
+    sch.unroll(co_i)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for block in [wb, *epilogue]:
+        try:
+            blk_loops = sch.get_loops(block)
+        except Exception:  # noqa: BLE001 - inlined
+            continue
+        _vectorize_tail(sch, blk_loops[-1])
+    return sch, producers
+
+
+def _vectorize_tail(sch: s_tir.Schedule, loop) -> None:
+    ext = sch.get(loop).extent
+    if not isinstance(ext, tirx.IntImm) or int(ext) < 2:
+        return
+    factor = _divisor(int(ext), LANES)
+    if factor >= 4:
+        _, inner = sch.split(loop, factors=[None, factor])
+        sch.vectorize(inner)
