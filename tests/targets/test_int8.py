@@ -220,3 +220,22 @@ def test_weight_packing_layout():
     pc = int8.pack_conv(wc)
     assert pc.shape == (2, 2, 2, 1, 16, 4)
     assert pc[1, 0, 1, 0, 0, 2] == wc[16, 2, 0, 1] and pc[1, 0, 1, 0, 1, 2] == 0
+
+
+def test_ort_qoperator_format_qlinearconv_runs_on_int8_kernels(tmp_path):
+    """onnxruntime's other output format: QLinearConv / QLinearMatMul nodes with int8 weights."""
+    model = resnet_cnn()
+    src, dst = tmp_path / "float.onnx", tmp_path / "qop.onnx"
+    onnx.save(model, src)
+    quantize_static(str(src), str(dst), _Feeds(model, 8), quant_format=QuantFormat.QOperator, per_channel=True,
+                    op_types_to_quantize=["Conv"], weight_type=QuantType.QInt8)
+    qop = onnx.load(dst)
+    assert sum(n.op_type == "QLinearConv" for n in qop.graph.node) == 6
+    compiled = lepton_opt.compile(qop)
+    for seed in (0, 1):
+        feeds = random_inputs(qop, seed=seed)
+        expected = ort_run(qop, feeds)["logits"]
+        got = compiled.run(feeds)["logits"]
+        cos = float(np.dot(got.ravel(), expected.ravel()) / np.linalg.norm(got) / np.linalg.norm(expected))
+        assert cos > 0.9999, cos
+    assert _calls(_lowered_text(qop), "int8_conv") == 6

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from lepton_opt.targets.lower import Converter
 from lepton_opt.targets.ops import control, elementwise, fused, nn, quant, rnn, tensor
-from lepton_opt.targets.ops.reference import reference_converters, reference_for
+from lepton_opt.targets.ops.reference import reference_converters
 
 OWN_CONVERTERS: dict[str, Converter] = {**elementwise.CONVERTERS, **nn.CONVERTERS, **tensor.CONVERTERS,
-                                        **rnn.CONVERTERS, **control.CONVERTERS, **fused.CONVERTERS}
+                                        **rnn.CONVERTERS, **control.CONVERTERS, **fused.CONVERTERS,
+                                        **quant.CONVERTERS}
 OWN_CONVERTERS["Attention"] = nn.attention_with_fast_path(fused.CONVERTERS["Attention"])
 # Quantized models: integer kernels where the inputs are quantized (see quant.py), else float.
 OWN_CONVERTERS["Conv"] = quant.integer_first(nn.Conv, quant.conv)
 OWN_CONVERTERS["MatMul"] = quant.integer_first(nn.MatMul, quant.matmul)
 OWN_CONVERTERS["Gemm"] = quant.integer_first(nn.Gemm, quant.gemm)
-OWN_CONVERTERS["MatMulInteger"] = quant.integer_first(reference_for("MatMulInteger"), quant.matmul_integer)
 
 
 def converter_table() -> dict[str, Converter]:

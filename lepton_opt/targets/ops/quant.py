@@ -144,7 +144,7 @@ def _data(ctx, index: int):
     return ctx.lowerer.expr(x.value), x.dtype, float(x.scale.reshape(-1)[0]), int(x.zero_point.reshape(-1)[0])
 
 
-def _weight(ctx, index: int, channel_axis: int, channels_axis_len: int | None = None):
+def _weight(ctx, index: int, channel_axis: int):
     """The weight as (int8 values, per-channel scale), or None when the integer path does not apply."""
     w = _dequantized(ctx, index)
     if w is None:
@@ -171,18 +171,20 @@ def _as_uint8(ctx, x: relax.Expr, dtype: str, zero_point):
                                                    else op.add(zero_point, relax.const(128, "int32")))
 
 
-def _epilogue(ctx, acc: relax.Expr, correction, scale: np.ndarray, bias) -> relax.Expr:
-    """float(acc - correction) * scale (+ bias): the integer sums back to real values."""
-    if correction is not None:
-        acc = op.subtract(acc, correction)
-    y = op.multiply(op.astype(acc, "float32"), relax.const(scale.astype(np.float32)))
-    if bias is not None:
-        y = op.add(y, bias)
-    return ctx.emit(y)
+def _minus_zero_point(ctx, x: relax.Expr, zero_point) -> relax.Expr:
+    """``int32(x) - zero_point``: integers whose 0 is a real 0."""
+    zp = relax.const(np.asarray(zero_point, np.int32)) if isinstance(zero_point, (int, np.ndarray)) else zero_point
+    return ctx.emit(op.subtract(op.astype(x, "int32"), zp))
 
 
-def _dense(ctx, x_u8: relax.Expr, w_nk: np.ndarray) -> relax.Expr:
-    """uint8 ``[..., K]`` x int8 ``[N, K]``^T -> int32 ``[..., N]`` on the packed kernel."""
+# ----------------------------------------------------------------------------------------
+# Exact int32 accumulators: sum (x - zx) * w
+# ----------------------------------------------------------------------------------------
+
+def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> relax.Expr:
+    """``(x - zx) @ w_nk^T`` in int32 for uint8/int8 ``x [..., K]`` and a constant int8 ``w_nk``
+    (the packed dot-product kernel; ``zx`` an int or a run-time scalar)."""
+    x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
     dims = shape_of(x_u8)
     k, n = int(dims[-1]), w_nk.shape[0]
     rows = ctx.emit(op.reshape(x_u8, [-1, k]))
@@ -194,36 +196,36 @@ def _dense(ctx, x_u8: relax.Expr, w_nk: np.ndarray) -> relax.Expr:
     acc = op.reshape(acc, [-1, int8.pad_to(n, int8.LANES)])
     if int8.pad_to(n, int8.LANES) != n:
         acc = op.strided_slice(acc, axes=[1], begin=[0], end=[n])
-    return ctx.emit(op.reshape(acc, [*dims[:-1], n]))
+    acc = ctx.emit(op.reshape(acc, [*dims[:-1], n]))
+    colsum = w_nk.astype(np.int64).sum(axis=1)
+    if isinstance(z_u8, int):
+        return ctx.emit(op.subtract(acc, relax.const((z_u8 * colsum).astype(np.int32))))
+    return ctx.emit(op.subtract(acc, op.multiply(z_u8, relax.const(colsum.astype(np.int32)))))
 
 
-def _bias_vector(b, channels: int) -> relax.Expr | None:
-    return None if b is None else op.reshape(b, [channels])
+def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> relax.Expr:
+    """The int32 convolution of ``x - zx`` with the weight ``wq`` (OIHW), NCHW out.
 
+    ``wq`` is a constant int8 array or a run-time int32 tensor. 2-D, ungrouped, with constant
+    weight and zero point: the packed NHWC dot-product kernel, padded with the zero point.
+    Otherwise (grouped, 1-D/3-D, run-time values): TVM's convolution in int32 on
+    zero-point-corrected integers.
+    """
+    from lepton_opt.targets.ops.nn import _CONV, _window
 
-# ----------------------------------------------------------------------------------------
-# Converters (each returns None when the integer path does not apply)
-# ----------------------------------------------------------------------------------------
-
-def conv(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None):
-    data = _data(ctx, 0)
-    weight = _weight(ctx, 1, 0) if data is not None else None
-    if weight is None:
-        return None
-    from lepton_opt.targets.ops.nn import _window
-
-    xq, dtype, sx, zx = data
-    wq, sw = weight
     rank = len(shape_of(xq))
-    kernel = list(kernel_shape or wq.shape[2:])
-    strides, pads, dilations = _window(xq, kernel, strides, pads, dilations, auto_pad, "Conv with auto_pad")
-    channels = wq.shape[0]
-    scale = sx * sw
-    if rank != 4 or group != 1:
-        return _conv_int32(ctx, xq, zx, wq, scale, b, strides, pads, dilations, group)
+    kernel = list(attrs.get("kernel_shape") or (shape_of(wq) if isinstance(wq, relax.Expr) else wq.shape)[2:])
+    strides, pads, dilations = _window(xq, kernel, attrs.get("strides"), attrs.get("pads"), attrs.get("dilations"),
+                                       attrs.get("auto_pad", "NOTSET"), "Conv with auto_pad")
+    group = attrs.get("group", 1)
+    if rank != 4 or group != 1 or not isinstance(zx, int) or isinstance(wq, relax.Expr):
+        fn, layout, kernel_layout = _CONV[rank - 2]
+        w32 = wq if isinstance(wq, relax.Expr) else relax.const(wq.astype(np.int32))
+        return ctx.emit(fn(_minus_zero_point(ctx, xq, zx), w32, strides=strides,
+                           padding=pads, dilation=dilations, groups=group, data_layout=layout,
+                           kernel_layout=kernel_layout, out_dtype="int32"))
     x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
-    ci = int(shape_of(xq)[1])
+    ci, channels = int(shape_of(xq)[1]), wq.shape[0]
     nhwc = op.permute_dims(x_u8, [0, 2, 3, 1])
     padded = ctx.emit(op.nn.pad(nhwc, [0, 0, pads[0], pads[2], pads[1], pads[3], 0, int8.pad_to(ci, int8.GROUP) - ci],
                                 pad_value=float(z_u8)))
@@ -234,24 +236,32 @@ def conv(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kerne
     if int8.pad_to(channels, int8.LANES) != channels:
         acc = op.strided_slice(acc, axes=[3], begin=[0], end=[channels])
     correction = relax.const((z_u8 * wq.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32))
-    y = _epilogue(ctx, acc, correction, scale, _bias_vector(b, channels))
-    return op.permute_dims(y, [0, 3, 1, 2])
+    return ctx.emit(op.permute_dims(op.subtract(acc, correction), [0, 3, 1, 2]))
 
 
-def _conv_int32(ctx, xq, zx, wq, scale, b, strides, pads, dilations, group):
-    """Grouped and 1-D/3-D convolutions: int32 arithmetic on zero-point-corrected integers."""
-    from lepton_opt.targets.ops.nn import _CONV
-
-    rank = len(shape_of(xq))
-    fn, layout, kernel_layout = _CONV[rank - 2]
-    x32 = ctx.emit(op.subtract(op.astype(xq, "int32"), relax.const(zx, "int32")))
-    acc = ctx.emit(fn(x32, relax.const(wq.astype(np.int32)), strides=strides, padding=pads, dilation=dilations,
-                      groups=group, data_layout=layout, kernel_layout=kernel_layout, out_dtype="int32"))
-    shape = [1, -1] + [1] * (rank - 2)
+def _real(ctx, acc: relax.Expr, scale: np.ndarray, bias, channel_axis: int) -> relax.Expr:
+    """``float(acc) * scale (+ bias)``, ``scale`` per channel along ``channel_axis``."""
+    rank = len(shape_of(acc))
+    shape = [1] * rank
+    shape[channel_axis % rank] = -1
     y = op.multiply(op.astype(acc, "float32"), relax.const(scale.astype(np.float32).reshape(shape)))
-    if b is not None:
-        y = op.add(y, op.reshape(b, shape))
-    return y
+    if bias is not None:
+        y = op.add(y, op.reshape(bias, shape))
+    return ctx.emit(y)
+
+
+# ----------------------------------------------------------------------------------------
+# QDQ converters (each returns None when the integer path does not apply)
+# ----------------------------------------------------------------------------------------
+
+def conv(ctx, x, w, b=None, **attrs):
+    data = _data(ctx, 0)
+    weight = _weight(ctx, 1, 0) if data is not None else None
+    if weight is None:
+        return None
+    xq, dtype, sx, zx = data
+    wq, sw = weight
+    return _real(ctx, _conv_acc(ctx, xq, dtype, zx, wq, attrs), sx * sw, b, 1)
 
 
 def matmul(ctx, a, b):
@@ -261,7 +271,7 @@ def matmul(ctx, a, b):
         return None
     xq, dtype, sx, zx = data
     wq, sw = weight
-    return _dense_epilogue(ctx, xq, dtype, zx, wq.T, sx * sw, None)
+    return _real(ctx, _dense_acc(ctx, xq, dtype, zx, wq.T), sx * sw, None, -1)
 
 
 def gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
@@ -273,49 +283,116 @@ def gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcas
         return None
     xq, dtype, sx, zx = data
     wq, sw = weight
-    w_nk = wq if transB else wq.T
-    bias = None
+    acc = _dense_acc(ctx, xq, dtype, zx, wq if transB else wq.T)
+    y = _real(ctx, acc, alpha * sx * sw, None, -1)
     if c is not None and beta != 0.0:
-        bias = c if beta == 1.0 else op.multiply(c, relax.const(beta, "float32"))
-    return _dense_epilogue(ctx, xq, dtype, zx, w_nk, alpha * sx * sw, bias)
+        y = op.add(y, c if beta == 1.0 else op.multiply(c, relax.const(beta, "float32")))
+    return y
 
 
-def _dense_epilogue(ctx, xq, dtype, zx, w_nk, scale, bias):
-    x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
-    acc = _dense(ctx, x_u8, w_nk)
-    correction = relax.const((z_u8 * w_nk.astype(np.int64).sum(axis=1)).astype(np.int32))
-    return _epilogue(ctx, acc, correction, scale, bias)
+# ----------------------------------------------------------------------------------------
+# Integer-op converters: MatMulInteger, ConvInteger, QLinearMatMul, QLinearConv
+# ----------------------------------------------------------------------------------------
+
+def _zero_point(ctx, index: int, expr):
+    """A zero-point input: an int (or per-channel array) when constant, else the expression."""
+    if expr is None:
+        return 0
+    value = _const(ctx, ctx.node.inputs[index])
+    if value is None:
+        return ctx.emit(op.astype(expr, "int32"))
+    return int(value.reshape(-1)[0]) if value.size == 1 else value.astype(np.int32)
+
+
+def _scale(ctx, index: int, expr) -> relax.Expr:
+    value = _const(ctx, ctx.node.inputs[index])
+    return relax.const(value.astype(np.float32)) if value is not None else ctx.emit(op.astype(expr, "float32"))
+
+
+def _check_integer(x: relax.Expr, what: str) -> str:
+    dtype = str(x.ty.dtype)
+    if dtype not in ("int8", "uint8"):
+        raise LoweringError(f"{what} is {dtype}; int8 or uint8 expected")
+    return dtype
+
+
+def _int_weight(ctx, index: int, w_zp) -> np.ndarray | None:
+    """A constant weight minus its zero point, as int8 (None when not constant or out of range)."""
+    values = _const(ctx, ctx.node.inputs[index])
+    if values is None or not isinstance(w_zp, (int, np.ndarray)):
+        return None
+    zp = np.asarray(w_zp, np.int32)
+    if zp.ndim == 1 and values.ndim == 2:
+        zp = zp.reshape(1, -1)  # per column of a [K, N] matmul weight
+    elif zp.ndim == 1:
+        zp = zp.reshape([-1] + [1] * (values.ndim - 1))  # per output channel of a convolution
+    centered = values.astype(np.int32) - zp
+    if centered.min(initial=0) < -128 or centered.max(initial=0) > 127:
+        return None
+    return centered.astype(np.int8)
+
+
+def _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, weight: np.ndarray | None) -> relax.Expr:
+    if weight is not None and weight.ndim == 2:
+        return _dense_acc(ctx, a, dtype, a_zp, weight.T)
+    return ctx.emit(op.matmul(_minus_zero_point(ctx, a, a_zp), _minus_zero_point(ctx, b, b_zp), out_dtype="int32"))
 
 
 def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
-    """MatMulInteger with a constant int8 weight: the packed kernel, int32 out (exact)."""
-    wq = _const(ctx, ctx.node.inputs[1])
-    if wq is None or wq.ndim != 2 or a is None:
-        return None
-    b_zp = _const(ctx, ctx.node.inputs[3]) if b_zero_point is not None else np.zeros((), wq.dtype)
-    if b_zp is None:
-        return None
-    w = _Dequantized(ctx.node.inputs[1], str(wq.dtype), np.ones(1, np.float32), b_zp.astype(np.int32), 1)
-    w_int8 = _symmetric_int8(wq, w)
-    if w_int8 is None:
-        return None
-    a_dtype = str(a.ty.dtype)
-    if a_dtype not in ("int8", "uint8"):
-        raise LoweringError(f"MatMulInteger input A is {a_dtype}; int8 or uint8 expected")
-    a_zp = _const(ctx, ctx.node.inputs[2]) if a_zero_point is not None else np.zeros((), np.int32)
-    if a_zp is not None:
-        if a_zp.size != 1:
-            return None
-        zp = int(a_zp.reshape(-1)[0])
-    else:  # quantized at run time (DynamicQuantizeLinear): a scalar tensor
-        zp = op.astype(op.reshape(a_zero_point, []), "int32")
-    x_u8, z_u8 = _as_uint8(ctx, a, a_dtype, zp)
-    w_nk = w_int8.T
-    acc = _dense(ctx, x_u8, w_nk)
-    colsum = w_nk.astype(np.int64).sum(axis=1).astype(np.int32)
-    if isinstance(z_u8, int):
-        return op.subtract(acc, relax.const((z_u8 * colsum.astype(np.int64)).astype(np.int32)))
-    return op.subtract(acc, op.multiply(z_u8, relax.const(colsum)))
+    dtype = _check_integer(a, "MatMulInteger input A")
+    _check_integer(b, "MatMulInteger input B")
+    a_zp, b_zp = _zero_point(ctx, 2, a_zero_point), _zero_point(ctx, 3, b_zero_point)
+    if isinstance(a_zp, np.ndarray):
+        # Per-row zero points of A (allowed by the spec): subtract before the generic matmul.
+        a_zp = relax.const(a_zp.reshape(-1, 1))
+    return _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, _int_weight(ctx, 1, b_zp))
+
+
+def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    dtype = _check_integer(a, "QLinearMatMul input a")
+    _check_integer(b, "QLinearMatMul input b")
+    a_zp, b_zp = _zero_point(ctx, 2, a_zero_point), _zero_point(ctx, 5, b_zero_point)
+    acc = _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, _int_weight(ctx, 3, b_zp))
+    real = op.multiply(op.astype(acc, "float32"), op.multiply(_scale(ctx, 1, a_scale), _scale(ctx, 4, b_scale)))
+    return _requantize(ctx, real, 6, y_scale, y_zero_point)
+
+
+def _requantize(ctx, real: relax.Expr, index: int, y_scale, y_zero_point) -> relax.Expr:
+    out_dtype = str(y_zero_point.ty.dtype) if y_zero_point is not None else "uint8"
+    zp = y_zero_point if y_zero_point is not None else relax.const(0, out_dtype)
+    return op.quantize(ctx.emit(real), _scale(ctx, index, y_scale), zp, axis=-1, out_dtype=out_dtype)
+
+
+def _conv_operand(ctx, index: int, w, w_zp):
+    """A convolution weight: centered int8 values when constant, else the run-time tensor
+    minus its zero point (int32, for the generic convolution)."""
+    weight = _int_weight(ctx, index, w_zp)
+    if weight is not None:
+        return weight
+    per_channel = [-1] + [1] * (len(shape_of(w)) - 1)  # a zero point per output channel
+    if isinstance(w_zp, np.ndarray):
+        w_zp = w_zp.reshape(per_channel)
+    elif isinstance(w_zp, relax.Expr) and len(shape_of(w_zp)) == 1:
+        w_zp = op.reshape(w_zp, per_channel)
+    return _minus_zero_point(ctx, w, w_zp)
+
+
+def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None, **attrs):
+    dtype = _check_integer(x, "ConvInteger input x")
+    x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 3, w_zero_point)
+    return _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 1, w, w_zp), attrs)
+
+
+def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, **attrs):
+    dtype = _check_integer(x, "QLinearConv input x")
+    x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 5, w_zero_point)
+    acc = _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 3, w, w_zp), attrs)
+    shape = [1, -1] + [1] * (len(shape_of(acc)) - 2)
+    if B is not None:
+        acc = ctx.emit(op.add(acc, op.reshape(B, shape)))
+    scale = ctx.emit(op.multiply(_scale(ctx, 1, x_scale), op.reshape(_scale(ctx, 4, w_scale), [-1])))
+    real = op.multiply(op.astype(acc, "float32"), op.reshape(scale, shape))
+    return _requantize(ctx, real, 6, y_scale, y_zero_point)
 
 
 def integer_first(float_converter, integer_converter):
@@ -326,3 +403,7 @@ def integer_first(float_converter, integer_converter):
         return float_converter(ctx, *inputs, **attrs) if result is None else result
 
     return convert
+
+
+CONVERTERS = {"MatMulInteger": matmul_integer, "ConvInteger": conv_integer,
+              "QLinearMatMul": qlinear_matmul, "QLinearConv": qlinear_conv}
