@@ -120,21 +120,26 @@ def pack_conv(w_oihw: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 def dense_compute(x: te.Tensor, w: te.Tensor) -> te.Tensor:
-    """``x`` uint8 ``[M, Kp]``, ``w`` packed int8 ``[No, Kp/4, 16, 4]`` -> int32 ``[M, No, 16]``."""
+    """``x`` uint8 ``[M, Kp]``, ``w`` packed int8 ``[Np/16, Kp/4, 16, 4]`` -> int32 ``[M, Np]``.
+
+    The output is 2-D (not ``[M, Np/16, 16]`` reshaped after) so that the elementwise
+    epilogue that follows fuses into the kernel: TVM fuses a reduction only with elementwise
+    and broadcast consumers.
+    """
     _, kp = x.shape
     ko = te.reduce_axis((0, kp // GROUP), "ko")
     ki = te.reduce_axis((0, GROUP), "ki")
     return te.compute(
-        (x.shape[0], w.shape[0], LANES),
-        lambda m, no, ni: te.sum(
-            x[m, ko * GROUP + ki].astype("int32") * w[no, ko, ni, ki].astype("int32"), axis=[ko, ki]
+        (x.shape[0], w.shape[0] * LANES),
+        lambda m, n: te.sum(
+            x[m, ko * GROUP + ki].astype("int32") * w[n // LANES, ko, n % LANES, ki].astype("int32"), axis=[ko, ki]
         ),
         name=BLOCK_PREFIX + "dense",
     )
 
 
 def conv_compute(x: te.Tensor, w: te.Tensor, strides, dilations) -> te.Tensor:
-    """``x`` uint8 NHWC (already padded), ``w`` packed -> int32 ``[N, OH, OW, CO/16, 16]``."""
+    """``x`` uint8 NHWC (already padded), ``w`` packed -> int32 NHWC ``[N, OH, OW, COp]``."""
     n, hp, wp, _ = (int(d) for d in x.shape)
     cob, kh_, kw_, cib, _, _ = (int(d) for d in w.shape)
     sh, sw = strides
@@ -146,10 +151,10 @@ def conv_compute(x: te.Tensor, w: te.Tensor, strides, dilations) -> te.Tensor:
     cio = te.reduce_axis((0, cib), "cio")
     cii = te.reduce_axis((0, GROUP), "cii")
     return te.compute(
-        (n, oh, ow, cob, LANES),
-        lambda b, y, xx, co, cl: te.sum(
+        (n, oh, ow, cob * LANES),
+        lambda b, y, xx, co: te.sum(
             x[b, y * sh + kh * dh, xx * sw + kw * dw, cio * GROUP + cii].astype("int32")
-            * w[co, kh, kw, cio, cl, cii].astype("int32"),
+            * w[co // LANES, kh, kw, cio, co % LANES, cii].astype("int32"),
             axis=[kh, kw, cio, cii],
         ),
         name=BLOCK_PREFIX + "conv",
@@ -202,15 +207,15 @@ def schedule_int8(func: tirx.PrimFunc, target: tvm.target.Target, inline_injecti
     idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
     producers, epilogue = blocks[:idx], blocks[idx + 1:]
     loops = sch.get_loops(main)
-    # Spatial (..., row, co_block, 16) then reduction (..., group, 4), as the computes define them.
+    # Spatial (..., row, channel) then reduction (..., group, 4), as the computes define them.
     n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
     spatial, red = loops[:-n_red], loops[-n_red:]
-    *outer, row, cob, lane = spatial
-    rows, cobs = int(sch.get(row).extent), int(sch.get(cob).extent)
+    *outer, row, channel = spatial
+    rows, cobs = int(sch.get(row).extent), int(sch.get(channel).extent) // LANES
     r, u = _tile(rows, cobs)
     wb = sch.cache_write(main, 0, "local")
     ro, ri = sch.split(row, factors=[None, r])
-    co_o, co_i = sch.split(cob, factors=[None, u])
+    co_o, co_i, lane = sch.split(channel, factors=[None, u, LANES])
     sch.reorder(*outer, ro, co_o, *red[:-1], ri, co_i, lane, red[-1])
     tile = sch.fuse(*outer, ro, co_o)
     sch.parallel(tile)

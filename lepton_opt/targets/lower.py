@@ -339,6 +339,8 @@ class Lowerer:
     def lower_node(self, node: ir.Node) -> None:
         from lepton_opt.targets.ops.shape_eval import evaluate_known
 
+        if node.outputs and all(v in self.exprs for v in node.outputs):
+            return  # computed by its producer's converter (a requantization fused into a kernel)
         known_inputs = [None if v is None else self.known.get(v) for v in node.inputs]
         folded = evaluate_known(node, known_inputs, self)
         if folded is not None:

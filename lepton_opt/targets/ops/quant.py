@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -181,7 +182,26 @@ def _minus_zero_point(ctx, x: relax.Expr, zero_point) -> relax.Expr:
 # Exact int32 accumulators: sum (x - zx) * w
 # ----------------------------------------------------------------------------------------
 
-def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> relax.Expr:
+@dataclasses.dataclass
+class _Acc:
+    """An exact int32 accumulator in the kernel's layout.
+
+    ``restore`` maps a tensor of that layout to the ONNX layout (NHWC -> NCHW for convolutions,
+    rows -> the leading dims for matmuls). Elementwise work done before ``restore`` (the
+    rescaling, the bias, a following QuantizeLinear) fuses into the kernel: TVM fuses a
+    reduction only with elementwise and broadcast consumers, not across a transpose/reshape.
+    """
+
+    expr: relax.Expr
+    channel_axis: int
+    restore: Callable[[relax.Expr], relax.Expr] | None = None
+
+    def onnx(self, ctx, expr: relax.Expr | None = None) -> relax.Expr:
+        expr = self.expr if expr is None else expr
+        return ctx.emit(self.restore(expr)) if self.restore is not None else expr
+
+
+def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> _Acc:
     """``(x - zx) @ w_nk^T`` in int32 for uint8/int8 ``x [..., K]`` and a constant int8 ``w_nk``
     (the packed dot-product kernel; ``zx`` an int or a run-time scalar)."""
     x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
@@ -193,23 +213,26 @@ def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> relax.E
         rows = ctx.emit(op.nn.pad(rows, [0, 0, 0, kp - k]))
     packed = relax.const(int8.pack_dense(w_nk))
     acc = ctx.bb.emit_te(int8.dense_compute, rows, packed, primfunc_name_hint="int8_dense")
-    acc = op.reshape(acc, [-1, int8.pad_to(n, int8.LANES)])
-    if int8.pad_to(n, int8.LANES) != n:
-        acc = op.strided_slice(acc, axes=[1], begin=[0], end=[n])
-    acc = ctx.emit(op.reshape(acc, [*dims[:-1], n]))
-    colsum = w_nk.astype(np.int64).sum(axis=1)
+    colsum = np.zeros(int8.pad_to(n, int8.LANES), np.int64)
+    colsum[:n] = w_nk.astype(np.int64).sum(axis=1)
     if isinstance(z_u8, int):
-        return ctx.emit(op.subtract(acc, relax.const((z_u8 * colsum).astype(np.int32))))
-    return ctx.emit(op.subtract(acc, op.multiply(z_u8, relax.const(colsum.astype(np.int32)))))
+        acc = op.subtract(acc, relax.const((z_u8 * colsum).astype(np.int32)))
+    else:
+        acc = op.subtract(acc, op.multiply(z_u8, relax.const(colsum.astype(np.int32))))
+    acc = ctx.emit(acc)
+    if int8.pad_to(n, int8.LANES) != n:
+        acc = ctx.emit(op.strided_slice(acc, axes=[1], begin=[0], end=[n]))
+    restore = None if len(dims) == 2 else (lambda e: op.reshape(e, [*dims[:-1], n]))
+    return _Acc(acc, -1, restore)
 
 
-def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> relax.Expr:
-    """The int32 convolution of ``x - zx`` with the weight ``wq`` (OIHW), NCHW out.
+def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> _Acc:
+    """The int32 convolution of ``x - zx`` with the weight ``wq`` (OIHW).
 
     ``wq`` is a constant int8 array or a run-time int32 tensor. 2-D, ungrouped, with constant
     weight and zero point: the packed NHWC dot-product kernel, padded with the zero point.
     Otherwise (grouped, 1-D/3-D, run-time values): TVM's convolution in int32 on
-    zero-point-corrected integers.
+    zero-point-corrected integers, NCHW.
     """
     from lepton_opt.targets.ops.nn import _CONV, _window
 
@@ -221,9 +244,9 @@ def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> relax.Exp
     if rank != 4 or group != 1 or not isinstance(zx, int) or isinstance(wq, relax.Expr):
         fn, layout, kernel_layout = _CONV[rank - 2]
         w32 = wq if isinstance(wq, relax.Expr) else relax.const(wq.astype(np.int32))
-        return ctx.emit(fn(_minus_zero_point(ctx, xq, zx), w32, strides=strides,
-                           padding=pads, dilation=dilations, groups=group, data_layout=layout,
-                           kernel_layout=kernel_layout, out_dtype="int32"))
+        return _Acc(ctx.emit(fn(_minus_zero_point(ctx, xq, zx), w32, strides=strides,
+                                padding=pads, dilation=dilations, groups=group, data_layout=layout,
+                                kernel_layout=kernel_layout, out_dtype="int32")), 1)
     x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
     ci, channels = int(shape_of(xq)[1]), wq.shape[0]
     nhwc = op.permute_dims(x_u8, [0, 2, 3, 1])
@@ -231,23 +254,59 @@ def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> relax.Exp
                                 pad_value=float(z_u8)))
     acc = ctx.bb.emit_te(int8.conv_compute, padded, relax.const(int8.pack_conv(wq)), strides, dilations,
                          primfunc_name_hint="int8_conv")
-    n_, oh, ow = (int(d) for d in shape_of(acc)[:3])
-    acc = op.reshape(acc, [n_, oh, ow, int8.pad_to(channels, int8.LANES)])
+    correction = np.zeros(int8.pad_to(channels, int8.LANES), np.int64)
+    correction[:channels] = z_u8 * wq.astype(np.int64).sum(axis=(1, 2, 3))
+    acc = ctx.emit(op.subtract(acc, relax.const(correction.astype(np.int32))))
     if int8.pad_to(channels, int8.LANES) != channels:
-        acc = op.strided_slice(acc, axes=[3], begin=[0], end=[channels])
-    correction = relax.const((z_u8 * wq.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32))
-    return ctx.emit(op.permute_dims(op.subtract(acc, correction), [0, 3, 1, 2]))
+        acc = ctx.emit(op.strided_slice(acc, axes=[3], begin=[0], end=[channels]))
+    return _Acc(acc, -1, lambda e: op.permute_dims(e, [0, 3, 1, 2]))
 
 
-def _real(ctx, acc: relax.Expr, scale: np.ndarray, bias, channel_axis: int) -> relax.Expr:
-    """``float(acc) * scale (+ bias)``, ``scale`` per channel along ``channel_axis``."""
-    rank = len(shape_of(acc))
+def _real(ctx, acc: _Acc, scale: np.ndarray, bias) -> relax.Expr:
+    """``float(acc) * scale (+ bias)`` in the kernel's layout, per channel."""
+    rank = len(shape_of(acc.expr))
     shape = [1] * rank
-    shape[channel_axis % rank] = -1
-    y = op.multiply(op.astype(acc, "float32"), relax.const(scale.astype(np.float32).reshape(shape)))
+    shape[acc.channel_axis % rank] = -1
+    y = op.multiply(op.astype(acc.expr, "float32"), relax.const(scale.astype(np.float32).reshape(shape)))
     if bias is not None:
         y = op.add(y, op.reshape(bias, shape))
     return ctx.emit(y)
+
+
+def _quantize_consumer(ctx) -> ir.Node | None:
+    """The QuantizeLinear that alone reads this node's output, with constant per-tensor
+    parameters (its result can be computed here, in the kernel's layout)."""
+    out = ctx.node.outputs[0]
+    uses = list(out.uses())
+    if len(uses) != 1 or out.is_graph_output():
+        return None
+    node, index = uses[0]
+    if node.op_type != "QuantizeLinear" or node.domain not in ("", "ai.onnx") or index != 0:
+        return None
+    if node.attributes.get_int("block_size", 0) or node.outputs[0].name == "":
+        return None
+    scale = _const(ctx, node.inputs[1])
+    zp = _const(ctx, node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if scale is None or scale.size != 1 or (zp is not None and (zp.size != 1 or zp.dtype not in (np.int8, np.uint8))):
+        return None
+    if zp is None and node.attributes.get_int("output_dtype", 0) not in (0, ir.DataType.UINT8.value):
+        return None
+    return node
+
+
+def _finish(ctx, acc: _Acc, scale: np.ndarray, bias=None) -> relax.Expr:
+    """The float result in the ONNX layout; a QuantizeLinear reading it alone is computed too,
+    before the layout is restored, so the kernel writes the quantized tensor."""
+    real = _real(ctx, acc, scale, bias)
+    q = _quantize_consumer(ctx) if acc.restore is not None else None
+    if q is not None:
+        zp = _const(ctx, q.inputs[2]) if len(q.inputs) > 2 and q.inputs[2] is not None else np.zeros((), np.uint8)
+        scale_q = _const(ctx, q.inputs[1]).astype(np.float32).reshape(())
+        quantized = ctx.emit(op.quantize(real, relax.const(scale_q), relax.const(zp.reshape(())), axis=-1,
+                                         out_dtype=str(zp.dtype)))
+        value = q.outputs[0]
+        ctx.lowerer.exprs[value] = ctx.emit(acc.restore(quantized), ctx.lowerer.unique_name(value.name, "v"))
+    return acc.onnx(ctx, real)
 
 
 # ----------------------------------------------------------------------------------------
@@ -261,7 +320,7 @@ def conv(ctx, x, w, b=None, **attrs):
         return None
     xq, dtype, sx, zx = data
     wq, sw = weight
-    return _real(ctx, _conv_acc(ctx, xq, dtype, zx, wq, attrs), sx * sw, b, 1)
+    return _finish(ctx, _conv_acc(ctx, xq, dtype, zx, wq, attrs), sx * sw, b)
 
 
 def matmul(ctx, a, b):
@@ -271,7 +330,7 @@ def matmul(ctx, a, b):
         return None
     xq, dtype, sx, zx = data
     wq, sw = weight
-    return _real(ctx, _dense_acc(ctx, xq, dtype, zx, wq.T), sx * sw, None, -1)
+    return _finish(ctx, _dense_acc(ctx, xq, dtype, zx, wq.T), sx * sw)
 
 
 def gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
@@ -284,7 +343,7 @@ def gemm(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcas
     xq, dtype, sx, zx = data
     wq, sw = weight
     acc = _dense_acc(ctx, xq, dtype, zx, wq if transB else wq.T)
-    y = _real(ctx, acc, alpha * sx * sw, None, -1)
+    y = _real(ctx, acc, alpha * sx * sw, None)
     if c is not None and beta != 0.0:
         y = op.add(y, c if beta == 1.0 else op.multiply(c, relax.const(beta, "float32")))
     return y
@@ -334,7 +393,8 @@ def _int_weight(ctx, index: int, w_zp) -> np.ndarray | None:
 
 def _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, weight: np.ndarray | None) -> relax.Expr:
     if weight is not None and weight.ndim == 2:
-        return _dense_acc(ctx, a, dtype, a_zp, weight.T)
+        acc = _dense_acc(ctx, a, dtype, a_zp, weight.T)
+        return acc.onnx(ctx)
     return ctx.emit(op.matmul(_minus_zero_point(ctx, a, a_zp), _minus_zero_point(ctx, b, b_zp), out_dtype="int32"))
 
 
@@ -380,13 +440,13 @@ def _conv_operand(ctx, index: int, w, w_zp):
 def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None, **attrs):
     dtype = _check_integer(x, "ConvInteger input x")
     x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 3, w_zero_point)
-    return _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 1, w, w_zp), attrs)
+    return _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 1, w, w_zp), attrs).onnx(ctx)
 
 
 def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, **attrs):
     dtype = _check_integer(x, "QLinearConv input x")
     x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 5, w_zero_point)
-    acc = _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 3, w, w_zp), attrs)
+    acc = _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 3, w, w_zp), attrs).onnx(ctx)
     shape = [1, -1] + [1] * (len(shape_of(acc)) - 2)
     if B is not None:
         acc = ctx.emit(op.add(acc, op.reshape(B, shape)))
