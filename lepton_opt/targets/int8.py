@@ -120,19 +120,21 @@ def pack_conv(w_oihw: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 
 def dense_compute(x: te.Tensor, w: te.Tensor) -> te.Tensor:
-    """``x`` uint8 ``[M, Kp]``, ``w`` packed int8 ``[Np/16, Kp/4, 16, 4]`` -> int32 ``[M, Np]``.
+    """``x`` uint8 ``[..., M, Kp]``, ``w`` packed int8 ``[Np/16, Kp/4, 16, 4]`` -> int32
+    ``[..., M, Np]``.
 
-    The output is 2-D (not ``[M, Np/16, 16]`` reshaped after) so that the elementwise
-    epilogue that follows fuses into the kernel: TVM fuses a reduction only with elementwise
-    and broadcast consumers.
+    The output keeps the leading dims (a dynamic batch stays an outer loop; the rows stay
+    static) and is not reshaped after, so that the elementwise epilogue that follows fuses
+    into the kernel: TVM fuses a reduction only with elementwise and broadcast consumers.
     """
-    _, kp = x.shape
+    kp = x.shape[-1]
     ko = te.reduce_axis((0, kp // GROUP), "ko")
     ki = te.reduce_axis((0, GROUP), "ki")
     return te.compute(
-        (x.shape[0], w.shape[0] * LANES),
-        lambda m, n: te.sum(
-            x[m, ko * GROUP + ki].astype("int32") * w[n // LANES, ko, n % LANES, ki].astype("int32"), axis=[ko, ki]
+        (*x.shape[:-1], w.shape[0] * LANES),
+        lambda *i: te.sum(
+            x[(*i[:-1], ko * GROUP + ki)].astype("int32") * w[i[-1] // LANES, ko, i[-1] % LANES, ki].astype("int32"),
+            axis=[ko, ki],
         ),
         name=BLOCK_PREFIX + "dense",
     )
@@ -140,7 +142,8 @@ def dense_compute(x: te.Tensor, w: te.Tensor) -> te.Tensor:
 
 def conv_compute(x: te.Tensor, w: te.Tensor, strides, dilations) -> te.Tensor:
     """``x`` uint8 NHWC (already padded), ``w`` packed -> int32 NHWC ``[N, OH, OW, COp]``."""
-    n, hp, wp, _ = (int(d) for d in x.shape)
+    n = x.shape[0]  # may be symbolic (a dynamic batch)
+    hp, wp = int(x.shape[1]), int(x.shape[2])
     cob, kh_, kw_, cib, _, _ = (int(d) for d in w.shape)
     sh, sw = strides
     dh, dw = dilations
@@ -211,8 +214,10 @@ def schedule_int8(func: tirx.PrimFunc, target: tvm.target.Target, inline_injecti
     n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
     spatial, red = loops[:-n_red], loops[-n_red:]
     *outer, row, channel = spatial
-    rows, cobs = int(sch.get(row).extent), int(sch.get(channel).extent) // LANES
-    r, u = _tile(rows, cobs)
+    rows = sch.get(row).extent
+    # A dynamic row count (the batch of a 2-D matmul) gets one row per micro-kernel.
+    rows = int(rows) if isinstance(rows, tirx.IntImm) else 1
+    r, u = _tile(rows, int(sch.get(channel).extent) // LANES)
     wb = sch.cache_write(main, 0, "local")
     ro, ri = sch.split(row, factors=[None, r])
     co_o, co_i, lane = sch.split(channel, factors=[None, u, LANES])

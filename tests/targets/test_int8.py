@@ -239,3 +239,31 @@ def test_ort_qoperator_format_qlinearconv_runs_on_int8_kernels(tmp_path):
         cos = float(np.dot(got.ravel(), expected.ravel()) / np.linalg.norm(got) / np.linalg.norm(expected))
         assert cos > 0.9999, cos
     assert _calls(_lowered_text(qop), "int8_conv") == 6
+
+
+@pytest.mark.parametrize("batch", [1, "N"])
+def test_every_integer_kernel_takes_the_int8_schedule(tmp_path, batch):
+    """Static and dynamic batch: each int8 kernel is register-tiled (and uses VNNI where the
+    host has it) with its requantization fused in, never left to the generic fallback."""
+    from lepton_opt.targets import cpu_schedule
+
+    qdq = _ort_static(resnet_cnn(batch=batch), tmp_path)
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule._pre_schedule_passes(target))(
+            lower_model(lepton_opt.load(qdq)).mod)
+    kernels = {gv.name_hint: func for gv, func in mod.functions_items()
+               if isinstance(func, tvm.tirx.PrimFunc) and "int8_" in gv.name_hint}
+    assert len(kernels) >= 5
+    for name, func in kernels.items():
+        scheduled, rule = cpu_schedule.schedule_prim_func(func, target)
+        assert rule == "int8", name
+        if "int8_conv" in name:
+            assert "quantize" in name, name  # the requantization is fused into the kernel
+        if int8.has_vnni(target):
+            assert "vpdpbusd" in scheduled.script(), name
+    if batch == "N":
+        compiled = lepton_opt.compile(qdq)
+        feeds = random_inputs(qdq, seed=0, shapes={"N": 3})
+        ref = ort_run(qdq, feeds)["logits"]
+        assert np.abs(compiled.run(feeds)["logits"] - ref).max() <= _output_step(qdq, "logits") + 1e-6

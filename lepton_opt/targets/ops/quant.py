@@ -138,9 +138,10 @@ def _per_channel(param: np.ndarray, w: _Dequantized, rank: int, channel_axis: in
 
 
 def _data(ctx, index: int):
-    """The data input as (integer expr, dtype, scale, zero point) if quantized per tensor."""
+    """The data input as (integer expr, dtype, scale, zero point) if quantized per tensor
+    (and at least 2-D)."""
     x = _dequantized(ctx, index)
-    if x is None or x.scale.size != 1 or x.zero_point.size != 1:
+    if x is None or x.scale.size != 1 or x.zero_point.size != 1 or len(shape_of(ctx.lowerer.expr(x.value))) < 2:
         return None
     return ctx.lowerer.expr(x.value), x.dtype, float(x.scale.reshape(-1)[0]), int(x.zero_point.reshape(-1)[0])
 
@@ -186,8 +187,8 @@ def _minus_zero_point(ctx, x: relax.Expr, zero_point) -> relax.Expr:
 class _Acc:
     """An exact int32 accumulator in the kernel's layout.
 
-    ``restore`` maps a tensor of that layout to the ONNX layout (NHWC -> NCHW for convolutions,
-    rows -> the leading dims for matmuls). Elementwise work done before ``restore`` (the
+    ``restore`` maps a tensor of that layout to the ONNX layout (NHWC -> NCHW for the packed
+    convolution; matmuls need none). Elementwise work done before ``restore`` (the
     rescaling, the bias, a following QuantizeLinear) fuses into the kernel: TVM fuses a
     reduction only with elementwise and broadcast consumers, not across a transpose/reshape.
     """
@@ -207,12 +208,11 @@ def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> _Acc:
     x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
     dims = shape_of(x_u8)
     k, n = int(dims[-1]), w_nk.shape[0]
-    rows = ctx.emit(op.reshape(x_u8, [-1, k]))
     kp = int8.pad_to(k, int8.GROUP)
     if kp != k:  # the padded weight is 0 there: any value will do
-        rows = ctx.emit(op.nn.pad(rows, [0, 0, 0, kp - k]))
+        x_u8 = ctx.emit(op.nn.pad(x_u8, [0, 0] * (len(dims) - 1) + [0, kp - k]))
     packed = relax.const(int8.pack_dense(w_nk))
-    acc = ctx.bb.emit_te(int8.dense_compute, rows, packed, primfunc_name_hint="int8_dense")
+    acc = ctx.bb.emit_te(int8.dense_compute, x_u8, packed, primfunc_name_hint="int8_dense")
     colsum = np.zeros(int8.pad_to(n, int8.LANES), np.int64)
     colsum[:n] = w_nk.astype(np.int64).sum(axis=1)
     if isinstance(z_u8, int):
@@ -221,9 +221,8 @@ def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> _Acc:
         acc = op.subtract(acc, op.multiply(z_u8, relax.const(colsum.astype(np.int32))))
     acc = ctx.emit(acc)
     if int8.pad_to(n, int8.LANES) != n:
-        acc = ctx.emit(op.strided_slice(acc, axes=[1], begin=[0], end=[n]))
-    restore = None if len(dims) == 2 else (lambda e: op.reshape(e, [*dims[:-1], n]))
-    return _Acc(acc, -1, restore)
+        acc = ctx.emit(op.strided_slice(acc, axes=[len(dims) - 1], begin=[0], end=[n]))
+    return _Acc(acc, -1)
 
 
 def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> _Acc:
