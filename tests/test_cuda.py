@@ -77,3 +77,19 @@ def test_fp16_builds_cross_compile_with_tensor_core_matmuls(arch):
     assert compiled.manifest["precision"]["precision"] == "fp16"
     cnn = lepton_opt.compile(resnet_cnn(batch=1), target="cuda", cuda_arch=arch, precision="fp16")
     assert "half" in cnn.device_source() and "cuda" in cnn.imported_module_kinds()
+
+
+def test_int8_qdq_cnn_cross_compiles_to_integer_kernels(tmp_path):
+    """The integer kernels build for CUDA too (dlight's fallback schedule): they read uint8 data
+    and int8 weights and write the requantized uint8 tensor. No tensor-core (dp4a/IMMA) schedule
+    yet; numerics are covered by the CPU tests."""
+    import re
+
+    from tests.targets.test_int8 import _ort_static
+
+    compiled = lepton_opt.compile(_ort_static(resnet_cnn(batch=1), tmp_path), target="cuda", cuda_arch="sm_80")
+    source = compiled.device_source()
+    kernels = re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(fused_int8_conv\w*)\((.*?)\)", source)
+    assert len({name for name, _ in kernels}) == 6
+    for name, params in kernels:
+        assert "quantize" in name and "uchar*" in params and "signed char*" in params, (name, params)
