@@ -27,11 +27,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("resnet50", "mobilenet_v2", "bert_base", "vit_small", "yolo_style", "digits_cnn")
-VARIANTS = "ort,ort-opt,fp32,fp32-O0,pruned,ort-pruned,fp16,bf16,ort-fp16,int8"
+VARIANTS = "ort,ort-opt,fp32,fp32-O0,pruned,ort-pruned,fp16,bf16,ort-fp16,int8,ort-int8"
 README = HERE / "README.md"
 BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 PRECISION_BEGIN, PRECISION_END = "<!-- precision:begin -->", "<!-- precision:end -->"
+INT8_BEGIN, INT8_END = "<!-- int8:begin -->", "<!-- int8:end -->"
 ACCURACY_SAMPLES = 4
+CALIBRATION_SAMPLES = 16  # int8 calibration inputs, seeded apart from the accuracy inputs
 
 
 def _parse(argv):
@@ -56,7 +58,7 @@ def _prepare(name: str, model_dir: Path, fresh: bool) -> dict:
         if fresh or not path.exists():
             digits.train_and_export(model_dir)
         return {"model": path, "data": model_dir / "digits_test.npz", "labels": model_dir / "digits_test_labels.npy",
-                "batches": [1, 64]}
+                "calibration": model_dir / "digits_val.npz", "batches": [1, 64]}
     import models as bench_models
 
     path = model_dir / f"{name}.onnx"
@@ -65,9 +67,13 @@ def _prepare(name: str, model_dir: Path, fresh: bool) -> dict:
         bench_models.export(name, path)
     # Realistic inputs (token ids over the vocabulary, padding masks), one sample per seed.
     spec = bench_models.MODELS[name]
-    samples = [bench_models.example_inputs(name, 1, seed=s) for s in range(ACCURACY_SAMPLES)]
-    data = {n: np.concatenate([s[i].numpy() for s in samples]) for i, n in enumerate(spec.input_names)}
-    return {"model": path, "data": data}
+
+    def inputs(seeds):
+        samples = [bench_models.example_inputs(name, 1, seed=s) for s in seeds]
+        return {n: np.concatenate([s[i].numpy() for s in samples]) for i, n in enumerate(spec.input_names)}
+
+    return {"model": path, "data": inputs(range(ACCURACY_SAMPLES)),
+            "calibration": inputs(range(1000, 1000 + CALIBRATION_SAMPLES))}
 
 
 def readme_table(results) -> str:
@@ -124,6 +130,36 @@ def precision_table(results) -> str | None:
     return "\n".join(lines + ["", PRECISION_END])
 
 
+def int8_table(results) -> str | None:
+    """The int8 variants against onnxruntime fp32 and the fp32 build, paired in the same run."""
+    if not any(_measured(r, {"int8"}) for r in results):
+        return None
+
+    def ratio(r, name, base):
+        value = r.speedup(name, baseline=base) if _measured(r, {name, base}) else None
+        return "–" if value is None else f"{value:.2f}x"
+
+    def accuracy(r, name, what):
+        acc = r.variant(name).accuracy if _measured(r, {name}) else None
+        value = getattr(acc, what, None) if acc else None
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f}%" if what == "task_accuracy" else f"{value:.6f}"
+
+    rows = [[r.name, ratio(r, "int8", "ort"), ratio(r, "int8", "fp32"), ratio(r, "ort-int8", "ort"),
+             ratio(r, "int8", "ort-int8"), accuracy(r, "int8", "cosine"), accuracy(r, "ort-int8", "cosine"),
+             accuracy(r, "fp32", "task_accuracy"), accuracy(r, "int8", "task_accuracy")] for r in results]
+    columns = ["model", "int8 vs ort fp32", "int8 vs fp32 build", "ort-int8 vs ort fp32", "int8 vs ort-int8",
+               "int8 cosine", "ort-int8 cosine", "fp32 task acc", "int8 task acc"]
+    lines = [INT8_BEGIN, "", "Speed ratios above 1: the first variant ran faster, paired by round in the suite run "
+             "above. int8 = static QDQ quantization (per-channel int8 weights, uint8 activations, minmax), "
+             f"calibrated on {CALIBRATION_SAMPLES} inputs seeded apart from the accuracy inputs (digits: the "
+             "validation split). Cosine: against onnxruntime fp32 outputs.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines + ["", INT8_END])
+
+
 def _replace(text: str, begin: str, end: str, block: str, heading: str) -> str:
     if begin in text and end in text:
         return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
@@ -135,6 +171,9 @@ def update_readme(results, path: Path = README) -> None:
     precision = precision_table(results)
     if precision:
         text = _replace(text, PRECISION_BEGIN, PRECISION_END, precision, "Mixed precision (fp16, bf16)")
+    int8 = int8_table(results)
+    if int8:
+        text = _replace(text, INT8_BEGIN, INT8_END, int8, "Int8")
     path.write_text(text)
 
 

@@ -14,6 +14,9 @@ Public API::
     pruned = lepton_opt.prune("model.onnx", "channel", 0.3)   # also "magnitude", "2:4", budgets
     onnx.save(pruned.model, "model.pruned.onnx")
 
+    q = lepton_opt.quantize("model.onnx", data="calib.npz")   # int8 QDQ (also "dynamic", "weight-only")
+    cm = lepton_opt.compile(q.model)     # integer kernels (VNNI on x86 where present)
+
     bench = lepton_opt.benchmark("model.onnx", variants="ort,fp32", report_dir="report")
     bench.speedup("fp32")                # onnxruntime median / lepton-opt median, same run
 """
@@ -31,9 +34,10 @@ from lepton_opt.api import (  # noqa: A004
     load_compiled,
     optimize,
     prune,
+    quantize,
     verify,
 )
 from lepton_opt.errors import LeptonError
 
 __all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load", "load_compiled",
-           "optimize", "prune", "verify"]
+           "optimize", "prune", "quantize", "verify"]

@@ -71,6 +71,9 @@ def optimize(
     ``precision_options`` are those of :func:`lepton_opt.passes.precision.convert_precision`
     (keep_io_types, op_block_list, node_block_list, max_error, min_cosine, data, samples).
     """
+    if precision == "int8":
+        raise LeptonError("int8 is a quantization, not a mixed precision: use lepton_opt.quantize "
+                          "(lepton-opt quantize), or compile(..., precision='int8')")
     _check_precision_options(precision, precision_options)
     names = pipeline_names(level, passes)
     loaded = load_model(model, input_shapes)
@@ -88,24 +91,39 @@ def optimize(
                           result.converged, ops_before, dict(op_histogram(final)), as_ir, converted)
 
 
+def _precision_function(precision: str | None):
+    """The function behind ``precision``: the mixed-precision conversion or int8 quantization."""
+    if precision == "int8":
+        from lepton_opt.passes.quantize import quantize as run_quantize
+
+        return run_quantize
+    from lepton_opt.passes.precision import convert_precision
+
+    return convert_precision
+
+
 def _check_precision_options(precision: str | None, options: Mapping[str, Any]) -> None:
     import inspect
 
-    from lepton_opt.passes.precision import convert_precision
-
-    allowed = set(inspect.signature(convert_precision).parameters) - {"model", "precision", "input_shapes", "seed"}
+    function = _precision_function(precision)
+    allowed = set(inspect.signature(function).parameters) - {"model", "precision", "input_shapes", "seed", "progress",
+                                                             "source"}
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; precision options are "
-                        f"{', '.join(sorted(allowed))}")
+        raise TypeError(f"unexpected keyword argument(s) {', '.join(unknown)}; {precision or 'precision'} options "
+                        f"are {', '.join(sorted(allowed))}")
     if options and precision is None:
-        raise LeptonError(f"{', '.join(sorted(options))} apply to a precision conversion: give precision='fp16' or 'bf16'")
+        raise LeptonError(f"{', '.join(sorted(options))} apply to a precision conversion: "
+                          "give precision='fp16', 'bf16' or 'int8'")
 
 
 def _convert_precision(model: ir.Model, precision: str, **options):
-    from lepton_opt.passes.precision import convert_precision
-
-    return convert_precision(model, precision, **options)
+    """Mixed precision (a PrecisionResult) or int8 quantization (a QuantizeResult), on the IR."""
+    if precision != "int8":
+        return _precision_function(precision)(model, precision, **options)
+    result = _precision_function(precision)(model, **options)
+    result.ir_model = ir.serde.deserialize_model(result.model)
+    return result
 
 
 def _prepare(model: ModelSource, input_shapes: InputShapes | None,
@@ -123,8 +141,8 @@ def _prepare(model: ModelSource, input_shapes: InputShapes | None,
     converted = None
     if precision is not None:
         converted = _convert_precision(loaded.model, precision, **(precision_options or {}))
-        loaded = dataclasses.replace(loaded, model=converted.model)
-        names = [*names, f"precision-{precision}"]
+        loaded = dataclasses.replace(loaded, model=converted.ir_model if precision == "int8" else converted.model)
+        names = [*names, "quantize-int8" if precision == "int8" else f"precision-{precision}"]
     return loaded, names, converted
 
 
@@ -149,7 +167,9 @@ def compile(  # noqa: A001 - the public name the product promises
     symbolic are compiled as dynamic where the lowering allows it. ``level`` is the graph
     pipeline run before lowering ("O0" = none; default "O2", see :data:`COMPILE_LEVEL`).
     ``precision`` ("fp16"/"bf16") converts the model to mixed precision after the passes, with
-    the ``precision_options`` of :func:`optimize`.
+    the ``precision_options`` of :func:`optimize`; "int8" quantizes it after the passes (static
+    QDQ by default) with the options of :func:`quantize` (mode, data, samples, method, ...) and
+    builds the integer kernels.
     """
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.compile import compile_model
@@ -159,13 +179,36 @@ def compile(  # noqa: A001 - the public name the product promises
     loaded, passes, converted = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
     compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
                              passes=passes)
-    compiled.precision = converted  # the PrecisionResult (kept nodes, guard), or None
-    if converted is not None:
+    compiled.precision = converted  # the PrecisionResult / QuantizeResult (kept nodes, guard), or None
+    if precision == "int8":
+        compiled.manifest["precision"] = {
+            "precision": "int8", "mode": converted.mode, "method": converted.method,
+            "quantized_nodes": converted.quantized, "calibration": converted.calibration,
+            "kept_float": {k.name: k.reason for k in converted.excluded},
+        }
+    elif converted is not None:
         compiled.manifest["precision"] = {
             "precision": precision, "converted_nodes": len(converted.plan.converted),
             "kept_fp32": {k.name: k.reason for k in converted.plan.kept.values()},
         }
     return compiled
+
+
+def quantize(model: ModelSource, mode: str = "static", *, level: str = COMPILE_LEVEL,
+             input_shapes: InputShapes | None = None, **options: Any):
+    """Quantize ``model`` to int8 after the ``level`` graph pipeline (default "O2": batch norms
+    folded into the convolutions first). Returns a :class:`lepton_opt.passes.quantize.QuantizeResult`
+    whose ``model`` is a standard ``onnx.ModelProto`` (QDQ for "static", DynamicQuantizeLinear +
+    MatMulInteger for "dynamic", int8 weights + DequantizeLinear for "weight-only").
+
+    Options (see :func:`lepton_opt.passes.quantize.quantize`): data, samples, method, percentile,
+    per_channel, activation_type, symmetric_activations, op_types, exclude_nodes,
+    exclude_op_types, keep_first_last, min_cosine, max_accuracy_drop, labels, seed, progress.
+    """
+    from lepton_opt.passes.quantize import quantize as run_quantize
+
+    loaded, _names, _ = _prepare(model, input_shapes, level)
+    return run_quantize(loaded.model, mode=mode, source=loaded.source, **options)
 
 
 def prune(model: ModelSource, method: str = "channel", sparsity: float | None = None, **options):

@@ -62,11 +62,15 @@ input_shape_option = click.option(
     help="Fix an input's shape, e.g. input:1x3x224x224 (repeatable). Needed for dynamic dims.")
 
 
-def precision_options(fn):
-    """The mixed-precision options shared by ``optimize`` and ``compile``."""
+def precision_options(fn, int8: bool = False):
+    """The mixed-precision options shared by ``optimize`` and ``compile`` (which also takes int8)."""
+    choices = ["fp16", "bf16", "int8"] if int8 else ["fp16", "bf16"]
+    help_text = "Convert to mixed precision after the passes (numerically sensitive ops stay fp32)."
+    if int8:
+        help_text += (" int8: static int8 quantization (lepton-opt quantize's defaults, calibrated on --data or "
+                      "--samples seeded inputs, guarded by --min-cosine) on integer kernels.")
     options = [
-        click.option("--precision", type=click.Choice(["fp16", "bf16"]),
-                     help="Convert to mixed precision after the passes (numerically sensitive ops stay fp32)."),
+        click.option("--precision", type=click.Choice(choices), help=help_text),
         click.option("--keep-io-types/--no-keep-io-types", default=True, show_default=True,
                      help="Keep model inputs and outputs float32 (--precision)."),
         click.option("--op-block-list", metavar="OP,...", help="Op types to keep in fp32, added to the default list."),
@@ -87,10 +91,13 @@ def precision_options(fn):
     return fn
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
 def _precision_kwargs(precision, keep_io_types, op_block_list, node_block_list, no_default_block_list,
                       max_error, min_cosine, data, samples) -> dict:
-    def names(text):
-        return [n.strip() for n in text.split(",") if n.strip()] if text else None
+    names = _names
 
     given = {"--op-block-list": op_block_list, "--node-block-list": node_block_list, "--max-error": max_error,
              "--min-cosine": min_cosine, "--data": data}
@@ -100,6 +107,15 @@ def _precision_kwargs(precision, keep_io_types, op_block_list, node_block_list, 
             raise LeptonError(f"{', '.join(used) or '--no-keep-io-types and --no-default-block-list'} apply only "
                               "with --precision fp16 or bf16")
         return {}
+    if precision == "int8":
+        mixed = {"--op-block-list": op_block_list, "--node-block-list": node_block_list, "--max-error": max_error}
+        used = [k for k, v in mixed.items() if v is not None]
+        used += [] if keep_io_types else ["--no-keep-io-types"]
+        used += ["--no-default-block-list"] if no_default_block_list else []
+        if used:
+            raise LeptonError(f"{', '.join(used)} apply to fp16/bf16; for int8 use --data, --samples and "
+                              "--min-cosine, or `lepton-opt quantize` for every quantization option")
+        return {"precision": "int8", "data": data, "samples": samples, "min_cosine": min_cosine}
     return {"precision": precision, "keep_io_types": keep_io_types, "op_block_list": names(op_block_list),
             "node_block_list": names(node_block_list), "use_default_block_list": not no_default_block_list,
             "max_error": max_error, "min_cosine": min_cosine, "data": data, "samples": samples}
@@ -107,6 +123,9 @@ def _precision_kwargs(precision, keep_io_types, op_block_list, node_block_list, 
 
 def _print_precision(result) -> None:
     """What a precision conversion did: counts, the nodes kept in fp32 and why, the guard."""
+    if not hasattr(result, "plan"):
+        _print_quantization(result)
+        return
     plan = result.plan
     out.print(f"{plan.precision}: {len(plan.converted)} nodes converted, {len(plan.kept)} kept in fp32, "
               f"{result.weights_converted} weights converted, {result.casts} Casts inserted", highlight=False)
@@ -132,9 +151,37 @@ def _print_precision(result) -> None:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
+def _print_quantization(result) -> None:
+    """What int8 quantization did: nodes quantized per op type, nodes left float and why, the guard."""
+    counts = ", ".join(f"{op} {n}" for op, n in sorted(result.quantized.items())) or "none"
+    how = f"{result.mode}" + (f", {result.method} calibration on {result.calibration}" if result.method else "")
+    out.print(f"int8 ({how}): quantized {counts}; {len(result.excluded)} kept float", highlight=False, soft_wrap=True)
+    if result.excluded:
+        table = Table(title="kept float")
+        for col in ("node", "op", "why"):
+            table.add_column(col, overflow="fold")
+        for k in result.excluded[:_KEPT_ROWS]:
+            table.add_row(k.name, k.op_type, k.reason)
+        if len(result.excluded) > _KEPT_ROWS:
+            table.add_row(f"... and {len(result.excluded) - _KEPT_ROWS} more", "", "")
+        out.print(table)
+    guard = result.guard
+    if guard is not None:
+        what = (f"cosine >= {guard.budget:g}" if guard.metric == "cosine"
+                else f"accuracy drop <= {guard.budget:g} points")
+        fmt = (lambda v: f"{v:.6f}") if guard.metric == "cosine" else (lambda v: f"{v:.2f} points")
+        out.print(f"accuracy guard ({what}, on {guard.data}): all quantized {fmt(guard.quantized)} -> "
+                  f"{fmt(guard.final)}, {len(guard.kept)} node(s) kept float, {guard.evaluations} model(s) scored",
+                  highlight=False, soft_wrap=True)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 _KEPT_ROWS = 25
-# compile --verify compares with onnxruntime fp32: mixed precision earns a looser default.
-_VERIFY_TOLERANCE = {None: 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+# compile --verify compares with onnxruntime fp32: mixed precision earns a looser default. An
+# int8 build is compared with onnxruntime running the same quantized model (the ONNX semantics):
+# rounding in a different order can move a value by a quantization step.
+_VERIFY_TOLERANCE = {None: 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 5e-2}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,7 +203,7 @@ def main() -> None:
                                          "5e-2 with bf16].")
 @click.option("--rtol", type=float, help="Relative tolerance for --verify [default: as --atol].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --verify inputs.")
-@precision_options
+@functools.partial(precision_options, int8=True)
 @_handle_errors
 def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
@@ -180,7 +227,8 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
     report = None
     if verify:
         with err.status("verifying against onnxruntime…"):
-            report = lepton_opt.verify(compiled, model, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
+            reference = compiled.precision.model if precision.get("precision") == "int8" else model
+            report = lepton_opt.verify(compiled, reference, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
     compiled.save(output)
     if compiled.precision is not None:
         _print_precision(compiled.precision)
@@ -221,11 +269,7 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
     """Optimize MODEL (.onnx) into a standard, smaller ONNX model that onnxruntime runs as before."""
     import lepton_opt
 
-    output = output or Path(model.name.removesuffix(".onnx") + ".opt.onnx")
-    if output.exists() and output.is_dir():
-        raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
-    if model.exists() and output.exists() and output.resolve() == model.resolve():
-        raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    output = _output_path(model, output, ".opt.onnx")
     precision = _precision_kwargs(**precision)
     start = time.perf_counter()
     with err.status(f"optimizing {model.name}…") as status:
@@ -251,6 +295,17 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
     checked = " (every pass verified against onnxruntime)" if verify_each else ""
     out.print(f"optimized [bold]{model}[/] -> [bold]{output}[/] in {elapsed:.1f} s{checked}", highlight=False,
               soft_wrap=True)
+
+
+def _output_path(model: Path, output: Path | None, suffix: str) -> Path:
+    """The .onnx file a command writes: ``-o``, else MODEL's name with ``suffix`` (in the current
+    directory); never a directory, never the input model."""
+    output = output or Path(model.name.removesuffix(".onnx") + suffix)
+    if output.exists() and output.is_dir():
+        raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
+    if model.exists() and output.exists() and output.resolve() == model.resolve():
+        raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    return output
 
 
 def _passes_checker(path: Path) -> bool:
@@ -427,11 +482,7 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
     """Prune MODEL (.onnx) and write a standard ONNX model; print what each layer lost."""
     import lepton_opt
 
-    output = output or Path(model.name.removesuffix(".onnx") + ".pruned.onnx")
-    if output.exists() and output.is_dir():
-        raise LeptonError(f"{output}: is a directory; -o names the .onnx file to write")
-    if model.exists() and output.exists() and output.resolve() == model.resolve():
-        raise LeptonError(f"{output}: is the input model; choose another -o (the input is never modified)")
+    output = _output_path(model, output, ".pruned.onnx")
     patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
     with err.status(f"pruning {model.name}{' (sensitivity scan)' if max_error or max_accuracy_drop else ''}…"):
         result = lepton_opt.prune(model, method, sparsity, scope=scope, criterion=criterion,
@@ -467,6 +518,64 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
     out.print(f"pruned [bold]{model}[/] -> [bold]{output}[/]", highlight=False, soft_wrap=True)
 
 
+@main.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Quantized model to write [default: MODEL name with .int8.onnx].")
+@click.option("--mode", type=click.Choice(["static", "dynamic", "weight-only"]), default="static", show_default=True,
+              help="static: calibrated QDQ (int8 kernels for Conv/MatMul/Gemm); dynamic: activations quantized at "
+                   "run time (MatMul/Gemm); weight-only: int8 weights, float compute.")
+@click.option("--data", type=click.Path(path_type=Path), help="Calibration inputs (.npz, one array per input, "
+              "samples on axis 0) [default: seeded random inputs, with a warning].")
+@click.option("--calibration-samples", "samples", default=32, show_default=True,
+              help="Seeded calibration inputs when --data is not given.")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True, help="Calibration: full range, a percentile of |x|, or KL-divergence (entropy).")
+@click.option("--percentile", default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--symmetric-activations", is_flag=True, help="Activation zero point 0 (default: asymmetric).")
+@click.option("--op-types", metavar="OP,...", help="Op types to quantize [default: Conv,MatMul,Gemm; "
+              "dynamic and weight-only: MatMul,Gemm].")
+@click.option("--exclude-nodes", metavar="NODE,...", help="Node names to keep float.")
+@click.option("--exclude-op-types", metavar="OP,...", help="Op types to keep float.")
+@click.option("--keep-first-last", is_flag=True, help="Keep the first and last quantizable nodes float.")
+@click.option("--min-cosine", type=float, help="Accuracy guard: smallest output cosine to the float model; the "
+              "most sensitive nodes are kept float until it holds.")
+@click.option("--max-accuracy-drop", type=float, help="Accuracy guard: top-1 accuracy points (needs --data and "
+              "--labels).")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class labels (.npy) for --max-accuracy-drop.")
+@click.option("-O", "level", type=click.Choice(["0", "1", "2", "3"]), default="2", show_default=True,
+              help="Graph pipeline run before quantizing (-O2 folds batch norms into convolutions).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the calibration inputs without --data.")
+@input_shape_option
+@_handle_errors
+def quantize_cmd(model, output, mode, data, samples, method, percentile, per_tensor, activation_type,
+                 symmetric_activations, op_types, exclude_nodes, exclude_op_types, keep_first_last, min_cosine,
+                 max_accuracy_drop, labels, level, seed, input_shapes):
+    """Quantize MODEL (.onnx) to int8 and write a standard ONNX model (QDQ) that onnxruntime runs
+    and `lepton-opt compile` builds on integer kernels."""
+    import onnx_ir as ir
+
+    import lepton_opt
+
+    output = _output_path(model, output, ".int8.onnx")
+    labels_array = np.load(labels) if labels is not None else None
+    start = time.perf_counter()
+    with err.status(f"quantizing {model.name}…") as status:
+        result = lepton_opt.quantize(
+            model, mode, level=f"O{level}", input_shapes=_input_shapes(input_shapes), data=data, samples=samples,
+            method=method, percentile=percentile, per_channel=not per_tensor, activation_type=activation_type,
+            symmetric_activations=symmetric_activations, op_types=_names(op_types),
+            exclude_nodes=_names(exclude_nodes) or (), exclude_op_types=_names(exclude_op_types) or (),
+            keep_first_last=keep_first_last, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
+            labels=labels_array, seed=seed, progress=lambda msg: status.update(f"quantizing {model.name}: {msg}…"))
+        _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+    _print_quantization(result)
+    out.print(f"quantized [bold]{model}[/] -> [bold]{output}[/] in {time.perf_counter() - start:.1f} s",
+              highlight=False, soft_wrap=True)
+
+
 def _int_list(value: str | None, option: str) -> list[int] | None:
     if not value:
         return None
@@ -486,7 +595,7 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu); cuda needs a GPU.")
 @click.option("--variants", default="ort,fp32", show_default=True, metavar="A,B,...",
               help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, pruned, ort-pruned, "
-                   "fp16, bf16, ort-fp16, int8. Those this version cannot build are reported as unavailable.")
+                   "fp16, bf16, ort-fp16, int8, ort-int8. Those this version cannot build are reported as unavailable.")
 @click.option("--prune-method", type=click.Choice(["channel", "magnitude", "2:4"]), default="channel",
               show_default=True, help="How the pruned and ort-pruned variants prune.")
 @click.option("--prune-sparsity", type=float, default=0.3, show_default=True,
@@ -500,6 +609,8 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--labels", type=click.Path(path_type=Path), help="Class labels (.npy, one per sample) for task "
               "accuracy; needs --data.")
 @click.option("--samples", default=8, show_default=True, help="Seeded inputs for accuracy when --data is not given.")
+@click.option("--calibration", type=click.Path(path_type=Path), help="Calibration inputs of the int8 variants "
+              "(.npz like --data; keep it apart from the accuracy data) [default: seeded inputs].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--rounds", type=int, help="Interleaved timing rounds per batch size [default: fill --duration].")
 @click.option("--block", type=int, help="Runs of each variant in a row per round, the first untimed "
@@ -511,8 +622,8 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.md, report.html (plots) and report.json into this directory.")
 @_handle_errors
-def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shapes, threads, batch, data, labels, samples, seed, rounds, block,
-              duration, warmup, no_memory, report_dir):
+def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shapes, threads, batch, data, labels, samples,
+              calibration, seed, rounds, block, duration, warmup, no_memory, report_dir):
     """Measure latency, throughput, memory and accuracy of MODEL's variants against onnxruntime."""
     import lepton_opt
     from lepton_opt.bench.report import COLUMNS, variant_row
@@ -522,7 +633,7 @@ def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shape
         model, target, variants=variants, input_shapes=_input_shapes(input_shapes), threads=threads,
         batches=_int_list(batch, "--batch"), data=data, labels=labels, samples=samples, seed=seed, rounds=rounds,
         block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir,
-        prune=PruneOptions(prune_method, 0.5 if prune_method == "2:4" else prune_sparsity))
+        calibration=calibration, prune=PruneOptions(prune_method, 0.5 if prune_method == "2:4" else prune_sparsity))
     keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
     for b in result.batches:
         table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "

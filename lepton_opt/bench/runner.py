@@ -203,6 +203,7 @@ def benchmark(
     warmup: int = 5,
     memory: bool = True,
     prune: PruneOptions | None = None,
+    calibration: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
     report_dir: str | os.PathLike | None = None,
 ) -> BenchmarkResult:
@@ -215,7 +216,9 @@ def benchmark(
     fixes the number of interleaved rounds and ``block`` the runs per variant in each (the
     first untimed); else blocks last about 0.1 s and rounds fill about ``duration`` seconds per
     batch size (at least 10 rounds). ``prune`` says how the ``pruned``/``ort-pruned`` variants prune
-    (default: channel pruning, 30%). ``report_dir`` also writes Markdown, HTML and JSON reports there.
+    (default: channel pruning, 30%). ``calibration`` (same form as ``data``) calibrates the int8
+    variants; without it they calibrate on seeded inputs (noted in the report). ``report_dir`` also
+    writes Markdown, HTML and JSON reports there.
     """
     specs = resolve_variants(list(variants) if variants is not None and not isinstance(variants, str)
                              else variants)
@@ -248,13 +251,19 @@ def benchmark(
             vr.status, vr.reason = "unavailable", spec.unavailable
     if any(s.pruned for s in specs):
         result.notes.append(f"pruned variants: {(prune or PruneOptions()).describe()}")
+    if any(s.precision == "int8" for s in specs):
+        from lepton_opt.passes.quantize import DEFAULT_CALIBRATION_SAMPLES
+
+        result.notes.append("int8 variants: calibrated on " + (
+            Path(calibration).name if isinstance(calibration, (str, os.PathLike)) else "the given calibration arrays"
+            if calibration is not None else f"{DEFAULT_CALIBRATION_SAMPLES} seeded random inputs (no calibration data given)"))
     workdir = Path(tempfile.mkdtemp(prefix="lepton-bench-"))
     try:
         with _progress(progress) as bar:
             for batch in batch_list:
                 shapes = shapes_at(inputs, batch)
                 built = _build_all(specs, result, model, model_bytes, shapes, kind, threads, workdir,
-                                   batch, output_names, prune, bar)
+                                   batch, output_names, prune, calibration, bar)
                 if BASELINE not in built:
                     raise InputError(f"{source_name}: onnxruntime could not run the model: "
                                      f"{result.variant(BASELINE).reason}")
@@ -326,9 +335,11 @@ def _check_target(target: str, specs: list[VariantSpec]) -> str:
 # Measurements
 
 
-def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, prune, bar):
+def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdir, batch, output_names, prune,
+               calibration, bar):
     built: dict[str, BuiltVariant] = {}
     pruned_cache: dict = {}  # pruned and ort-pruned share one pruned model
+    quantized_cache: dict = {}  # int8 and ort-int8 share one quantized model
     todo = [s for s in specs if not s.unavailable and result.variant(s.name).status != "failed"]
     task = bar.add(f"building variants (batch {batch})", len(todo))
     for spec in todo:
@@ -337,7 +348,8 @@ def _build_all(specs, result, source, model_bytes, shapes, kind, threads, workdi
         try:
             b = build_variant(spec, source, model_bytes, shapes=shapes, target=kind, threads=threads,
                               workdir=workdir, tag=f"b{batch}", output_names=output_names, prune=prune,
-                              pruned_cache=pruned_cache)
+                              pruned_cache=pruned_cache, calibration=calibration,
+                              quantized_cache=quantized_cache)
         except LeptonError as e:
             vr.status, vr.reason = "failed", str(e)
         except Exception as e:  # an engine's own failure (onnxruntime, TVM): report it, measure the rest

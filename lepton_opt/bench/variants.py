@@ -2,9 +2,9 @@
 
 A variant is one way of running the user's model: onnxruntime on the model as given (the
 baseline every ratio is taken against), onnxruntime on lepton-opt's optimized ``.onnx``, or a
-lepton-opt build, in fp32, mixed precision (fp16, bf16) or pruned. Variants whose feature this
-version does not have (int8 quantization) are listed with the reason, and ``bench`` reports them as unavailable
-rather than measuring something else under their name.
+lepton-opt build, in fp32, mixed precision (fp16, bf16), int8 or pruned. A variant a build cannot
+make is listed with the reason (``unavailable``), and ``bench`` reports it as such rather than
+measuring something else under its name.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class VariantSpec:
     level: str | None = None  # graph pipeline run first (ort-opt) or before lowering (lepton-opt builds)
     unavailable: str | None = None  # why this version cannot build it
     pruned: bool = False  # built from the pruned model (see PruneOptions)
-    precision: str | None = None  # mixed precision ("fp16"/"bf16") after the passes, default options
+    precision: str | None = None  # "fp16"/"bf16" (mixed precision) or "int8" (static QDQ) after the passes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,9 @@ VARIANTS: dict[str, VariantSpec] = {v.name: v for v in [
                 "lepton-opt", "O2", precision="bf16"),
     VariantSpec("ort-fp16", "onnxruntime on lepton-opt's fp16 model (-O2 passes, then fp16)", "onnxruntime",
                 "O2", precision="fp16"),
-    VariantSpec("int8", "lepton-opt build, int8 post-training quantization", "lepton-opt",
-                unavailable="int8 quantization is not implemented in this version"),
+    VariantSpec("int8", "lepton-opt build, int8 static quantization (QDQ: per-channel int8 weights, uint8 "
+                "activations, minmax calibration), -O2, untuned", "lepton-opt", "O2", precision="int8"),
+    VariantSpec("ort-int8", "onnxruntime on lepton-opt's int8 QDQ model", "onnxruntime", "O2", precision="int8"),
     VariantSpec("pruned", "lepton-opt build of the pruned model (-O2 passes, untuned)", "lepton-opt", "O2",
                 pruned=True),
     VariantSpec("ort-pruned", "onnxruntime fp32 on the pruned model", "onnxruntime", pruned=True),
@@ -97,12 +98,24 @@ class BuiltVariant:
 
 def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapping[str, list[int]],
                   target: str, threads: int, workdir: Path, tag: str, output_names: list[str],
-                  prune: PruneOptions | None = None, pruned_cache: dict | None = None) -> BuiltVariant:
+                  prune: PruneOptions | None = None, pruned_cache: dict | None = None,
+                  calibration=None, quantized_cache: dict | None = None) -> BuiltVariant:
     """Build ``spec`` for inputs of ``shapes``; files it needs (model, artifact) go to ``workdir``.
-    The pruned model is kept in ``pruned_cache`` for the next pruned variant at these shapes."""
+    The pruned model is kept in ``pruned_cache`` for the next pruned variant at these shapes, the
+    int8 model (calibrated on ``calibration``, else seeded inputs) in ``quantized_cache``."""
     import lepton_opt.api as api
 
     start = time.perf_counter()
+    if spec.precision == "int8":
+        quantized_cache = {} if quantized_cache is None else quantized_cache
+        if "model" not in quantized_cache:
+            quantized_cache["model"] = api.quantize(source, level=spec.level, input_shapes=shapes,
+                                                    data=calibration).model
+        data = quantized_cache["model"].SerializeToString()
+        if spec.engine == "onnxruntime":
+            return _ort_variant(spec, data, threads, workdir, tag, output_names, start)
+        # The passes ran before quantizing; the build lowers the QDQ model as it is.
+        return _lepton_variant(spec, api.compile(quantized_cache["model"], target, level="O0"), workdir, tag, start)
     if spec.pruned:
         prune = prune or PruneOptions()
         pruned_cache = {} if pruned_cache is None else pruned_cache
@@ -116,21 +129,28 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
         if spec.level is not None:
             data = api.optimize(source, spec.level, input_shapes=shapes,
                                 precision=spec.precision).model.SerializeToString()
-        session = ort_session(data, threads=threads, optimize=True, spinning=False)
-        build_s = time.perf_counter() - start
-        path = workdir / f"{spec.name}-{tag}.onnx"
-        path.write_bytes(data)
-
-        def run(feeds):
-            return dict(zip(output_names, session.run(output_names, dict(feeds))))
-
-        def timed(feeds):
-            feeds = dict(feeds)
-            return lambda: session.run(output_names, feeds)
-
-        return BuiltVariant(spec, run, timed, build_s, len(data), ("onnxruntime", path))
-
+        return _ort_variant(spec, data, threads, workdir, tag, output_names, start)
     compiled = api.compile(source, target, input_shapes=shapes, level=spec.level, precision=spec.precision)
+    return _lepton_variant(spec, compiled, workdir, tag, start)
+
+
+def _ort_variant(spec, data: bytes, threads: int, workdir: Path, tag: str, output_names, start: float) -> BuiltVariant:
+    session = ort_session(data, threads=threads, optimize=True, spinning=False)
+    build_s = time.perf_counter() - start
+    path = workdir / f"{spec.name}-{tag}.onnx"
+    path.write_bytes(data)
+
+    def run(feeds):
+        return dict(zip(output_names, session.run(output_names, dict(feeds))))
+
+    def timed(feeds):
+        feeds = dict(feeds)
+        return lambda: session.run(output_names, feeds)
+
+    return BuiltVariant(spec, run, timed, build_s, len(data), ("onnxruntime", path))
+
+
+def _lepton_variant(spec, compiled, workdir: Path, tag: str, start: float) -> BuiltVariant:
     build_s = time.perf_counter() - start
     path = compiled.save(workdir / f"{spec.name}-{tag}.lepton")
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

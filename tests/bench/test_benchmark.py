@@ -39,10 +39,10 @@ def cnn_result():
 def test_variants_are_measured_interleaved_with_consistent_statistics(cnn_result):
     r = cnn_result
     assert [v.name for v in r.variants] == ["ort", "fp32", "ort-opt", "int8"]  # the baseline first
-    assert [v.status for v in r.variants] == ["ok", "ok", "ok", "unavailable"]
-    assert "not implemented" in r.variant("int8").reason and not r.variant("int8").latency
+    assert [v.status for v in r.variants] == ["ok", "ok", "ok", "ok"]
     assert r.batches == [1, 3] and r.rounds == {1: 3, 3: 3} and r.block == {1: 3, 3: 3}
-    for name in ("ort", "fp32", "ort-opt"):
+    assert any("int8 variants: calibrated on 32 seeded random inputs" in n for n in r.notes)
+    for name in ("ort", "fp32", "ort-opt", "int8"):
         v = r.variant(name)
         assert v.build_s.keys() == {1, 3} and v.artifact_bytes > 0
         for batch in (1, 3):
@@ -54,8 +54,23 @@ def test_variants_are_measured_interleaved_with_consistent_statistics(cnn_result
             base = np.reshape(r.variant("ort").latency[batch].times_ms, (3, 2))
             ours = np.reshape(stats.times_ms, (3, 2))
             assert r.speedup(name, batch) == pytest.approx(np.median(np.median(base, 1) / np.median(ours, 1)))
-    assert r.speedup("ort") == 1.0 and r.speedup("int8") is None
+    assert r.speedup("ort") == 1.0
     assert len(r.ort_spinning_alone[1].times_ms) == 6
+
+
+def test_unavailable_variants_are_reported_not_measured(monkeypatch, tmp_path):
+    import dataclasses
+
+    from lepton_opt.bench import variants
+
+    spec = dataclasses.replace(variants.VARIANTS["int8"], unavailable="no int8 kernels for this target")
+    monkeypatch.setitem(variants.VARIANTS, "int8", spec)
+    r = lepton_opt.benchmark(resnet_cnn(), variants="fp32,int8", **FAST)
+    assert [v.status for v in r.variants] == ["ok", "ok", "unavailable"]
+    assert r.variant("int8").reason == "no int8 kernels for this target" and not r.variant("int8").latency
+    assert r.speedup("int8") is None
+    md = write_reports([r], tmp_path)["md"].read_text()
+    assert "unavailable: no int8 kernels for this target" in md
 
 
 def test_accuracy_against_onnxruntime_on_seeded_inputs(cnn_result):
@@ -72,7 +87,7 @@ def test_reports_markdown_html_json(cnn_result, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt", "report.html", "report.json", "report.md"]
     md = paths["md"].read_text()
     assert "| variant | p50 ms |" in md and "| fp32 |" in md
-    assert "unavailable: int8 quantization is not implemented" in md and "Batch sweep" in md
+    assert "| int8 |" in md and "Batch sweep" in md
     page = paths["html"].read_text()
     # Plots inline (speed-up, accuracy, latency distribution, throughput over batch), no external resources.
     assert page.count("<svg") == 4 and "src=\"http" not in page and "<link" not in page
@@ -194,7 +209,7 @@ def test_cli_bench_writes_reports_and_prints_the_table(tmp_path, mlp_path):
     result = lepton("bench", mlp_path, "--variants", "ort,fp32,int8", "--rounds", "3", "--block", "2", "--no-memory",
                     "--threads", "1", "--report", tmp_path / "rep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "speed-up vs ort" in result.stdout and "int8: unavailable" in result.stdout
+    assert "speed-up vs ort" in result.stdout and "int8" in result.stdout and "calibrated on" in result.stdout
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["report.html", "report.json", "report.md"]
     assert mlp_path.read_bytes() == before
 
