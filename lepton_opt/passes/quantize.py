@@ -129,6 +129,7 @@ def quantize(
     source = source or loaded.source
 
     proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(loaded.model))
+    _name_nodes(proto)
     warnings: list[str] = []
     candidates, excluded = _select(proto, mode, op_types, exclude_nodes, exclude_op_types, keep_first_last, source)
     if not candidates:
@@ -207,10 +208,6 @@ def _select(proto: onnx.ModelProto, mode, op_types, exclude_nodes, exclude_op_ty
     constants = {t.name for t in proto.graph.initializer}
     constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
     names = [n.name for n in proto.graph.node]
-    unnamed = [n for n in proto.graph.node if not n.name]
-    if unnamed:
-        raise InputError(f"{source}: {len(unnamed)} node(s) have no name ({unnamed[0].op_type} first); "
-                         "run `lepton-opt optimize` first, which names every node")
     unknown = sorted(set(exclude_nodes) - set(names))
     if unknown:
         raise OptionError(f"--exclude-nodes: no node named {', '.join(map(repr, unknown))} in {source}")
@@ -240,6 +237,20 @@ def _select(proto: onnx.ModelProto, mode, op_types, exclude_nodes, exclude_op_ty
         excluded += [ExcludedNode(n, ops[n], "first/last quantizable node (--keep-first-last)") for n in ends]
         candidates = [n for n in candidates if n not in ends]
     return candidates, excluded
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    """Name the unnamed nodes (``Relu_3``): exclusions, the guard and onnxruntime's quantizer
+    address nodes by name."""
+    taken = {n.name for n in proto.graph.node}
+    for i, node in enumerate(proto.graph.node):
+        if not node.name:
+            name, k = f"{node.op_type}_{i}", 0
+            while name in taken:
+                k += 1
+                name = f"{node.op_type}_{i}_{k}"
+            node.name = name
+            taken.add(name)
 
 
 def _counts(proto: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:

@@ -219,3 +219,51 @@ def test_cli_quantize_and_compile_int8(tmp_path):
     assert bad.exit_code == 2 and "'mse' is not one of" in bad.output
     bad = runner.invoke(main, ["compile", str(src), "--precision", "int8", "--max-error", "0.1"])
     assert bad.exit_code == 2 and "apply to fp16/bf16" in bad.output
+
+
+def _digits_cnn():
+    """A CNN on scikit-learn's bundled digits (real data, no download): two fixed random 3x3
+    convolutions with ReLU, then a ridge-regression readout fitted in closed form."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    digits = sklearn_datasets.load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]  # [1797, 1, 8, 8]
+    y = digits.target
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    train, test = order[:1200], order[1200:]
+    w1 = rng.standard_normal((16, 1, 3, 3)).astype(np.float32) / 3
+    w2 = rng.standard_normal((32, 16, 3, 3)).astype(np.float32) / 12
+    features = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+         helper.make_node("Relu", ["c2"], ["r2"]),
+         helper.make_node("Flatten", ["r2"], ["f"])], "features",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 2048])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    f = ort_run(helper.make_model(features, opset_imports=[helper.make_opsetid("", 17)]), {"x": x[train]})["f"]
+    targets = np.eye(10, dtype=np.float32)[y[train]]
+    readout = np.linalg.solve(f.T @ f + 10.0 * np.eye(f.shape[1]), f.T @ targets).astype(np.float32)
+    features.node.append(helper.make_node("MatMul", ["f", "readout"], ["scores"], name="readout"))
+    features.initializer.append(numpy_helper.from_array(readout, "readout"))
+    del features.output[:]
+    features.output.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 10]))
+    model = helper.make_model(features, opset_imports=[helper.make_opsetid("", 17)])
+    return model, x[train], x[test], y[test]
+
+
+def test_digits_int8_accuracy_within_one_point_of_fp32():
+    model, calib, x_test, y_test = _digits_cnn()
+    q = lepton_opt.quantize(model, data={"x": calib[:200]})
+    assert q.quantized == {"Conv": 2, "MatMul": 1}
+
+    def accuracy(scores):
+        return 100.0 * float(np.mean(np.argmax(scores, 1) == y_test))
+
+    fp32 = accuracy(ort_run(model, {"x": x_test})["scores"])
+    assert fp32 > 90.0
+    compiled = lepton_opt.compile(q.model, input_shapes={"x": [len(x_test), 1, 8, 8]})
+    int8 = accuracy(compiled.run({"x": x_test})["scores"])
+    assert abs(fp32 - int8) <= 1.0, (fp32, int8)
+    assert abs(accuracy(ort_run(q.model, {"x": x_test})["scores"]) - int8) <= 0.5

@@ -256,6 +256,9 @@ def test_every_integer_kernel_takes_the_int8_schedule(tmp_path, batch):
                if isinstance(func, tvm.tirx.PrimFunc) and "int8_" in gv.name_hint}
     assert len(kernels) >= 5
     for name, func in kernels.items():
+        # The kernel reads the data as uint8 and the packed weight as int8, and sums in int32.
+        dtypes = [str(p.dtype) for p in func.params]
+        assert dtypes[:2] == ["uint8", "int8"], (name, dtypes)
         scheduled, rule = cpu_schedule.schedule_prim_func(func, target)
         assert rule == "int8", name
         if "int8_conv" in name:
