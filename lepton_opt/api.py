@@ -106,7 +106,7 @@ def _check_precision_options(precision: str | None, options: Mapping[str, Any]) 
     import inspect
 
     function = _precision_function(precision)
-    allowed = set(inspect.signature(function).parameters) - {"model", "precision", "input_shapes", "seed", "progress",
+    allowed = set(inspect.signature(function).parameters) - {"model", "precision", "input_shapes", "seed",
                                                              "source"}
     unknown = sorted(set(options) - allowed)
     if unknown:
