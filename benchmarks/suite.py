@@ -100,25 +100,27 @@ def _measured(result, names) -> bool:
     return set(names) <= ok
 
 
+def _ratio(r, name: str, base: str) -> str:
+    """How many times faster ``name`` ran than ``base``, paired by round, or a dash."""
+    value = r.speedup(name, baseline=base) if _measured(r, {name, base}) else None
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def _accuracy(r, name: str, what: str) -> str:
+    """One accuracy figure of a variant (cosine, task accuracy), or a dash."""
+    acc = r.variant(name).accuracy if _measured(r, {name}) else None
+    value = getattr(acc, what, None) if acc else None
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%" if what == "task_accuracy" else f"{value:.6f}"
+
+
 def precision_table(results) -> str | None:
     """Mixed precision against the fp32 build, paired in the same interleaved run, with accuracy."""
-    def ratio(r, name, base):
-        value = r.speedup(name, baseline=base) if _measured(r, {name, base}) else None
-        return "–" if value is None else f"{value:.2f}x"
-
-    def accuracy(r, name, what):
-        if not _measured(r, {name}):
-            return "–"
-        acc = r.variant(name).accuracy
-        value = getattr(acc, what, None) if acc else None
-        if value is None:
-            return "–"
-        return f"{100 * value:.1f}%" if what == "task_accuracy" else f"{value:.6f}"
-
-    rows = [[r.name, ratio(r, "fp16", "fp32"), ratio(r, "bf16", "fp32"), ratio(r, "ort-fp16", "ort"),
-             accuracy(r, "fp16", "cosine"), accuracy(r, "bf16", "cosine"), accuracy(r, "ort-fp16", "cosine"),
-             accuracy(r, "fp32", "task_accuracy"), accuracy(r, "fp16", "task_accuracy"),
-             accuracy(r, "bf16", "task_accuracy")] for r in results]
+    rows = [[r.name, _ratio(r, "fp16", "fp32"), _ratio(r, "bf16", "fp32"), _ratio(r, "ort-fp16", "ort"),
+             _accuracy(r, "fp16", "cosine"), _accuracy(r, "bf16", "cosine"), _accuracy(r, "ort-fp16", "cosine"),
+             _accuracy(r, "fp32", "task_accuracy"), _accuracy(r, "fp16", "task_accuracy"),
+             _accuracy(r, "bf16", "task_accuracy")] for r in results]
     if not any(_measured(r, {"fp16"}) or _measured(r, {"bf16"}) for r in results):
         return None
     columns = ["model", "fp16 vs fp32 build", "bf16 vs fp32 build", "ort-fp16 vs ort", "fp16 cosine",
@@ -134,21 +136,9 @@ def int8_table(results) -> str | None:
     """The int8 variants against onnxruntime fp32 and the fp32 build, paired in the same run."""
     if not any(_measured(r, {"int8"}) for r in results):
         return None
-
-    def ratio(r, name, base):
-        value = r.speedup(name, baseline=base) if _measured(r, {name, base}) else None
-        return "–" if value is None else f"{value:.2f}x"
-
-    def accuracy(r, name, what):
-        acc = r.variant(name).accuracy if _measured(r, {name}) else None
-        value = getattr(acc, what, None) if acc else None
-        if value is None:
-            return "–"
-        return f"{100 * value:.1f}%" if what == "task_accuracy" else f"{value:.6f}"
-
-    rows = [[r.name, ratio(r, "int8", "ort"), ratio(r, "int8", "fp32"), ratio(r, "ort-int8", "ort"),
-             ratio(r, "int8", "ort-int8"), accuracy(r, "int8", "cosine"), accuracy(r, "ort-int8", "cosine"),
-             accuracy(r, "fp32", "task_accuracy"), accuracy(r, "int8", "task_accuracy")] for r in results]
+    rows = [[r.name, _ratio(r, "int8", "ort"), _ratio(r, "int8", "fp32"), _ratio(r, "ort-int8", "ort"),
+             _ratio(r, "int8", "ort-int8"), _accuracy(r, "int8", "cosine"), _accuracy(r, "ort-int8", "cosine"),
+             _accuracy(r, "fp32", "task_accuracy"), _accuracy(r, "int8", "task_accuracy")] for r in results]
     columns = ["model", "int8 vs ort fp32", "int8 vs fp32 build", "ort-int8 vs ort fp32", "int8 vs ort-int8",
                "int8 cosine", "ort-int8 cosine", "fp32 task acc", "int8 task acc"]
     lines = [INT8_BEGIN, "", "Speed ratios above 1: the first variant ran faster, paired by round in the suite run "

@@ -532,15 +532,7 @@ def _rule_tiled_reduction(
     if vl < 4 and vext <= 4 * lanes:
         vl = vext  # short: one (odd-width) vector, which LLVM splits into legal pieces
     n_vec = vext // vl
-    best = None
-    for u in range(min(_MAX_U, n_vec), 0, -1):
-        if n_vec % u:
-            continue
-        r = _largest_divisor(rows_ext, max(1, min(_MAX_ROWS, _MAX_ACC_VECTORS // u)))
-        score = (r * u, u)
-        if best is None or score > best[0]:
-            best = (score, u, r)
-    _, u, r = best
+    r, u = _register_tile(rows_ext, n_vec, _MAX_ACC_VECTORS)
 
     red_vars = [iv for iv, k in zip(iter_vars, kinds) if k == "R"]
     other_spatial = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))]
@@ -560,16 +552,7 @@ def _rule_tiled_reduction(
     outer = [loop_of[v] for v in other_spatial] + [vo] + row_outer
     tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.parallel(tile)
-    sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
-    # Epilogue blocks computed per tile (while it is hot in cache), before the reduction is
-    # split into init/update: compute-at needs the reduction block still whole.
-    for block in epilogue:
-        sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
-    if epilogue:
-        try:
-            sch.compute_inline(wb)
-        except Exception:  # noqa: BLE001 - the accumulator's buffer is also a function output
-            pass
+    _compute_epilogue_per_tile(sch, tile, wb, epilogue)
     # Vectorize while the block is still a whole reduction: legality is checked on it.
     for lp in row_inner:
         sch.unroll(lp)
@@ -609,22 +592,88 @@ def _is_var_plus_other(expr, var) -> bool:
     return False
 
 
+# Accumulator vectors of the int8 micro-kernel (of AVX-512's 32 registers: the rest hold the
+# broadcast data and the weight vectors).
+_INT8_MAX_ACC = 24
+
+
 def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
-    """The integer dot-product kernels of quantized models (:mod:`.int8`)."""
-
-    def inline(sch: s_tir.Schedule, main) -> None:
-        def feeds_main(block) -> bool:
-            return any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(block))
-
-        _inline_injective(sch, keep_padding=True, keep=feeds_main)
-
-    result = _int8.schedule_int8(func, target, inline)
-    if result is None:
+    """The integer dot-product kernels of quantized models (:mod:`.int8`): a register tile of
+    ``rows x u`` vectors of 16 int32 accumulators over (rows, output channels), the reduction
+    loops outside it, the 16 x 4 dot product tensorized to VNNI where the target has it (else
+    vectorized int32 arithmetic), the requantization epilogue per tile, tiles in parallel."""
+    sch = s_tir.Schedule(func)
+    found = [b for b in _root_blocks(sch) if sch.get(b).name_hint.startswith(_int8.BLOCK_PREFIX)]
+    if len(found) != 1:
         return None
-    sch, producers = result
+    main = found[0]
+
+    def feeds_main(block) -> bool:
+        # An inlined producer would leave an expression where the dot product needs a 4-byte load.
+        return any(sch.get(c).same_as(sch.get(main)) for c in sch.get_consumers(block))
+
+    _inline_injective(sch, keep_padding=True, keep=feeds_main)
+    blocks = _root_blocks(sch)
+    idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
+    producers, epilogue = blocks[:idx], blocks[idx + 1:]
+    loops = sch.get_loops(main)
+    # Spatial (..., row, channel) then reduction (..., group, 4), as the computes define them.
+    n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
+    *outer, row, channel = loops[:-n_red]
+    red = loops[-n_red:]
+    # A dynamic row count (the batch of a 2-D matmul) gets one row per micro-kernel.
+    rows = _extent(sch, row) or 1
+    lanes = _int8.LANES
+    r, u = _register_tile(rows, _extent(sch, channel) // lanes, _INT8_MAX_ACC)
+    wb = sch.cache_write(main, 0, "local")
+    ro, ri = sch.split(row, factors=[None, r])
+    co_o, co_i, lane = sch.split(channel, factors=[None, u, lanes])
+    sch.reorder(*outer, ro, co_o, *red[:-1], ri, co_i, lane, red[-1])
+    tile = sch.fuse(*outer, ro, co_o)
+    sch.parallel(tile)
+    _compute_epilogue_per_tile(sch, tile, wb, epilogue)
+    init = sch.decompose_reduction(main, red[0])
+    if _int8.has_vnni(target):
+        sch.tensorize(lane, _int8.VNNI_INTRIN)
+    else:
+        sch.vectorize(lane)
+    sch.unroll(ri)
+    sch.unroll(co_i)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for block in [wb, *epilogue]:
+        try:
+            _vectorize_innermost(sch, sch.get_loops(block)[-1], lanes)
+        except Exception:  # noqa: BLE001 - wb was inlined
+            continue
     for block in producers:
         _parallel_vectorize_block(sch, block, _lanes(target, _write_dtype_bits(sch, block)))
     return sch
+
+
+def _register_tile(rows: int, vectors: int, max_acc: int) -> tuple[int, int]:
+    """(r, u): the micro-kernel of ``r x u`` accumulator vectors (r dividing ``rows``, u dividing
+    ``vectors``) with the most accumulators, then the widest."""
+    best = (0, 0, 1, 1)
+    for u in range(min(_MAX_U, vectors), 0, -1):
+        if vectors % u:
+            continue
+        r = _largest_divisor(rows, max(1, min(_MAX_ROWS, max_acc // u)))
+        best = max(best, (r * u, u, r, u))
+    return best[2], best[3]
+
+
+def _compute_epilogue_per_tile(sch: s_tir.Schedule, tile, wb, epilogue) -> None:
+    """Write the accumulators back, and compute the epilogue blocks, per output tile (while it
+    is hot in cache); the write-back is inlined into the epilogue where it can be. Run before the
+    reduction is split into init/update: compute-at needs the reduction block still whole."""
+    sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
+    for block in epilogue:
+        sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
+    if epilogue:
+        try:
+            sch.compute_inline(wb)
+        except Exception:  # noqa: BLE001 - the accumulator's buffer is also a function output
+            pass
 
 
 _RULES = (

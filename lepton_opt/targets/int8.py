@@ -14,27 +14,24 @@ in one instruction (64 multiply-adds; a float32 FMA does 16). Signed activations
 by +128 into uint8 before the kernel and the shift is taken back with a per-channel constant
 (see ``quant.py``), so one kernel serves int8 and uint8 data.
 
-:func:`schedule_int8` is the CPU schedule of those blocks (tried before every other rule in
-:mod:`.cpu_schedule`): a register tile of ``rows x u`` accumulator vectors (16 int32 lanes
-each) kept in a local buffer, the reduction loops outside it, the ``16 x 4`` dot product
-tensorized to ``vpdpbusd`` where the target has AVX512-VNNI (else vectorized int32 arithmetic),
-the fused epilogue (requantization) computed per tile and the outer tiles run in parallel.
+The CPU schedule of those blocks is :func:`lepton_opt.targets.cpu_schedule._rule_int8`: a
+register tile of ``rows x u`` accumulator vectors (16 int32 lanes each) kept in a local buffer,
+the reduction loops outside it, the ``16 x 4`` dot product tensorized to ``vpdpbusd``
+(:data:`VNNI_INTRIN`) where the target has AVX512-VNNI (else vectorized int32 arithmetic), the
+fused epilogue (requantization) computed per tile and the outer tiles run in parallel.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm import te
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 LANES = 16  # int32 accumulators per vector (one zmm)
 GROUP = 4  # bytes of the reduction axis per 32-bit lane
 BLOCK_PREFIX = "lepton_int8_"
-_MAX_ACC = 24  # accumulator vectors in one micro-kernel (of 32 zmm registers)
-_MAX_ROWS = 8
-_MAX_U = 4
 
 
 # ----------------------------------------------------------------------------------------
@@ -162,98 +159,3 @@ def conv_compute(x: te.Tensor, w: te.Tensor, strides, dilations) -> te.Tensor:
         ),
         name=BLOCK_PREFIX + "conv",
     )
-
-
-# ----------------------------------------------------------------------------------------
-# CPU schedule
-# ----------------------------------------------------------------------------------------
-
-def _int8_block(sch: s_tir.Schedule):
-    root = sch.get_sblock("root")
-    found = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint.startswith(BLOCK_PREFIX)]
-    return found[0] if len(found) == 1 else None
-
-
-def _divisor(n: int, limit: int) -> int:
-    for d in range(min(n, limit), 0, -1):
-        if n % d == 0:
-            return d
-    return 1
-
-
-def _tile(rows: int, cols: int) -> tuple[int, int]:
-    """(rows, u): the largest register tile of ``rows x u`` accumulator vectors that divides."""
-    best = (0, 1, 1)
-    for u in range(min(_MAX_U, cols), 0, -1):
-        if cols % u:
-            continue
-        r = _divisor(rows, min(_MAX_ROWS, _MAX_ACC // u))
-        if (r * u, u) > best[:2]:
-            best = (r * u, u, r)
-    return best[2], best[1]
-
-
-def schedule_int8(func: tirx.PrimFunc, target: tvm.target.Target, inline_injective):
-    """Schedule a function holding one ``lepton_int8_*`` block: ``(schedule, producer blocks)``
-    (the producers, such as padding, are left to the caller), or ``None`` if it holds none.
-
-    ``inline_injective(sch, block)`` inlines the spatial blocks other than the int8 block's
-    direct producers (an inlined producer would leave an expression where the dot product
-    needs a plain 4-byte load).
-    """
-    sch = s_tir.Schedule(func)
-    main = _int8_block(sch)
-    if main is None:
-        return None
-    inline_injective(sch, main)
-    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
-    idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
-    producers, epilogue = blocks[:idx], blocks[idx + 1:]
-    loops = sch.get_loops(main)
-    # Spatial (..., row, channel) then reduction (..., group, 4), as the computes define them.
-    n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
-    spatial, red = loops[:-n_red], loops[-n_red:]
-    *outer, row, channel = spatial
-    rows = sch.get(row).extent
-    # A dynamic row count (the batch of a 2-D matmul) gets one row per micro-kernel.
-    rows = int(rows) if isinstance(rows, tirx.IntImm) else 1
-    r, u = _tile(rows, int(sch.get(channel).extent) // LANES)
-    wb = sch.cache_write(main, 0, "local")
-    ro, ri = sch.split(row, factors=[None, r])
-    co_o, co_i, lane = sch.split(channel, factors=[None, u, LANES])
-    sch.reorder(*outer, ro, co_o, *red[:-1], ri, co_i, lane, red[-1])
-    tile = sch.fuse(*outer, ro, co_o)
-    sch.parallel(tile)
-    sch.reverse_compute_at(wb, tile, preserve_unit_loops=True)
-    for block in epilogue:
-        sch.reverse_compute_at(block, tile, preserve_unit_loops=True)
-    if epilogue:
-        try:
-            sch.compute_inline(wb)
-        except Exception:  # noqa: BLE001 - the accumulators are the function's output
-            pass
-    init = sch.decompose_reduction(main, red[0])
-    if has_vnni(target):
-        sch.tensorize(lane, VNNI_INTRIN)
-    else:
-        sch.vectorize(lane)
-    sch.unroll(ri)
-    sch.unroll(co_i)
-    sch.vectorize(sch.get_loops(init)[-1])
-    for block in [wb, *epilogue]:
-        try:
-            blk_loops = sch.get_loops(block)
-        except Exception:  # noqa: BLE001 - inlined
-            continue
-        _vectorize_tail(sch, blk_loops[-1])
-    return sch, producers
-
-
-def _vectorize_tail(sch: s_tir.Schedule, loop) -> None:
-    ext = sch.get(loop).extent
-    if not isinstance(ext, tirx.IntImm) or int(ext) < 2:
-        return
-    factor = _divisor(int(ext), LANES)
-    if factor >= 4:
-        _, inner = sch.split(loop, factors=[None, factor])
-        sch.vectorize(inner)
