@@ -102,3 +102,41 @@ def test_odd_output_channels_of_a_convolution_are_padded_to_whole_vectors():
     x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["matmul", "conv"])
+def test_constant_weights_are_repacked_at_build_time(kind):
+    """A constant weight read by a register-tiled kernel is repacked to [N/lanes, ..., lanes] by
+    a layout-rewrite block that the build moves out of the kernel and folds into the constant:
+    the built module runs the packed kernel alone, with the same results as onnxruntime."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(2)
+    if kind == "matmul":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x_shape, y_shape, w = [1, 24, 64], [1, 24, 96], rng.standard_normal((64, 96))
+    else:
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+        x_shape, y_shape, w = [1, 16, 10, 10], [1, 64, 10, 10], rng.standard_normal((64, 16, 3, 3))
+    graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(w.astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod, target = _legalized(model)
+    (func,) = [f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and kind in gv.name_hint]
+    scheduled, rule = cpu_schedule.schedule_prim_func(func, target)
+    assert rule == "tiled_reduction"
+    assert "meta_schedule.layout_rewrite_preproc" in scheduled.script()
+    with target:
+        built = tvm.transform.Sequential([cpu_schedule.default_cpu_schedule_pass(target),
+                                          *cpu_schedule._post_schedule_passes()])(mod)
+    names = [gv.name_hint for gv, f in built.functions_items() if isinstance(f, tirx.PrimFunc)]
+    main_text = built["main"].script()
+    # The repacking ran at build time: main calls only the packed kernel, on a folded constant.
+    assert any(n.endswith("_prepacked") for n in names) and "weight_prepack" not in main_text, (names, main_text)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
