@@ -17,6 +17,9 @@ Public API::
     q = lepton_opt.quantize("model.onnx", data="calib.npz")   # int8 QDQ (also "dynamic", "weight-only")
     cm = lepton_opt.compile(q.model)     # integer kernels (VNNI on x86 where present)
 
+    lepton_opt.tune("model.onnx", budget="20m")   # tuned CPU kernels, kept in the record cache
+    cm = lepton_opt.compile("model.onnx")          # applies the records automatically
+
     bench = lepton_opt.benchmark("model.onnx", variants="ort,fp32", report_dir="report")
     bench.speedup("fp32")                # onnxruntime median / lepton-opt median, same run
 """
@@ -35,9 +38,10 @@ from lepton_opt.api import (  # noqa: A004
     optimize,
     prune,
     quantize,
+    tune,
     verify,
 )
 from lepton_opt.errors import LeptonError
 
 __all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load", "load_compiled",
-           "optimize", "prune", "quantize", "verify"]
+           "optimize", "prune", "quantize", "tune", "verify"]

@@ -159,6 +159,8 @@ def compile(  # noqa: A001 - the public name the product promises
     cuda_arch: str | None = None,
     level: str | None = None,
     precision: str | None = None,
+    records: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+    use_cache: bool = True,
     **precision_options: Any,
 ):
     """Compile ``model`` for ``target`` ("llvm"/"cpu" or "cuda") and return a ``CompiledModel``.
@@ -170,15 +172,27 @@ def compile(  # noqa: A001 - the public name the product promises
     the ``precision_options`` of :func:`optimize`; "int8" quantizes it after the passes (static
     QDQ by default) with the options of :func:`quantize` (mode, data, samples, method, ...) and
     builds the integer kernels.
+
+    CPU kernels with a tuning record (:func:`tune`) take their tuned schedule: records are read
+    from the ``records`` directories and, with ``use_cache``, from the user cache
+    (``~/.cache/lepton-opt/tuning``, or ``$LEPTON_OPT_CACHE``). ``manifest["tuning"]`` says how
+    many kernels were tuned; unreadable record lines are skipped with a warning
+    (``compiled.warnings``).
     """
+    import warnings as _warnings
+
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.compile import compile_model
 
     _check_precision_options(precision, precision_options)
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
     loaded, passes, converted = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
+    notes: list[str] = []
     compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
-                             passes=passes)
+                             passes=passes, records=_paths(records), use_cache=use_cache, warn=notes.append)
+    compiled.warnings = notes
+    for note in notes:
+        _warnings.warn(note, stacklevel=2)
     compiled.precision = converted  # the PrecisionResult / QuantizeResult (kept nodes, guard), or None
     if precision == "int8":
         compiled.manifest["precision"] = {
@@ -192,6 +206,64 @@ def compile(  # noqa: A001 - the public name the product promises
             "kept_fp32": {k.name: k.reason for k in converted.plan.kept.values()},
         }
     return compiled
+
+
+def _paths(given) -> list[str | os.PathLike]:
+    if given is None:
+        return []
+    if isinstance(given, (str, os.PathLike)):
+        return [given]
+    return list(given)
+
+
+def tune(
+    model: ModelSource,
+    target: str = "llvm",
+    *,
+    budget: float | str | None = None,
+    trials: int | None = None,
+    records: str | os.PathLike | None = None,
+    input_shapes: InputShapes | None = None,
+    mcpu: str | None = None,
+    level: str | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+    batch: int | None = None,
+    progress=None,
+    precision: str | None = None,
+    **precision_options: Any,
+):
+    """Tune the CPU kernels of ``model`` as :func:`compile` would build it (same ``level``,
+    ``input_shapes``, ``precision`` and options) and store the fastest schedules as records.
+
+    ``budget`` is seconds or a duration ("20m", "1h"); ``trials`` caps the candidates measured
+    (default: a 20 minute budget). Records go to the user cache (``records``: a directory
+    instead), where every later ``compile`` for this target finds them. ``rpc_tracker``
+    ("HOST:PORT") and ``rpc_key`` measure on the devices registered with a TVM RPC tracker.
+    ``progress`` is called with a :class:`lepton_opt.targets.tune.TuneProgress` after every
+    batch of candidates. Returns a :class:`lepton_opt.targets.tune.TuneResult`.
+    """
+    from lepton_opt.targets.build import resolve_target
+    from lepton_opt.targets.tune import DEFAULT_BATCH, RPCSettings, parse_budget, parse_tracker, tune_model
+
+    _check_precision_options(precision, precision_options)
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise LeptonError("--rpc-tracker and --rpc-key go together: the tracker's HOST:PORT and the key its "
+                          "devices registered under")
+    rpc = None
+    if rpc_tracker is not None:
+        host, port = parse_tracker(rpc_tracker)
+        rpc = RPCSettings(host, port, rpc_key)
+    budget_s = parse_budget(budget) if isinstance(budget, str) else budget
+    if budget_s is None and trials is None:
+        budget_s = DEFAULT_TUNING_BUDGET_S
+    spec = resolve_target(target, mcpu=mcpu)
+    loaded, _names, _ = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
+    return tune_model(loaded.model, spec, source=loaded.source, budget_s=budget_s, trials=trials, records=records,
+                      rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress)
+
+
+DEFAULT_TUNING_BUDGET_S = 20 * 60
 
 
 def quantize(model: ModelSource, mode: str = "static", *, level: str = COMPILE_LEVEL,
@@ -309,4 +381,4 @@ def _value_info(value: ir.Value) -> dict:
 
 
 __all__ = ["LeptonError", "OptimizeResult", "benchmark", "compile", "prune", "inspect_model", "load", "load_compiled", "optimize",
-           "verify"]
+           "tune", "verify"]

@@ -203,9 +203,14 @@ def main() -> None:
                                          "5e-2 with bf16].")
 @click.option("--rtol", type=float, help="Relative tolerance for --verify [default: as --atol].")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --verify inputs.")
+@click.option("--records", "records", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Tuning records to apply besides the user cache's (a `lepton-opt tune --records` directory; "
+                   "repeatable).")
+@click.option("--no-cache", is_flag=True, help="Do not apply the tuning records of the user cache.")
 @functools.partial(precision_options, int8=True)
 @_handle_errors
-def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, **precision):
+def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, records, no_cache,
+                **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
@@ -218,21 +223,27 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
     start = time.perf_counter()
     with err.status(f"compiling {model.name} for {target}…"):
         compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch,
-                                      **precision)
+                                      records=list(records), use_cache=not no_cache, **precision)
     elapsed = time.perf_counter() - start
+    for warning in compiled.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if verify and compiled.target["kind"] == "cuda":
         err.print("note: --verify runs the model; a CUDA build cannot run without a GPU, "
                   "so the check is skipped (verify a --target llvm build instead)")
         verify = False
+    # Saved before it runs: TVM warns for every constant when it exports an executable that ran.
+    compiled.save(output)
     report = None
     if verify:
         with err.status("verifying against onnxruntime…"):
             reference = compiled.precision.model if precision.get("precision") == "int8" else model
             report = lepton_opt.verify(compiled, reference, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
-    compiled.save(output)
     if compiled.precision is not None:
         _print_precision(compiled.precision)
-    out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s "
+    tuning = compiled.manifest.get("tuning") or {}
+    tuned = (f", {tuning['kernels_tuned']} of {tuning['kernels']} kernels from tuning records"
+             if tuning.get("kernels_tuned") else "")
+    out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s{tuned} "
               f"-> [bold]{output}[/]", highlight=False)
     if report is not None:
         for line in report.lines():
@@ -655,6 +666,130 @@ def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shape
         err.print(f"[bold red]error:[/] variant(s) {', '.join(v.name for v in result.failed)} failed "
                   "(reasons above)", highlight=False)
         sys.exit(1)
+
+
+@main.command("tune")
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu).")
+@click.option("--budget", help="Wall-clock budget, e.g. 90s, 20m, 1h [default: 20m unless --trials is given].")
+@click.option("--trials", type=int, help="Candidates to measure at most.")
+@click.option("--records", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="Keep the records in DIR instead of the user cache (apply them with compile --records DIR).")
+@input_shape_option
+@click.option("--mcpu", help="LLVM CPU name to tune for (default: the host CPU and its features).")
+@click.option("--rpc-tracker", metavar="HOST:PORT", help="Measure on the devices of this TVM RPC tracker.")
+@click.option("--rpc-key", metavar="KEY", help="The key the measuring devices registered under (--rpc-tracker).")
+@click.option("--batch", "batch", type=int, default=8, show_default=True, help="Candidates built and measured "
+              "per round.")
+@click.option("-O", "level", type=click.Choice(["0", "1", "2", "3"]), default="2", show_default=True,
+              help="Graph pipeline before lowering, as compile runs it.")
+@click.option("--list", "list_cache", is_flag=True, help="List the record cache (one directory per target).")
+@click.option("--clear", "clear_cache", is_flag=True, help="Delete the record cache.")
+@functools.partial(precision_options, int8=True)
+@_handle_errors
+def tune_cmd(model, target, budget, trials, records, input_shapes, mcpu, rpc_tracker, rpc_key, batch, level,
+             list_cache, clear_cache, **precision):
+    """Tune MODEL's CPU kernels; compile applies the records automatically.
+
+    Measures the schedule knobs of every convolution and matmul (register tile, loop order),
+    heaviest kernels first, within --budget or --trials; Ctrl-C keeps what was measured.
+    """
+    from lepton_opt.targets import records as record_cache
+
+    if list_cache or clear_cache:
+        if model is not None:
+            raise InputError("--list and --clear manage the record cache; give no MODEL with them")
+        if clear_cache:
+            removed = record_cache.clear_cache()
+            out.print(f"removed {removed} record director{'y' if removed == 1 else 'ies'} from "
+                      f"{record_cache.tuning_root()}", highlight=False)
+            return
+        _print_cache(record_cache)
+        return
+    if model is None:
+        raise InputError("give the MODEL to tune (or --list / --clear for the record cache)")
+    import lepton_opt
+
+    precision = _precision_kwargs(**precision)
+    with _TuneProgress(model.name) as bar:
+        result = lepton_opt.tune(model, target, budget=budget, trials=trials, records=records,
+                                 input_shapes=_input_shapes(input_shapes), mcpu=mcpu, level=f"O{level}",
+                                 rpc_tracker=rpc_tracker, rpc_key=rpc_key, batch=batch, progress=bar.update,
+                                 **precision)
+    _print_tuning(result)
+    if result.interrupted:
+        sys.exit(130)
+
+
+def _print_cache(record_cache) -> None:
+    stores = record_cache.list_stores()
+    if not stores:
+        out.print(f"no tuning records in {record_cache.tuning_root()}", highlight=False)
+        return
+    table = Table(title=f"tuning records in {record_cache.tuning_root()}")
+    for col, justify in (("directory", "left"), ("target", "left"), ("kernels", "right"), ("records", "right"),
+                         ("size", "right")):
+        table.add_column(col, justify=justify, overflow="fold")
+    for s in stores:
+        table.add_row(s.path.name, s.target, str(s.workloads), str(s.records), f"{s.bytes / 1e6:.1f} MB")
+    out.print(table)
+
+
+_TUNE_ROWS = 20
+
+
+def _print_tuning(result) -> None:
+    table = Table(title=f"kernels, heaviest first ({len(result.tasks)} tunable; ms per call)")
+    table.add_column("kernel", ratio=1, overflow="ellipsis", no_wrap=True)
+    for col in ("calls", "default", "tuned", "gain", "tile", "tried"):
+        table.add_column(col, justify="left" if col == "tile" else "right", no_wrap=True)
+    for t in result.tasks[:_TUNE_ROWS]:
+        table.add_row(t.name, str(t.weight), "-" if t.default_ms is None else f"{t.default_ms:.3f}",
+                      "-" if t.best_ms is None else f"{t.best_ms:.3f}",
+                      "-" if t.speedup is None else f"{t.speedup:.2f}x", t.best_tile or "-", f"{t.measured}/{t.tiles}")
+    if len(result.tasks) > _TUNE_ROWS:
+        table.add_row(f"... and {len(result.tasks) - _TUNE_ROWS} more", "", "", "", "", "", "")
+    out.print(table)
+    before, after = result.default_ms, result.best_ms
+    ratio = f" ({before / after:.2f}x)" if after > 0 else ""
+    out.print(f"{result.trials} candidates measured in {result.seconds:.0f} s; kernel time per model run "
+              f"(sum of calls x kernel time): {before:.3f} ms with the default schedules, {after:.3f} ms tuned{ratio}",
+              highlight=False, soft_wrap=True)
+    out.print(f"records: {result.records} ({result.improved_workloads} kernel(s) new or faster); "
+              "`lepton-opt compile` applies them", highlight=False, soft_wrap=True)
+    if result.interrupted:
+        err.print("interrupted: the records measured so far are kept")
+
+
+class _TuneProgress:
+    """A rich progress bar over the budget (time or trials) with the tuning state."""
+
+    def __init__(self, name: str):
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        self.name = name
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"),
+                                 console=err, transient=True)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task(f"tuning {self.name}", total=1.0, state="extracting kernels…")
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, p) -> None:
+        if p.budget_s:
+            done = min(1.0, p.elapsed_s / p.budget_s)
+            left = f"{max(0.0, p.budget_s - p.elapsed_s) / 60:.1f} min left"
+        else:
+            done = min(1.0, p.trials / max(p.trial_budget or 1, 1))
+            left = f"{max(0, (p.trial_budget or 0) - p.trials)} trials left"
+        best = f"{p.default_ms:.2f} -> {p.best_ms:.2f} ms" if p.default_ms else "measuring defaults"
+        self.progress.update(self.task, completed=done, state=f"{p.trials} trials, {p.tasks_started}/{p.tasks} "
+                             f"kernels, {best}, {left}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ class CompiledModel:
         self._library_path = library_path
         self._vm: relax.VirtualMachine | None = None
         self.precision = None  # set by lepton_opt.compile: the mixed-precision conversion's result, if any
+        self.warnings: list[str] = []  # set by lepton_opt.compile: e.g. unreadable tuning-record lines
 
     # ------------------------------------------------------------------ description
     @property

@@ -109,11 +109,12 @@ def _valid_mcpu(mcpu: str) -> bool:
     return mcpu in set(str(n) for n in names)
 
 
-def build(mod: tvm.IRModule, spec: TargetSpec) -> tvm.runtime.Executable:
-    """Compile a lowered Relax module for ``spec``."""
+def build(mod: tvm.IRModule, spec: TargetSpec, database=None, stats: dict | None = None) -> tvm.runtime.Executable:
+    """Compile a lowered Relax module for ``spec``; on the CPU, kernels with a record in the
+    tuning ``database`` take their tuned schedule (``stats`` gets how many did)."""
     target = spec.tvm_target()
     if spec.kind == "llvm":
         from lepton_opt.targets.cpu_schedule import build_cpu
 
-        return build_cpu(mod, target)
+        return build_cpu(mod, target, database, stats)
     return tvm.compile(mod, target=target)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 from tvm import relax
@@ -12,6 +14,7 @@ from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
 from lepton_opt.targets.artifact import CompiledModel, make_manifest
 from lepton_opt.targets.build import TargetSpec, build
 from lepton_opt.targets.lower import Lowerer, LoweredModule
+from lepton_opt.targets.records import load_database, record_dirs
 from lepton_opt.targets.ops import converter_table
 
 
@@ -32,11 +35,23 @@ def unsupported_ops(model: ir.Model) -> dict[str, list[str]]:
 
 
 def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str, opset: int,
-                  passes: list[str]) -> CompiledModel:
-    """Lower and build ``model``; ``source``/``sha256``/``opset`` describe the user's model."""
+                  passes: list[str], records: Sequence[str | os.PathLike] = (), use_cache: bool = True,
+                  warn: Callable[[str], None] | None = None) -> CompiledModel:
+    """Lower and build ``model``; ``source``/``sha256``/``opset`` describe the user's model.
+
+    CPU builds apply the tuning records of ``records`` directories and, with ``use_cache``, of
+    the user cache (:mod:`.records`); ``warn`` hears of unreadable record lines."""
     lowered = lower_model(model, source)
+    database, tuning = None, None
+    if spec.kind == "llvm":
+        dirs = record_dirs(spec.tvm_target(), records, use_cache)
+        database, count = load_database(dirs, warn)
+        tuning = {"records": [str(d) for d in dirs if d.is_dir()], "records_read": count, "kernels_tuned": 0}
+        if not count:
+            database = None
+    stats: dict = {}
     try:
-        executable = build(lowered.mod, spec)
+        executable = build(lowered.mod, spec, database, stats)
     except LeptonError:
         raise
     except Exception as e:
@@ -54,6 +69,11 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     manifest = make_manifest(inputs=inputs, outputs=outputs, target=spec.to_json(),
                              tvm_target=_target_json(spec), passes=passes, source=source,
                              sha256=sha256, opset=opset)
+    if tuning is not None:
+        tuning["kernels_tuned"] = stats.get("tuned", 0)
+        if "kernels" in stats:
+            tuning["kernels"] = stats["kernels"]
+        manifest["tuning"] = tuning
     return CompiledModel(executable, manifest)
 
 

@@ -38,6 +38,7 @@ the unscheduled function (correct, just slow).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -450,10 +451,81 @@ def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir
     return _DlightReduction().apply(func, target, False)
 
 
-def _rule_tiled_reduction(
-    func: tirx.PrimFunc, target: tvm.target.Target, padded: bool = False
-) -> s_tir.Schedule | None:
-    sch = s_tir.Schedule(func)
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """The knobs of a register-tiled kernel, which tuning searches (:mod:`.tune`).
+
+    ``rows`` x ``vectors``: the micro-kernel's accumulators (rows of the output by vectors of its
+    innermost axis). ``order``: how the parallel loop walks the output tiles: ``"rows"`` (for each
+    other output index, each weight panel over all row tiles: the default), ``"panels"`` (each
+    weight panel over all other output indices: a panel is read from memory once per call) or
+    ``"inputs"`` (row tiles outer: each input row is read once, the weight panels stream).
+    """
+
+    rows: int
+    vectors: int
+    order: str = "rows"
+
+
+ORDERS = ("rows", "panels", "inputs")
+
+
+@dataclasses.dataclass
+class _TiledPlan:
+    """What the register-tiled rule found in a kernel (its knobs are chosen apart: :class:`Tile`)."""
+
+    sch: s_tir.Schedule
+    main: object
+    producers: list
+    epilogue: list
+    loop_of: dict
+    vec_var: object
+    row_var: object
+    other_spatial: list
+    red_vars: list
+    rows: int  # extent of the row axis (1 without one)
+    vectors: int  # vectors of the vector axis
+    vl: int  # lanes of one vector
+    lanes: int  # the target's lanes for the output type
+    registers: int
+    other_extent: int  # product of the other output extents
+
+    def space(self) -> list[Tile]:
+        return tile_space(self.rows, self.vectors, self.registers, self.other_extent > 1, self.default())
+
+    def default(self) -> Tile:
+        return Tile(*_register_tile(self.rows, self.vectors, self.registers))
+
+
+def tile_space(rows: int, vectors: int, registers: int, orders: bool, default: Tile) -> list[Tile]:
+    """Every register tile that fits the register file (``r*u + u + 1`` vectors, divisors of the
+    extents, at most 16 rows and 6 vectors), each walk order where it changes anything; the
+    default first, then the tiles with the most accumulators."""
+    tiles = []
+    for u in range(1, min(6, vectors) + 1):
+        if vectors % u:
+            continue
+        for r in range(1, min(16, rows) + 1):
+            if rows % r or r * u + u + 1 > registers:
+                continue
+            for order in ORDERS if orders else ORDERS[:1]:
+                tiles.append(Tile(r, u, order))
+    tiles.sort(key=lambda t: (t != default, -(t.rows * t.vectors), -t.rows, ORDERS.index(t.order)))
+    return tiles
+
+
+def _rule_tiled_reduction(func: tirx.PrimFunc, target: tvm.target.Target,
+                          tile: Tile | None = None) -> s_tir.Schedule | None:
+    plan = tiled_plan(s_tir.Schedule(func), target)
+    if plan is None:
+        return None
+    _apply_tiled(plan, tile or plan.default())
+    return plan.sch
+
+
+def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = False) -> _TiledPlan | None:
+    """Analyze a kernel for the register-tiled rule (None if it does not apply); the schedule
+    of the plan may be a padded copy of ``sch``."""
     _inline_injective(sch, keep_padding=True)
     blocks = _root_blocks(sch)
     red_blocks = [b for b in blocks if "R" in _block_iter_kinds(sch, b)]
@@ -529,38 +601,44 @@ def _rule_tiled_reduction(
                    _ROW_PAD if row_var is not None and iv.same_as(row_var) and few_rows else 1
                    for iv in iter_vars]
         try:
-            padded_sch = s_tir.Schedule(sch.mod["main"])
-            padded_sch.pad_einsum(padded_sch.get_sblock(stmt.name_hint), padding)
-            result = _rule_tiled_reduction(padded_sch.mod["main"], target, padded=True)
+            padded_sch = sch.copy()
+            padded_sch.pad_einsum(main, padding)
+            found = tiled_plan(padded_sch, target, padded=True)
         except Exception:  # noqa: BLE001 - not an einsum, or the padded form did not schedule
-            result = None
-        if result is not None:
-            return result
+            found = None
+        if found is not None:
+            return found
     if vl < 4 and vext <= 4 * lanes:
         vl = vext  # short: one (odd-width) vector, which LLVM splits into legal pieces
-    n_vec = vext // vl
-    r, u = _register_tile(rows_ext, n_vec, _vector_registers(target))
+    other = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))]
+    other_extent = 1
+    for v in other:
+        other_extent *= ext_of[v]
+    return _TiledPlan(sch, main, producers, epilogue, loop_of, vec_var, row_var, other,
+                      [iv for iv, k in zip(iter_vars, kinds) if k == "R"], rows_ext, vext // vl, vl, lanes,
+                      _vector_registers(target), other_extent)
 
-    red_vars = [iv for iv, k in zip(iter_vars, kinds) if k == "R"]
-    other_spatial = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))]
 
-    _pack_constant_operands(sch, main, vec_var, vl)
+def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
+    sch, main, loop_of = plan.sch, plan.main, plan.loop_of
+    _pack_constant_operands(sch, main, plan.vec_var, plan.vl)
     # Cache the accumulators in a small local buffer, written back once per tile.
     wb = sch.cache_write(main, 0, "local")
 
-    vo, vu, vv = sch.split(loop_of[vec_var], factors=[None, u, vl])
-    if row_var is not None:
-        ro, ri = sch.split(loop_of[row_var], factors=[None, r])
+    vo, vu, vv = sch.split(loop_of[plan.vec_var], factors=[None, tile.vectors, plan.vl])
+    if plan.row_var is not None:
+        ro, ri = sch.split(loop_of[plan.row_var], factors=[None, tile.rows])
         row_outer, row_inner = [ro], [ri]
     else:
         row_outer, row_inner = [], []
-    red_loops = [loop_of[v] for v in red_vars]
-    order = [loop_of[v] for v in other_spatial] + [vo] + row_outer + red_loops + row_inner + [vu, vv]
-    sch.reorder(*order)
-    outer = [loop_of[v] for v in other_spatial] + [vo] + row_outer
-    tile = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.parallel(tile)
-    _compute_epilogue_per_tile(sch, tile, wb, epilogue)
+    other = [loop_of[v] for v in plan.other_spatial]
+    outer = {"rows": other + [vo] + row_outer, "panels": [vo] + other + row_outer,
+             "inputs": other + row_outer + [vo]}[tile.order]
+    red_loops = [loop_of[v] for v in plan.red_vars]
+    sch.reorder(*outer, *red_loops, *row_inner, vu, vv)
+    tile_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.parallel(tile_loop)
+    _compute_epilogue_per_tile(sch, tile_loop, wb, plan.epilogue)
     # Vectorize while the block is still a whole reduction: legality is checked on it.
     for lp in row_inner:
         sch.unroll(lp)
@@ -568,16 +646,15 @@ def _rule_tiled_reduction(
     sch.vectorize(vv)
     init = sch.decompose_reduction(main, red_loops[0])
     init_loops = sch.get_loops(init)
-    _vectorize_innermost(sch, init_loops[-1], lanes)
-    for block in [wb] + list(epilogue):
+    _vectorize_innermost(sch, init_loops[-1], plan.lanes)
+    for block in [wb] + list(plan.epilogue):
         try:
             blk_loops = sch.get_loops(block)
         except Exception:  # noqa: BLE001 - wb was inlined
             continue
-        _vectorize_innermost(sch, blk_loops[-1], lanes)
-    for block in producers:
-        _parallel_vectorize_block(sch, block, lanes)
-    return sch
+        _vectorize_innermost(sch, blk_loops[-1], plan.lanes)
+    for block in plan.producers:
+        _parallel_vectorize_block(sch, block, plan.lanes)
 
 
 # Marks the blocks that repack a constant operand; SplitLayoutRewritePreproc moves them out of
@@ -636,12 +713,38 @@ def _is_var_plus_other(expr, var) -> bool:
     return False
 
 
-def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target, tile: Tile | None = None) -> s_tir.Schedule | None:
     """The integer dot-product kernels of quantized models (:mod:`.int8`): a register tile of
     ``rows x u`` vectors of 16 int32 accumulators over (rows, output channels), the reduction
     loops outside it, the 16 x 4 dot product tensorized to VNNI where the target has it (else
     vectorized int32 arithmetic), the requantization epilogue per tile, tiles in parallel."""
-    sch = s_tir.Schedule(func)
+    plan = int8_plan(s_tir.Schedule(func), target)
+    if plan is None:
+        return None
+    _apply_int8(plan, tile or plan.default(), target)
+    return plan.sch
+
+
+@dataclasses.dataclass
+class _Int8Plan:
+    sch: s_tir.Schedule
+    main: object
+    producers: list
+    epilogue: list
+    rows: int
+    vectors: int
+    registers: int
+    other_extent: int
+
+    def space(self) -> list[Tile]:
+        return tile_space(self.rows, self.vectors, self.registers, self.other_extent > 1, self.default())
+
+    def default(self) -> Tile:
+        # Row tiles outside the channel panels: measured faster than the float kernels' order here.
+        return Tile(*_register_tile(self.rows, self.vectors, self.registers), order="inputs")
+
+
+def int8_plan(sch: s_tir.Schedule, target: tvm.target.Target) -> _Int8Plan | None:
     found = [b for b in _root_blocks(sch) if sch.get(b).name_hint.startswith(_int8.BLOCK_PREFIX)]
     if len(found) != 1:
         return None
@@ -654,23 +757,33 @@ def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule
     _inline_injective(sch, keep_padding=True, keep=feeds_main)
     blocks = _root_blocks(sch)
     idx = [sch.get(b).same_as(sch.get(main)) for b in blocks].index(True)
-    producers, epilogue = blocks[:idx], blocks[idx + 1:]
-    loops = sch.get_loops(main)
-    # Spatial (..., row, channel) then reduction (..., group, 4), as the computes define them.
-    n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
-    *outer, row, channel = loops[:-n_red]
-    red = loops[-n_red:]
+    *outer, row, channel = _int8_loops(sch, main)[0]
+    other_extent = 1
+    for lp in outer:
+        other_extent *= _extent(sch, lp) or 2
     # A dynamic row count (the batch of a 2-D matmul) gets one row per micro-kernel.
-    rows = _extent(sch, row) or 1
-    lanes = _int8.LANES
-    r, u = _register_tile(rows, _extent(sch, channel) // lanes, _vector_registers(target))
+    return _Int8Plan(sch, main, blocks[:idx], blocks[idx + 1:], _extent(sch, row) or 1,
+                     _extent(sch, channel) // _int8.LANES, _vector_registers(target), other_extent)
+
+
+def _int8_loops(sch: s_tir.Schedule, main) -> tuple[list, list]:
+    """Spatial (..., row, channel) and reduction (..., group, 4) loops, as the computes define them."""
+    loops = sch.get_loops(main)
+    n_red = 2 if sch.get(main).name_hint.endswith("dense") else 4
+    return loops[:-n_red], loops[-n_red:]
+
+
+def _apply_int8(plan: _Int8Plan, tile: Tile, target: tvm.target.Target) -> None:
+    sch, main, lanes = plan.sch, plan.main, _int8.LANES
+    (*other, row, channel), red = _int8_loops(sch, main)
     wb = sch.cache_write(main, 0, "local")
-    ro, ri = sch.split(row, factors=[None, r])
-    co_o, co_i, lane = sch.split(channel, factors=[None, u, lanes])
-    sch.reorder(*outer, ro, co_o, *red[:-1], ri, co_i, lane, red[-1])
-    tile = sch.fuse(*outer, ro, co_o)
-    sch.parallel(tile)
-    _compute_epilogue_per_tile(sch, tile, wb, epilogue)
+    ro, ri = sch.split(row, factors=[None, tile.rows])
+    co_o, co_i, lane = sch.split(channel, factors=[None, tile.vectors, lanes])
+    outer = {"rows": [*other, co_o, ro], "panels": [co_o, *other, ro], "inputs": [*other, ro, co_o]}[tile.order]
+    sch.reorder(*outer, *red[:-1], ri, co_i, lane, red[-1])
+    tile_loop = sch.fuse(*outer)
+    sch.parallel(tile_loop)
+    _compute_epilogue_per_tile(sch, tile_loop, wb, plan.epilogue)
     init = sch.decompose_reduction(main, red[0])
     if _int8.has_vnni(target):
         sch.tensorize(lane, _int8.VNNI_INTRIN)
@@ -679,14 +792,13 @@ def _rule_int8(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule
     sch.unroll(ri)
     sch.unroll(co_i)
     sch.vectorize(sch.get_loops(init)[-1])
-    for block in [wb, *epilogue]:
+    for block in [wb, *plan.epilogue]:
         try:
             _vectorize_innermost(sch, sch.get_loops(block)[-1], lanes)
         except Exception:  # noqa: BLE001 - wb was inlined
             continue
-    for block in producers:
+    for block in plan.producers:
         _parallel_vectorize_block(sch, block, _lanes(target, _write_dtype_bits(sch, block)))
-    return sch
 
 
 def _register_tile(rows: int, vectors: int, registers: int) -> tuple[int, int]:
@@ -739,6 +851,32 @@ def schedule_prim_func(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[
         new = sch.mod["main"]
         return new.with_attr("tirx.is_scheduled", True), name
     return func, "none"
+
+
+# The rules with knobs, in the order schedule_prim_func tries them: name -> (plan, rule).
+_TUNABLE = {"int8": (int8_plan, _rule_int8), "tiled_reduction": (tiled_plan, _rule_tiled_reduction)}
+
+
+def tunable_space(func: tirx.PrimFunc, target: tvm.target.Target) -> tuple[str, list[Tile]] | None:
+    """The knob-bearing rule the default schedule applies to ``func`` and every :class:`Tile`
+    it may take (the default first), or None when the kernel has no knobs (element-wise, row
+    reductions)."""
+    for name, (plan_of, _) in _TUNABLE.items():
+        try:
+            plan = plan_of(s_tir.Schedule(func), target)
+        except Exception:  # noqa: BLE001 - the rule does not apply
+            plan = None
+        if plan is not None:
+            return name, plan.space()
+    return None
+
+
+def schedule_with_tile(func: tirx.PrimFunc, target: tvm.target.Target, rule: str, tile: Tile) -> s_tir.Schedule:
+    """``func`` scheduled by ``rule`` with ``tile``; the schedule's trace replays it (tuning records)."""
+    sch = _TUNABLE[rule][1](func, target, tile)
+    if sch is None:
+        raise ValueError(f"rule {rule} does not apply")
+    return sch
 
 
 def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -809,14 +947,35 @@ def schedule_module(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModul
         return seq(mod)
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def apply_records_pass(database, stats: dict | None = None) -> tvm.transform.Pass:
+    """Schedule the kernels that have a tuning record in ``database`` (a MetaSchedule database,
+    see :mod:`.records`) with their best record; ``stats`` receives ``tuned`` and ``kernels``."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonApplyTuningRecords")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        kernels = [gv for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+        before = {gv.name_hint for gv in kernels if _is_scheduled(mod[gv])}
+        with database:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        if stats is not None:
+            stats["kernels"] = len(kernels)
+            stats["tuned"] = sum(1 for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
+                                 and _is_scheduled(f) and gv.name_hint not in before)
+        return mod
+
+    return _pass
+
+
+def cpu_pipeline(target: tvm.target.Target, database=None, stats: dict | None = None) -> tvm.transform.Pass:
     """The whole Relax pipeline of :func:`build_cpu`, as one pass."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
+            tuned = [] if database is None else [apply_records_pass(database, stats)]
             seq = tvm.transform.Sequential(
                 _pre_schedule_passes(target)
+                + tuned
                 + [default_cpu_schedule_pass(target)]
                 + _post_schedule_passes()
                 + _cpu_pipeline.dataflow_lower_passes(target)
@@ -827,9 +986,11 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build_cpu(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.runtime.Executable:
-    """Compile a Relax module for a CPU target with the default schedules."""
-    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+def build_cpu(mod: tvm.IRModule, target: tvm.target.Target, database=None,
+              stats: dict | None = None) -> tvm.runtime.Executable:
+    """Compile a Relax module for a CPU target: kernels with a tuning record in ``database``
+    take their best record, the others the default schedules."""
+    return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database, stats))
 
 
 def profile_kernels(
