@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import onnx
 import pytest
 
 # Two engines on two cores: keep TVM's runtime to one thread per pytest worker.
 os.environ.setdefault("TVM_NUM_THREADS", "1")
+# Builds must not pick up the tuning records of the user's cache (tests that tune set their own).
+os.environ["LEPTON_OPT_CACHE"] = tempfile.mkdtemp(prefix="lepton-opt-test-cache-")
 
 from tests.models import tiny_mlp  # noqa: E402
 
