@@ -13,6 +13,7 @@ Needs torch (CPU wheel: ``pip install torch==2.13.0``). Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 import warnings
@@ -400,6 +401,10 @@ MODELS: dict[str, ModelSpec] = {
     "resnet50": ModelSpec(ResNet50, _images(224), ("input",), ("logits",)),
     "bert_base": ModelSpec(BertBase, _bert_inputs, ("input_ids", "attention_mask"),
                            ("last_hidden_state", "pooler_output")),
+    # BERT-base's layer, 6 of them: every kernel has BERT-base's shapes (benchmarks/tuning.py: a
+    # model that shares its kernels with a tuned one).
+    "bert_6layer": ModelSpec(functools.partial(BertBase, layers=6), _bert_inputs, ("input_ids", "attention_mask"),
+                             ("last_hidden_state", "pooler_output")),
     "vit_small": ModelSpec(ViTSmall, _images(224), ("input",), ("logits",)),
     "yolo_style": ModelSpec(YoloStyle, _images(320), ("images",), ("output0",)),
 }

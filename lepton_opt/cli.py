@@ -605,7 +605,7 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="llvm", show_default=True, help="llvm (alias cpu); cuda needs a GPU.")
 @click.option("--variants", default="ort,fp32", show_default=True, metavar="A,B,...",
-              help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-O0, pruned, ort-pruned, "
+              help="Variants to measure: ort (baseline, always run), ort-opt, fp32, fp32-untuned, fp32-O0, pruned, ort-pruned, "
                    "fp16, bf16, ort-fp16, int8, ort-int8. Those this version cannot build are reported as unavailable.")
 @click.option("--prune-method", type=click.Choice(["channel", "magnitude", "2:4"]), default="channel",
               show_default=True, help="How the pruned and ort-pruned variants prune.")

@@ -29,6 +29,7 @@ class VariantSpec:
     unavailable: str | None = None  # why this version cannot build it
     pruned: bool = False  # built from the pruned model (see PruneOptions)
     precision: str | None = None  # "fp16"/"bf16" (mixed precision) or "int8" (static QDQ) after the passes
+    records: bool = True  # lepton-opt builds: apply the tuning records of the user cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,18 +52,22 @@ BASELINE = "ort"
 VARIANTS: dict[str, VariantSpec] = {v.name: v for v in [
     VariantSpec(BASELINE, "onnxruntime fp32, all graph optimizations (the baseline)", "onnxruntime"),
     VariantSpec("ort-opt", "onnxruntime fp32 on the model after lepton-opt's -O2 passes", "onnxruntime", "O2"),
-    VariantSpec("fp32", "lepton-opt build, fp32, -O2 passes, untuned", "lepton-opt", "O2"),
-    VariantSpec("fp32-O0", "lepton-opt build, fp32, no graph passes, untuned", "lepton-opt", "O0"),
-    VariantSpec("fp16", "lepton-opt build, fp16 mixed precision (default block list, fp32 IO), -O2, untuned",
+    VariantSpec("fp32", "lepton-opt build, fp32, -O2 passes, with the tuning records of the cache (untuned if "
+                "there are none)", "lepton-opt", "O2"),
+    VariantSpec("fp32-untuned", "lepton-opt build, fp32, -O2 passes, default schedules (tuning records ignored)",
+                "lepton-opt", "O2", records=False),
+    VariantSpec("fp32-O0", "lepton-opt build, fp32, no graph passes, default schedules", "lepton-opt", "O0",
+                records=False),
+    VariantSpec("fp16", "lepton-opt build, fp16 mixed precision (default block list, fp32 IO), -O2",
                 "lepton-opt", "O2", precision="fp16"),
-    VariantSpec("bf16", "lepton-opt build, bf16 mixed precision (default block list, fp32 IO), -O2, untuned",
+    VariantSpec("bf16", "lepton-opt build, bf16 mixed precision (default block list, fp32 IO), -O2",
                 "lepton-opt", "O2", precision="bf16"),
     VariantSpec("ort-fp16", "onnxruntime on lepton-opt's fp16 model (-O2 passes, then fp16)", "onnxruntime",
                 "O2", precision="fp16"),
     VariantSpec("int8", "lepton-opt build, int8 static quantization (QDQ: per-channel int8 weights, uint8 "
-                "activations, minmax calibration), -O2, untuned", "lepton-opt", "O2", precision="int8"),
+                "activations, minmax calibration), -O2", "lepton-opt", "O2", precision="int8"),
     VariantSpec("ort-int8", "onnxruntime on lepton-opt's int8 QDQ model", "onnxruntime", "O2", precision="int8"),
-    VariantSpec("pruned", "lepton-opt build of the pruned model (-O2 passes, untuned)", "lepton-opt", "O2",
+    VariantSpec("pruned", "lepton-opt build of the pruned model (-O2 passes)", "lepton-opt", "O2",
                 pruned=True),
     VariantSpec("ort-pruned", "onnxruntime fp32 on the pruned model", "onnxruntime", pruned=True),
 ]}
@@ -115,7 +120,8 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
         if spec.engine == "onnxruntime":
             return _ort_variant(spec, data, threads, workdir, tag, output_names, start)
         # The passes ran before quantizing; the build lowers the QDQ model as it is.
-        return _lepton_variant(spec, api.compile(quantized_cache["model"], target, level="O0"), workdir, tag, start)
+        compiled = api.compile(quantized_cache["model"], target, level="O0", use_cache=spec.records)
+        return _lepton_variant(spec, compiled, workdir, tag, start)
     if spec.pruned:
         prune = prune or PruneOptions()
         pruned_cache = {} if pruned_cache is None else pruned_cache
@@ -130,7 +136,8 @@ def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapp
             data = api.optimize(source, spec.level, input_shapes=shapes,
                                 precision=spec.precision).model.SerializeToString()
         return _ort_variant(spec, data, threads, workdir, tag, output_names, start)
-    compiled = api.compile(source, target, input_shapes=shapes, level=spec.level, precision=spec.precision)
+    compiled = api.compile(source, target, input_shapes=shapes, level=spec.level, precision=spec.precision,
+                           use_cache=spec.records)
     return _lepton_variant(spec, compiled, workdir, tag, start)
 
 
