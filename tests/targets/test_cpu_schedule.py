@@ -47,7 +47,7 @@ def test_convolutions_are_converted_to_nhwc():
         converted = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(mod)
     text = converted["main"].script()
     convs = text.count("R.nn.conv2d(")
-    assert convs == 6
+    assert convs + text.count("winograd_output") == 6  # 3x3 ones with 32+ channels become Winograd
     assert text.count('data_layout="NHWC"') == convs and text.count('kernel_layout="HWIO"') == convs
 
 
@@ -138,5 +138,84 @@ def test_constant_weights_are_repacked_at_build_time(kind):
     # The repacking ran at build time: main calls only the packed kernel, on a folded constant.
     assert any(n.endswith("_prepacked") for n in names) and "weight_prepack" not in main_text, (names, main_text)
     x = rng.standard_normal(x_shape).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_row_functions_take_the_vectorized_row_rule_and_fast_nonlinear_ops_stay_accurate():
+    """LayerNormalization and Softmax are scheduled row by row with vectorized partial
+    reductions; Softmax, Sigmoid and Tanh use TVM's vectorizable exp/tanh. Over inputs from -30 to
+    30 they stay within float32 rounding of onnxruntime's libm-based results."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["ln"], axis=-1),
+             helper.make_node("Softmax", ["x"], ["sm"], axis=-1), helper.make_node("Sigmoid", ["x"], ["sg"]),
+             helper.make_node("Tanh", ["x"], ["th"])]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 64])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [6, 64]) for n in ("ln", "sm", "sg", "th")],
+                              [numpy_helper.from_array(np.linspace(0.5, 1.5, 64, dtype=np.float32), "g"),
+                               numpy_helper.from_array(np.linspace(-0.2, 0.2, 64, dtype=np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod, target = _legalized(model)
+    rules = {gv.name_hint: cpu_schedule.schedule_prim_func(f, target)[1] for gv, f in mod.functions_items()
+             if isinstance(f, tirx.PrimFunc)}
+    assert [r for n, r in rules.items() if "layer_norm" in n] == ["rows"], rules
+    assert [r for n, r in rules.items() if "softmax" in n] == ["rows"], rules
+    text = mod.script()
+    assert "fast_exp" in text.lower() or "T_fast_exp" in text, "softmax/sigmoid without the fast exp"
+    x = np.linspace(-30, 30, 6 * 64, dtype=np.float32).reshape(6, 64)
+    got, ref = lepton_opt.compile(model).run({"x": x}), ort_run(model, {"x": x})
+    for name in ("sm", "sg", "th"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=2e-6, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(got["ln"], ref["ln"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size, batch, epilogue", [(14, 1, "relu"), (7, 2, "silu"), (9, 1, "residual")])
+def test_three_by_three_convolutions_run_as_winograd(size, batch, epilogue):
+    """3x3 stride-1 convolutions with 32+ channels are rewritten to Winograd F(2x2, 3x3) (input
+    transform, 16 batched matmuls on the transformed constant weight, output transform with the
+    epilogue), odd sizes cropped; a 16-channel and a strided one stay direct. Same results as
+    onnxruntime within float32 rounding of the longer sums."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(3)
+    weights = {"w0": rng.standard_normal((32, 32, 3, 3)) * 0.1, "b0": rng.standard_normal(32),
+               "w1": rng.standard_normal((16, 32, 3, 3)) * 0.1, "w2": rng.standard_normal((16, 16, 3, 3)) * 0.1,
+               "w3": rng.standard_normal((32, 16, 3, 3)) * 0.1}
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], pads=[1, 1, 1, 1])]
+    if epilogue == "relu":
+        nodes.append(helper.make_node("Relu", ["c0"], ["a0"]))
+    elif epilogue == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c0"], ["s0"]), helper.make_node("Mul", ["c0", "s0"], ["a0"])]
+    else:
+        nodes.append(helper.make_node("Add", ["c0", "x"], ["a0"]))
+    nodes += [helper.make_node("Conv", ["a0", "w1"], ["c1"], pads=[1, 1, 1, 1]),  # 32 in: Winograd
+              helper.make_node("Conv", ["c1", "w2"], ["c2"], pads=[1, 1, 1, 1]),  # 16 in: direct
+              helper.make_node("Conv", ["c2", "w3"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2])]  # strided: direct
+    out = (size + 1) // 2
+    graph = helper.make_graph(nodes, "wino", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 32, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 32, out, out])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod, target = _legalized(model)
+    scheduled = [cpu_schedule.schedule_prim_func(f, target) for _, f in mod.functions_items()
+                 if isinstance(f, tirx.PrimFunc)]
+    texts = "".join(f.script() for f, rule in scheduled if rule == "winograd")
+    # Input and output transforms of the two 32-channel convolutions (one kernel may hold an output
+    # transform and the next input transform), their tile positions unrolled.
+    assert texts.count('T.sblock("lepton_winograd_in")') == 2 and texts.count('T.sblock("lepton_winograd_out")') == 2
+    import re
+
+    unrolled = collections.Counter(re.findall(r"T\.unroll\((?:T\.int64\()?(\d+)", texts))
+    assert unrolled["16"] == 2 and unrolled["2"] == 4, unrolled  # the tile positions, unrolled
+    kernels = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)]
+    assert sum("conv2d" in k for k in kernels) == 2, kernels  # the 16-channel and the strided one
+    x = rng.standard_normal((batch, 32, size, size)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)

@@ -63,6 +63,53 @@ def test_attention(case):
     check(attention_model(q, kv, mask, mask_type, **attrs))
 
 
+# Shapes the fused CPU attention kernel takes (keys and head size multiples of 16, a block of
+# 4 to 8 query rows): numerics against onnxruntime, and the kernel really is the one built.
+KERNEL_CASES = {
+    "3-D, padding mask [B,1,S,L]": ((2, 16, 64), (2, 32, 64), (2, 1, 16, 32), F, dict(q_num_heads=2, kv_num_heads=2)),
+    "3-D, mask [S,L], scale": ((1, 24, 64), (1, 16, 64), (24, 16), F, dict(q_num_heads=4, kv_num_heads=4, scale=0.2)),
+    "4-D, no mask": ((1, 3, 8, 32), (1, 3, 48, 32), None, F, {}),
+    "4-D, causal": ((1, 2, 16, 16), (1, 2, 16, 16), None, F, dict(is_causal=1)),
+    "3-D, grouped-query": ((1, 8, 64), (1, 16, 32), None, F, dict(q_num_heads=4, kv_num_heads=2)),
+}
+
+
+def _cpu_kernels(model) -> dict[str, str]:
+    """Kernel name -> the CPU schedule rule that takes it, for ``model`` after the -O2 passes."""
+    import tvm
+
+    from lepton_opt.targets import cpu_schedule
+    from lepton_opt.targets.build import resolve_target
+    from lepton_opt.targets.compile import lower_model
+
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule._pre_schedule_passes(target))(
+            lower_model(lepton_opt.load(model)).mod)
+    return {gv.name_hint: cpu_schedule.schedule_prim_func(f, target)[1] for gv, f in mod.functions_items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+def test_attention_kernel(case):
+    q, kv, mask, mask_type, attrs = KERNEL_CASES[case]
+    model = attention_model(q, kv, mask, mask_type, **attrs)
+    kernels = _cpu_kernels(model)
+    assert [rule for name, rule in kernels.items() if name.startswith("attention")] == ["attention"], kernels
+    assert not any("softmax" in name for name in kernels), kernels  # not the expansion
+    check(model)
+
+
+def test_attention_kernel_falls_back_to_the_expansion_where_it_does_not_apply():
+    # 197 queries (ViT) have no row block of 4 to 8, 8-wide heads are shorter than a vector.
+    for q, kv in (((1, 197, 64), (1, 197, 64)), ((1, 16, 32), (1, 16, 32))):
+        heads = 1 if q[-1] == 64 else 4
+        model = attention_model(q, kv, None, F, q_num_heads=heads, kv_num_heads=heads)
+        kernels = _cpu_kernels(model)
+        assert "attention" not in kernels.values() and any("softmax" in name for name in kernels), kernels
+        check(model)
+
+
 def test_swish():
     node = helper.make_node("Swish", ["x"], ["y"], alpha=1.5)
     graph = helper.make_graph([node], "swish", [helper.make_tensor_value_info("x", F, [2, 3, 8])],
@@ -72,7 +119,8 @@ def test_swish():
 
 def test_cpu_pipeline_expands_attention_into_matmuls():
     # TVM has no CPU attention kernel; its legalized nn.attention is one PrimFunc our schedules
-    # cannot tile, so the CPU pipeline expands it (the lowered module keeps the fused op).
+    # cannot tile, so where lepton-opt's kernel does not apply (8-wide heads here) the CPU pipeline
+    # expands it (the lowered module keeps the fused op).
     import onnx_ir as ir
 
     from lepton_opt.targets.compile import lower_model

@@ -7,9 +7,10 @@ pieces, so each backend sees one attention op and picks its kernel. (``Gelu``,
 
 On the CPU, TVM has no attention kernel: it legalizes ``nn.attention`` into one PrimFunc that
 our default schedules cannot tile (a BERT-base layer's attention measured 48 ms, against 3.7 ms
-for the same math as batch matmuls + softmax). :func:`expand_attention_pass` therefore expands
-the op, in the CPU pipeline only, into permute / matmul / softmax / matmul, which the
-register-tiled matmul and row-reduction schedules handle.
+for the same math as batch matmuls + softmax). :func:`expand_attention_pass` therefore lowers
+the op, in the CPU pipeline only, to lepton-opt's fused attention kernel
+(:mod:`lepton_opt.targets.attention`) where it applies, and otherwise expands it into permute /
+matmul / softmax / matmul, which the register-tiled matmul and row-reduction schedules handle.
 """
 
 from __future__ import annotations
@@ -99,6 +100,30 @@ CONVERTERS = {"Attention": Attention, "Swish": Swish}
 _ATTENTION_OPS = (tvm.ir.Op.get("relax.nn.attention"), tvm.ir.Op.get("relax.nn.attention_bias"))
 
 
+def _fused_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
+    """The call as lepton-opt's CPU attention kernel (:mod:`lepton_opt.targets.attention`), or
+    None where that kernel does not apply (see ``attention.supported``)."""
+    from lepton_opt.targets import attention
+
+    attrs = call.attrs
+    if attrs.window_size is not None:
+        return None
+    query, key, value = call.args[:3]
+    bias = call.args[3] if len(call.args) > 3 else None
+    q_shape, k_shape = shape_of(query), shape_of(key)
+    if attention.supported(q_shape, k_shape, dtype_of(query)) is not None:
+        return None
+    if bias is not None and (dtype_of(bias) != "float32" or len(shape_of(bias)) != 4
+                             or not all(isinstance(d, int) for d in shape_of(bias))):
+        return None
+    q_len, kv_len, head_dim = q_shape[1], k_shape[1], q_shape[3]
+    scale = float(attrs.scale.value) if attrs.scale is not None else 1.0 / float(np.sqrt(head_dim))
+    offset = None
+    if attrs.causal_mask is not None:
+        offset = 0 if attrs.causal_mask == "TopLeft" else kv_len - q_len
+    return bb.call_te(attention.compute, query, key, value, bias, scale, offset, primfunc_name_hint="attention")
+
+
 def _expand_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | None:
     """softmax(Q K^T * scale + bias [+ causal]) V on BSNH tensors, as batch matmuls; None if the
     call uses what the expansion does not cover (a sliding window, a symbolic causal length)."""
@@ -138,15 +163,18 @@ class _AttentionExpander(relax.PyExprMutator):
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if isinstance(call, relax.Call) and any(call.op.same_as(o) for o in _ATTENTION_OPS):
-            expanded = _expand_attention(self.builder_, call)
-            if expanded is not None:
-                return expanded
+            lowered = _fused_attention(self.builder_, call)
+            if lowered is None:
+                lowered = _expand_attention(self.builder_, call)
+            if lowered is not None:
+                return lowered
         return call
 
 
 @tvm.transform.module_pass(opt_level=0, name="LeptonExpandAttention")
 def expand_attention_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """``nn.attention`` -> batch matmuls + softmax (for targets without an attention kernel)."""
+    """``nn.attention`` -> lepton-opt's CPU attention kernel where it applies (float32, static
+    shapes, key length and head size multiples of 16), else batch matmuls + softmax."""
     expander = _AttentionExpander(mod)
     for gv, func in mod.functions_items():
         if isinstance(func, relax.Function):
