@@ -38,9 +38,9 @@ Design, and why:
 * **Row reductions** (softmax, layer norm, mean over the last axis): a vectorized rule that
   splits each row reduction across vector lanes (:func:`_rule_rows`), then dlight's CPU
   ``Reduction`` rule (parallel rows, all blocks computed per row, injective blocks vectorized).
-  Float32 softmax, sigmoid and tanh are rewritten beforehand to TVM's vectorizable fast forms
+  Softmax, sigmoid and tanh are rewritten beforehand to TVM's vectorizable fast forms
   (``fast_softmax``, ``fast_exp``, ``fast_tanh``; within a relative 2e-6 of the exact functions
-  in the tests).
+  in the tests), float16/bfloat16 computed in float32.
 * **Everything else** (:func:`_rule_generic`): injective blocks are inlined where possible;
   every remaining block gets its outer spatial loops fused and parallelized and its innermost
   spatial loop vectorized. This is also the fallback when a richer rule fails, so no function
@@ -245,27 +245,44 @@ _widen_low_precision = _mutator_pass("LeptonWidenLowPrecision", _WidenLowPrecisi
 
 @relax.expr_functor.mutator
 class _VectorizableNonlinear(relax.PyExprMutator):
-    """float32 softmax, sigmoid and tanh computed with TVM's vectorizable polynomial exp and
-    rational tanh (``topi.fast_exp``, ``topi.fast_tanh``: within 3.1e-7 relative error of
-    float64 over [-88, 88] and [-10, 10], measured) instead of a scalar libm call per element:
-    LLVM cannot vectorize ``expf``. Exp itself stays exact (overflow to inf is its contract)."""
+    """Softmax, sigmoid and tanh computed with TVM's vectorizable polynomial exp and rational
+    tanh (``topi.fast_exp``, ``topi.fast_tanh``: within 3.1e-7 relative error of float64 over
+    [-88, 88] and [-10, 10], measured) instead of a scalar libm call per element: LLVM cannot
+    vectorize ``expf``. float16/bfloat16 tensors are computed in float32 and rounded once (the
+    SiLUs of an fp16 CNN otherwise call ``expf`` per element). Exp itself stays exact (overflow
+    to inf is its contract)."""
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
         call = super().visit_call_(call)
         if not isinstance(call.op, tvm.ir.Op) or len(call.args) != 1 and call.op.name != "relax.nn.softmax":
             return call
         ty = getattr(call.args[0], "ty", None)
-        if not isinstance(ty, relax.TensorType) or str(ty.dtype) != "float32":
+        if not isinstance(ty, relax.TensorType) or str(ty.dtype) not in _FAST_DTYPES:
             return call
         name = call.op.name
         if name == "relax.nn.softmax":
-            return self.builder_.call_te(topi.nn.fast_softmax, call.args[0], int(call.attrs.axis),
+            axis = int(call.attrs.axis)
+            return self.builder_.call_te(_in_float32(lambda x: topi.nn.fast_softmax(x, axis)), call.args[0],
                                          primfunc_name_hint="softmax")
         if name == "relax.sigmoid":
-            return self.builder_.call_te(_fast_sigmoid, call.args[0], primfunc_name_hint="sigmoid")
+            return self.builder_.call_te(_in_float32(_fast_sigmoid), call.args[0], primfunc_name_hint="sigmoid")
         if name == "relax.tanh":
-            return self.builder_.call_te(topi.fast_tanh, call.args[0], primfunc_name_hint="tanh")
+            return self.builder_.call_te(_in_float32(topi.fast_tanh), call.args[0], primfunc_name_hint="tanh")
         return call
+
+
+_FAST_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _in_float32(compute):
+    """``compute`` (a float32 TE function) for a tensor of any of ``_FAST_DTYPES``."""
+
+    def wrapped(x):
+        if x.dtype == "float32":
+            return compute(x)
+        return topi.cast(compute(topi.cast(x, "float32")), x.dtype)
+
+    return wrapped
 
 
 def _fast_sigmoid(x):

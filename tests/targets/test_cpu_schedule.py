@@ -4,6 +4,7 @@ and vectorized; numerics are checked against onnxruntime by the op and end-to-en
 from __future__ import annotations
 
 import collections
+import re
 
 import pytest
 import tvm
@@ -171,6 +172,37 @@ def test_row_functions_take_the_vectorized_row_rule_and_fast_nonlinear_ops_stay_
     for name in ("sm", "sg", "th"):
         np.testing.assert_allclose(got[name], ref[name], rtol=2e-6, atol=1e-7, err_msg=name)
     np.testing.assert_allclose(got["ln"], ref["ln"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("elem_type, dtype", [(10, "float16"), (16, "bfloat16")])
+def test_low_precision_sigmoid_tanh_softmax_use_the_fast_forms_in_float32(elem_type, dtype):
+    """float16/bfloat16 Sigmoid, Tanh and Softmax take the vectorizable fast forms too, computed
+    in float32 and rounded once: no per-element exp/tanh call is left, and the results are the
+    float32 functions rounded to the type (within one unit in the last place)."""
+    import ml_dtypes
+    import numpy as np
+    from onnx import helper
+
+    nodes = [helper.make_node("Softmax", ["x"], ["sm"], axis=-1), helper.make_node("Sigmoid", ["x"], ["sg"]),
+             helper.make_node("Tanh", ["x"], ["th"])]
+    graph = helper.make_graph(nodes, "low", [helper.make_tensor_value_info("x", elem_type, [6, 64])],
+                              [helper.make_tensor_value_info(n, elem_type, [6, 64]) for n in ("sm", "sg", "th")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+    mod, _ = _legalized(model)
+    text = mod.script()
+    assert "fast_exp" in text.lower() and "fast_tanh" in text.lower(), "no fast forms"
+    left = re.findall(r"\bt\.(?:exp|sigmoid|tanh)\(", text, flags=re.IGNORECASE)
+    assert not left, f"{left} left: one libm call per element"
+    np_type = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    x = np.linspace(-12, 12, 6 * 64, dtype=np.float32).reshape(6, 64).astype(np_type)
+    got = lepton_opt.compile(model).run({"x": x})
+    xf = x.astype(np.float64)
+    e = np.exp(xf - xf.max(-1, keepdims=True))
+    ref = {"sm": e / e.sum(-1, keepdims=True), "sg": 1 / (1 + np.exp(-xf)), "th": np.tanh(xf)}
+    ulp = 2.0 ** -10 if dtype == "float16" else 2.0 ** -7
+    for name, want in ref.items():
+        assert got[name].dtype == np_type, name
+        np.testing.assert_allclose(got[name].astype(np.float64), want, rtol=ulp, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("size, batch, epilogue", [(14, 1, "relu"), (7, 2, "silu"), (9, 1, "residual")])
