@@ -65,6 +65,7 @@ from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 from lepton_opt.targets import attention as _attention
 from lepton_opt.targets import int8 as _int8
 from lepton_opt.targets import winograd as _winograd
+from lepton_opt.targets.lower import mutator_pass as _mutator_pass
 
 logger = logging.getLogger(__name__)
 
@@ -142,20 +143,6 @@ class _ScalarConstToRank(relax.PyExprMutator):
         if not changed:
             return call
         return getattr(relax.op, call.op.name.split(".")[-1])(*args)
-
-
-def _mutator_pass(name: str, make_mutator) -> tvm.transform.Pass:
-    """A module pass running ``make_mutator(mod)`` over every Relax function."""
-
-    @tvm.transform.module_pass(opt_level=0, name=name)
-    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mutator = make_mutator(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mod[gv] = mutator.visit_expr(func)
-        return mod
-
-    return _pass
 
 
 _scalar_const_to_rank = _mutator_pass("LeptonScalarConstToRank", _ScalarConstToRank)
@@ -291,13 +278,7 @@ def _fast_sigmoid(x):
     return te.compute(x.shape, lambda *i: one / (one + e(*i)), name="T_sigmoid", tag="elemwise")
 
 
-@tvm.transform.module_pass(opt_level=0, name="LeptonVectorizableNonlinear")
-def _vectorizable_nonlinear(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    mutator = _VectorizableNonlinear(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    return mutator.builder_.get()  # with the PrimFuncs the mutator emitted
+_vectorizable_nonlinear = _mutator_pass("LeptonVectorizableNonlinear", _VectorizableNonlinear)
 
 
 def _pad_conv_channels_pass(target: tvm.target.Target) -> tvm.transform.Pass:
@@ -556,29 +537,36 @@ def _rule_rows(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule
         if kinds[len(rows):] not in (["R"], ["S"]) or extents[len(rows):] != [width]:
             return None
     vl = _largest_divisor(width, lanes)
-    partials = []
-    if vl >= 4:
-        for block in reductions:
-            _, lane = sch.split(sch.get_loops(block)[-1], [None, vl])
-            partials.append(sch.rfactor(lane, 0))
+    partials = _lane_partials(sch, reductions, vl) if vl >= 4 else []
     row = sch.fuse(*rows) if len(rows) > 1 else rows[0]
     sch.parallel(row)
     for block in reversed(_root_blocks(sch)[:-1]):
         sch.compute_at(block, row, preserve_unit_loops=True)
+    _vectorize_lane_partials(sch, partials)
     partial_names = {sch.get(p).name_hint for p in partials}
-    for block in _blocks_under(sch, row):
-        block_loops = sch.get_loops(block)
-        if sch.get(block).name_hint in partial_names:
-            *_, lane_loop, key_loop = block_loops
-            sch.reorder(key_loop, lane_loop)
-            sch.vectorize(lane_loop)
-        elif "R" not in _block_iter_kinds(sch, block):
-            _vectorize_innermost(sch, block_loops[-1], lanes)
+    for block in sch.get_child_blocks(row):
+        if sch.get(block).name_hint not in partial_names and "R" not in _block_iter_kinds(sch, block):
+            _vectorize_innermost(sch, sch.get_loops(block)[-1], lanes)
     return sch
 
 
-def _blocks_under(sch: s_tir.Schedule, loop) -> list:
-    return list(sch.get_child_blocks(loop))
+def _lane_partials(sch: s_tir.Schedule, reductions, lanes: int) -> list:
+    """Each reduction over its innermost loop as ``lanes`` lane-wise partial results (rfactor)
+    followed by one reduction across the lanes; returns the partial blocks."""
+    partials = []
+    for block in reductions:
+        _, lane = sch.split(sch.get_loops(block)[-1], [None, lanes])
+        partials.append(sch.rfactor(lane, 0))
+    return partials
+
+
+def _vectorize_lane_partials(sch: s_tir.Schedule, partials) -> None:
+    """The lane loop of each partial block innermost and vectorized (one vector op per element
+    step of the reduction)."""
+    for partial in partials:
+        *_, lane_loop, step_loop = sch.get_loops(partial)
+        sch.reorder(step_loop, lane_loop)
+        sch.vectorize(lane_loop)
 
 
 def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
@@ -952,10 +940,7 @@ def _rule_attention(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sch
     lanes = _attention.LANES
     # Row max and row sum: lane-wise partial results over the keys (rfactor, vectorized below),
     # then across the lanes.
-    partials = []
-    for block in (row_max, row_sum):
-        _, lane = sch.split(sch.get_loops(block)[-1], [None, lanes])
-        partials.append(sch.rfactor(lane, 0))
+    partials = _lane_partials(sch, (row_max, row_sum), lanes)
     b, i, h, d = sch.get_loops(out)
     rows = _attention.row_block(_extent(sch, i))
     io, ii = sch.split(i, [None, rows])
@@ -973,10 +958,7 @@ def _rule_attention(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sch
     # Output: rows x (u vectors of the head dim), summed over the keys.
     *_, o_rows, _, o_head, o_keys = sch.get_loops(pv)
     _attention_micro_kernel(sch, pv, o_rows, o_head, o_keys, rows, lanes, registers)
-    for partial in partials:
-        *_, lane_loop, key_loop = sch.get_loops(partial)
-        sch.reorder(key_loop, lane_loop)
-        sch.vectorize(lane_loop)
+    _vectorize_lane_partials(sch, partials)
     _vectorize_innermost(sch, sch.get_loops(exp)[-1], lanes)
     _vectorize_innermost(sch, sch.get_loops(out)[-1], lanes)
     return sch

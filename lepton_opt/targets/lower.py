@@ -155,6 +155,21 @@ def dtype_of(expr: relax.Expr) -> str:
 Converter = Callable[..., Any]
 
 
+def mutator_pass(name: str, make_mutator: Callable[[tvm.IRModule], relax.PyExprMutator]) -> tvm.transform.Pass:
+    """A module pass running ``make_mutator(mod)`` (a ``relax.PyExprMutator``) over every Relax
+    function of the module; the PrimFuncs the mutator emits (``call_te``) join the module."""
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mutator = make_mutator(mod)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return _pass
+
+
 @dataclasses.dataclass
 class LoweredModule:
     mod: tvm.IRModule

@@ -30,6 +30,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx
 
+from lepton_opt.targets.lower import mutator_pass
+
 IN_BLOCK = "lepton_winograd_in"
 OUT_BLOCK = "lepton_winograd_out"
 LANES = 16
@@ -140,11 +142,5 @@ class _Winograd(relax.PyExprMutator):
                                      primfunc_name_hint="winograd_output")
 
 
-@tvm.transform.module_pass(opt_level=0, name="LeptonWinograd")
-def winograd_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """3x3 stride-1 NHWC convolutions with a constant weight -> Winograd F(2x2, 3x3)."""
-    mutator = _Winograd(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gv, mutator.visit_expr(func))
-    return mutator.builder_.get()
+# 3x3 stride-1 NHWC convolutions with a constant weight -> Winograd F(2x2, 3x3).
+winograd_pass = mutator_pass("LeptonWinograd", _Winograd)

@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from lepton_opt.targets.lower import LoweringError, dtype_of, shape_of
+from lepton_opt.targets.lower import LoweringError, dtype_of, mutator_pass, shape_of
 from lepton_opt.targets.ops.elementwise import scalar
 
 op = relax.op
@@ -171,12 +171,6 @@ class _AttentionExpander(relax.PyExprMutator):
         return call
 
 
-@tvm.transform.module_pass(opt_level=0, name="LeptonExpandAttention")
-def expand_attention_pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """``nn.attention`` -> lepton-opt's CPU attention kernel where it applies (float32, static
-    shapes, key length and head size multiples of 16), else batch matmuls + softmax."""
-    expander = _AttentionExpander(mod)
-    for gv, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            expander.builder_.update_func(gv, expander.visit_expr(func))
-    return expander.builder_.get()
+# ``nn.attention`` -> lepton-opt's CPU attention kernel where it applies (float32, static
+# shapes, key length and head size multiples of 16), else batch matmuls + softmax.
+expand_attention_pass = mutator_pass("LeptonExpandAttention", _AttentionExpander)
