@@ -6,7 +6,9 @@
 For each model (the suite's exports, ``models.py``):
 
 1. ``lepton_opt.tune(model, budget=...)`` into this script's own record cache
-   (``results/tuning/cache``; ``--fresh`` empties it first), 2 threads per measurement.
+   (``results/tuning/cache``; ``--fresh`` empties it first), 2 threads per measurement; the
+   last 20% of the budget (or less, once every tile is measured) confirms each kernel's best
+   three tiles inside the whole model.
 2. One interleaved ``lepton_opt.benchmark`` run of ``ort`` (onnxruntime, all graph
    optimizations, 2 threads), ``fp32-untuned`` (default schedules) and ``fp32`` (the tuning
    records applied): speed-ups paired by round, in the same run.
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
         row = {"model": name, "budget": args.budget, "trials": tuned.trials, "tune_s": tuned.seconds,
                "kernels": len(tuned.tasks), "kernels_measured_fully": sum(t.measured == t.tiles for t in tuned.tasks),
                "kernel_ms_default": tuned.default_ms, "kernel_ms_tuned": tuned.best_ms,
+               "confirmed_in_model": tuned.confirmed,
+               "picks_changed_in_model": sum(1 for t in tuned.tasks if t.model_tile and t.model_tile != t.best_tile),
                "bench": _bench(name, path, args.threads, args.duration), "reuse": _reuse(name, path)}
         if name == "bert_base":
             other = _model("bert_6layer", args.model_dir)
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
             shared = {"kernels_tuned": compiled.manifest["tuning"]["kernels_tuned"],
                       "kernels": compiled.manifest["tuning"].get("kernels"),
                       "bench": _bench("bert_6layer", other, args.threads, args.duration)}
-            again = lepton_opt.tune(other, trials=16)
+            again = lepton_opt.tune(other, trials=16, confirm=False)
             shared["tune_trials"] = again.trials
             shared["kernels_measured_by_its_own_tuning"] = [t.name for t in again.tasks if t.trials]
             shared["kernels_known_from_bert_base"] = sum(1 for t in again.tasks if not t.trials and t.measured)
@@ -143,7 +147,8 @@ def main(argv=None) -> int:
         rows.append(row)
         b = row["bench"]
         print(f"[{name}] {row['trials']} trials in {row['tune_s'] / 60:.1f} min; kernel time "
-              f"{row['kernel_ms_default']:.2f} -> {row['kernel_ms_tuned']:.2f} ms; speed-up vs onnxruntime: untuned "
+              f"{row['kernel_ms_default']:.2f} -> {row['kernel_ms_tuned']:.2f} ms; {row['confirmed_in_model']} kernels "
+              f"confirmed in the model ({row['picks_changed_in_model']} picks changed); speed-up vs onnxruntime: untuned "
               f"{b['untuned_vs_ort']:.2f}x, tuned {b['tuned_vs_ort']:.2f}x (tuned vs untuned {b['tuned_vs_untuned']:.2f}x); "
               f"reuse: {row['reuse']['kernels_tuned']}/{row['reuse']['kernels']} kernels from records, second build "
               f"{row['reuse']['first_over_second']:.3f}x the first", flush=True)

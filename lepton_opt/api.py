@@ -230,6 +230,7 @@ def tune(
     rpc_key: str | None = None,
     batch: int | None = None,
     progress=None,
+    confirm: bool = True,
     precision: str | None = None,
     **precision_options: Any,
 ):
@@ -241,7 +242,10 @@ def tune(
     instead), where every later ``compile`` for this target finds them. ``rpc_tracker``
     ("HOST:PORT") and ``rpc_key`` measure on the devices registered with a TVM RPC tracker.
     ``progress`` is called with a :class:`lepton_opt.targets.tune.TuneProgress` after every
-    batch of candidates. Returns a :class:`lepton_opt.targets.tune.TuneResult`.
+    batch of candidates. ``confirm`` (default): the last 20% of the budget builds the whole
+    model with each kernel's best few tiles and keeps the tile fastest inside the model (a kernel
+    timed alone is not timed in the cache state a model run leaves it; not with ``rpc_tracker``).
+    Returns a :class:`lepton_opt.targets.tune.TuneResult`.
     """
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.tune import DEFAULT_BATCH, RPCSettings, parse_budget, parse_tracker, tune_model
@@ -260,7 +264,7 @@ def tune(
     spec = resolve_target(target, mcpu=mcpu)
     loaded, _names, _ = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
     return tune_model(loaded.model, spec, source=loaded.source, budget_s=budget_s, trials=trials, records=records,
-                      rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress)
+                      rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress, confirm=confirm)
 
 
 DEFAULT_TUNING_BUDGET_S = 20 * 60

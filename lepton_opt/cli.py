@@ -683,12 +683,15 @@ def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shape
               "per round.")
 @click.option("-O", "level", type=click.Choice(["0", "1", "2", "3"]), default="2", show_default=True,
               help="Graph pipeline before lowering, as compile runs it.")
+@click.option("--confirm/--no-confirm", default=True, show_default=True,
+              help="Spend the last 20% of the budget timing each kernel's best few tiles inside the whole "
+                   "model, and keep the fastest there.")
 @click.option("--list", "list_cache", is_flag=True, help="List the record cache (one directory per target).")
 @click.option("--clear", "clear_cache", is_flag=True, help="Delete the record cache.")
 @functools.partial(precision_options, int8=True)
 @_handle_errors
 def tune_cmd(model, target, budget, trials, records, input_shapes, mcpu, rpc_tracker, rpc_key, batch, level,
-             list_cache, clear_cache, **precision):
+             confirm, list_cache, clear_cache, **precision):
     """Tune MODEL's CPU kernels; compile applies the records automatically.
 
     Measures the schedule knobs of every convolution and matmul (register tile, loop order),
@@ -715,7 +718,7 @@ def tune_cmd(model, target, budget, trials, records, input_shapes, mcpu, rpc_tra
         result = lepton_opt.tune(model, target, budget=budget, trials=trials, records=records,
                                  input_shapes=_input_shapes(input_shapes), mcpu=mcpu, level=f"O{level}",
                                  rpc_tracker=rpc_tracker, rpc_key=rpc_key, batch=batch, progress=bar.update,
-                                 **precision)
+                                 confirm=confirm, **precision)
     _print_tuning(result)
     if result.interrupted:
         sys.exit(130)
@@ -741,20 +744,27 @@ _TUNE_ROWS = 20
 def _print_tuning(result) -> None:
     table = Table(title=f"kernels, heaviest first ({len(result.tasks)} tunable; ms per call)")
     table.add_column("kernel", ratio=1, overflow="ellipsis", no_wrap=True)
-    for col in ("calls", "default", "tuned", "gain", "tile", "tried"):
-        table.add_column(col, justify="left" if col == "tile" else "right", no_wrap=True)
+    for col in ("calls", "default", "tuned", "gain", "tile", "in model", "tried"):
+        table.add_column(col, justify="left" if col in ("tile", "in model") else "right", no_wrap=True)
     for t in result.tasks[:_TUNE_ROWS]:
+        in_model = "-" if t.model_tile is None else f"{t.model_tile} {t.model_ms:.3f}"
         table.add_row(t.name, str(t.weight), "-" if t.default_ms is None else f"{t.default_ms:.3f}",
                       "-" if t.best_ms is None else f"{t.best_ms:.3f}",
-                      "-" if t.speedup is None else f"{t.speedup:.2f}x", t.best_tile or "-", f"{t.measured}/{t.tiles}")
+                      "-" if t.speedup is None else f"{t.speedup:.2f}x", t.best_tile or "-", in_model,
+                      f"{t.measured}/{t.tiles}")
     if len(result.tasks) > _TUNE_ROWS:
-        table.add_row(f"... and {len(result.tasks) - _TUNE_ROWS} more", "", "", "", "", "", "")
+        table.add_row(f"... and {len(result.tasks) - _TUNE_ROWS} more", "", "", "", "", "", "", "")
     out.print(table)
     before, after = result.default_ms, result.best_ms
     ratio = f" ({before / after:.2f}x)" if after > 0 else ""
     out.print(f"{result.trials} candidates measured in {result.seconds:.0f} s; kernel time per model run "
               f"(sum of calls x kernel time): {before:.3f} ms with the default schedules, {after:.3f} ms tuned{ratio}",
               highlight=False, soft_wrap=True)
+    if result.confirmed:
+        out.print(f"confirmed in the model: {result.confirmed} kernel(s) timed with their best tiles inside the "
+                  "whole model; those picks are the records (column 'in model')", highlight=False, soft_wrap=True)
+    elif result.confirm_note:
+        out.print(f"no in-model confirmation: {result.confirm_note}", highlight=False, soft_wrap=True)
     out.print(f"records: {result.records} ({result.improved_workloads} kernel(s) new or faster); "
               "`lepton-opt compile` applies them", highlight=False, soft_wrap=True)
     if result.interrupted:

@@ -1246,28 +1246,40 @@ def profile_kernels(
     Wall time between the VM's before/after instrument callbacks, so it includes the (small)
     Python callback overhead; use it to rank kernels, not as absolute numbers.
     """
-    import time
-
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    totals: dict[str, float] = {}
-    start: list[float] = [0.0]
-
-    def instrument(func, func_symbol, before_run, ret_value, *args):  # noqa: ARG001
-        now = time.perf_counter()
-        if before_run:
-            start[0] = now
-        else:
-            name = str(func_symbol)
-            totals[name] = totals.get(name, 0.0) + now - start[0]
-        return 0
-
-    vm["main"](*inputs)
-    vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
-    for _ in range(repeat):
-        vm["main"](*inputs)
-    rows = [(name, t / repeat) for name, t in totals.items()]
+    (profile,) = profile_interleaved([ex], inputs, repeat)
+    rows = [(name, seconds) for name, (seconds, _calls) in profile.items()]
     rows.sort(key=lambda r: -r[1])
     return rows
+
+
+def profile_interleaved(executables: Sequence[tvm.runtime.Executable], inputs: Sequence,
+                        runs: int = 10, warmup: int = 2) -> list[dict[str, tuple[float, float]]]:
+    """Per executable: kernel name -> (seconds per model run, calls per model run), from ``runs``
+    runs of each, taken in turn (round-robin) so that drifts of the machine touch all alike."""
+    import time
+
+    vms = [relax.VirtualMachine(ex, tvm.cpu()) for ex in executables]
+    for _ in range(warmup):
+        for vm in vms:
+            vm["main"](*inputs)
+    totals: list[dict[str, list[float]]] = [{} for _ in vms]
+    start: list[float] = [0.0]
+    for vm, table in zip(vms, totals):
+        def instrument(func, func_symbol, before_run, ret_value, *args, table=table):  # noqa: ARG001
+            now = time.perf_counter()
+            if before_run:
+                start[0] = now
+            else:
+                entry = table.setdefault(str(func_symbol), [0.0, 0])
+                entry[0] += now - start[0]
+                entry[1] += 1
+            return 0
+
+        vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
+    for _ in range(runs):
+        for vm in vms:
+            vm["main"](*inputs)
+    return [{name: (seconds / runs, calls / runs) for name, (seconds, calls) in table.items()} for table in totals]
 
 
 def _dtype_bits(dtype) -> int:

@@ -56,6 +56,11 @@ TARGET_FILE = "target.json"
 LOCK_FILE = ".lock"
 # Records kept per workload when merging: the best few, so that a later search starts from them.
 KEEP_PER_WORKLOAD = 4
+# How kernels are timed (:mod:`.tune`). Times taken under another protocol do not compare, so the
+# protocol is part of a cache directory's name and of every ``lepton_explored.json`` row; rows of
+# another protocol are measured again. 1: warm repeats (3 calls, 40 ms a repeat); 2: one call per repeat
+# after a cache flush of the weights, as a kernel meets them in a model run.
+PROTOCOL = 2
 
 Warn = Callable[[str], None]
 
@@ -80,7 +85,8 @@ def target_key(target: tvm.target.Target) -> str:
     text = _target_text(target)
     info = json.loads(text) if text.startswith("{") else {}
     name = info.get("mcpu") or info.get("arch") or (info.get("host") or {}).get("mcpu") or "generic"
-    return f"{target.kind.name}-{name}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+    digest = hashlib.sha256(f"{text}|protocol={PROTOCOL}".encode()).hexdigest()[:10]
+    return f"{target.kind.name}-{name}-{digest}"
 
 
 def _target_text(target: tvm.target.Target) -> str:
@@ -152,16 +158,21 @@ class RecordStore:
         return records
 
     # ------------------------------------------------------------------ writing
-    def merge(self, new: Iterable[ms.database.TuningRecord], target: tvm.target.Target | None = None) -> int:
+    def merge(self, new: Iterable[ms.database.TuningRecord], target: tvm.target.Target | None = None,
+              replace: bool = False) -> int:
         """Fold ``new`` records in, keeping the best :data:`KEEP_PER_WORKLOAD` per workload.
+        With ``replace``, the old records of every workload in ``new`` are dropped first (times
+        taken another way, which do not compare: tuning's in-model confirmation).
         Returns the number of workloads whose best record got faster or that are new."""
         new = [r for r in new if _mean_seconds(r) is not None]
+        replaced = {_workload_key(r.workload) for r in new} if replace else set()
         self.path.mkdir(parents=True, exist_ok=True)
         with self._locked(fcntl.LOCK_EX):
             old = self._read_unlocked()
             table = _RecordTable()
             for record in old:
-                table.add(record)
+                if _workload_key(record.workload) not in replaced:
+                    table.add(record)
             best_before = {key: table.best(key) for key in table.keys()}
             for record in new:
                 table.add(record)
@@ -204,7 +215,8 @@ class RecordStore:
 
     # ------------------------------------------------------------------ explored tiles
     def read_explored(self) -> dict[str, dict]:
-        """Workload hash -> {"name", "rule", "tiles": {tile key: seconds}}."""
+        """Workload hash -> {"name", "rule", "tiles": {tile key: seconds}}, the rows timed under
+        the current :data:`PROTOCOL` only."""
         if not (self.path / EXPLORED).is_file():
             return {}
         with self._locked(fcntl.LOCK_SH):
@@ -215,6 +227,8 @@ class RecordStore:
         for line in _lines(self.path / EXPLORED):
             try:
                 row = json.loads(line)
+                if row.get("protocol", 1) != PROTOCOL:
+                    continue  # timed another way: measured again
                 tiles = {str(k): float(v) for k, v in row["tiles"].items() if math.isfinite(float(v))}
                 entry = table.setdefault(str(row["workload"]), {"name": row.get("name"), "rule": row.get("rule"),
                                                                 "tiles": {}})
@@ -236,7 +250,8 @@ class RecordStore:
                 for key, secs in row["tiles"].items():
                     entry["tiles"][key] = min(float(secs), entry["tiles"].get(key, float(secs)))
             _atomic_write(self.path / EXPLORED, "".join(
-                json.dumps({"workload": k, **v}, sort_keys=True) + "\n" for k, v in table.items() if v["tiles"]))
+                json.dumps({"workload": k, **v, "protocol": PROTOCOL}, sort_keys=True) + "\n"
+                for k, v in table.items() if v["tiles"]))
 
     def summary(self) -> StoreSummary:
         records = self.read()

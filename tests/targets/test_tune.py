@@ -67,8 +67,8 @@ def _store(cache: Path) -> records.RecordStore:
 
 def test_tune_records_are_applied_by_compile_and_reused(cache):
     model = _conv_model()
-    result = lepton_opt.tune(model, trials=10)
-    assert result.trials == 10 and not result.interrupted
+    result = lepton_opt.tune(model, trials=10, confirm=False)  # confirmation: its own test below
+    assert result.trials == 10 and not result.interrupted and result.confirm_note == "not asked for"
     names = {t.name for t in result.tasks}
     assert len(names) == 2, result.tasks  # the two convolutions; the rest has no knobs
     assert all(t.default_ms is not None and t.best_ms <= t.default_ms for t in result.tasks)
@@ -87,10 +87,54 @@ def test_tune_records_are_applied_by_compile_and_reused(cache):
     assert lepton_opt.compile(model, use_cache=False).manifest["tuning"]["kernels_tuned"] == 0
 
     # A second run starts from the first: nothing measured twice.
-    again = lepton_opt.tune(model, trials=6)
+    again = lepton_opt.tune(model, trials=6, confirm=False)
     assert again.trials == 6
     explored = _store(cache).read_explored()
     assert sum(len(row["tiles"]) for row in explored.values()) == 16
+
+
+def test_tiles_timed_under_another_protocol_are_measured_again(cache):
+    model = _conv_model()
+    lepton_opt.tune(model, trials=4)
+    store = _store(cache)
+    assert store.path.name == records.target_key(resolve_target("llvm").tvm_target())
+    lines = (store.path / records.EXPLORED).read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert rows and all(row["protocol"] == records.PROTOCOL for row in rows)
+    # The same rows, as an older lepton-opt wrote them (no protocol: warm repeats).
+    (store.path / records.EXPLORED).write_text("".join(
+        json.dumps({k: v for k, v in row.items() if k != "protocol"}) + "\n" for row in rows))
+    assert store.read_explored() == {}
+    again = lepton_opt.tune(model, trials=4)
+    assert again.trials == 4
+    measured = {key for row in store.read_explored().values() for key in row["tiles"]}
+    first = {key for row in rows for key in row["tiles"]}
+    assert measured == first  # the same (default-first) tiles, timed again, not taken as known
+
+
+def test_confirmation_in_the_model_keeps_the_tile_fastest_there(cache):
+    model = _conv_model()
+    result = lepton_opt.tune(model, trials=12)
+    assert result.confirmed >= 1 and result.confirm_note is None, result
+    store = _store(cache)
+    explored = {row["name"]: row["tiles"] for row in store.read_explored().values()}
+    by_workload = {}
+    for record in store.read():
+        by_workload.setdefault(record.workload.mod.script(), []).append(float(record.run_secs[0]))
+    confirmed = [t for t in result.tasks if t.model_tile is not None]
+    assert len(confirmed) == result.confirmed
+    for task in confirmed:
+        top = sorted(explored[task.name], key=explored[task.name].get)[:4]
+        assert task.model_tile in top + [task.default_tile]  # the best four timed alone, or the default
+        assert task.model_ms > 0
+    # The confirmed kernels' records are their in-model times (replacing the alone-timed ones):
+    # the best record of each is the pick's in-model time.
+    in_model = sorted(1e3 * min(secs) for secs in by_workload.values())
+    for task in confirmed:
+        assert any(abs(ms - task.model_ms) < 1e-6 for ms in in_model), (task, in_model)
+    compiled = lepton_opt.compile(model)
+    assert compiled.manifest["tuning"]["kernels_tuned"] == 2
+    _assert_matches_ort(compiled, model)
 
 
 def test_a_model_sharing_kernels_starts_from_the_records(cache):
@@ -121,7 +165,7 @@ def test_records_dir_instead_of_the_cache(cache, tmp_path):
 
 def test_truncated_and_corrupt_record_files_are_skipped_with_a_warning(cache):
     model = _conv_model()
-    lepton_opt.tune(model, trials=6)
+    lepton_opt.tune(model, trials=6, confirm=False)
     store = _store(cache)
     table = store.path / records.RECORDS
     lines = table.read_text().splitlines(keepends=True)
@@ -135,7 +179,7 @@ def test_truncated_and_corrupt_record_files_are_skipped_with_a_warning(cache):
     assert any("truncated or corrupt" in w for w in compiled.warnings)
     _assert_matches_ort(compiled, model, seeds=(0,))
     # The next tuning run writes the tables anew, without the damaged lines.
-    lepton_opt.tune(model, trials=2)
+    lepton_opt.tune(model, trials=2, confirm=False)
     notes = []
     kept = sum(min(records.KEEP_PER_WORKLOAD, len(row["tiles"])) for row in store.read_explored().values())
     assert len(records.RecordStore(store.path, notes.append).read()) >= kept - 1  # the line cut short is gone
@@ -149,7 +193,7 @@ def test_two_concurrent_tune_processes_leave_a_working_cache(cache, tmp_path):
         onnx.save(model, paths[-1])
     env = {**os.environ, records.CACHE_ENV: str(cache), "TVM_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "lepton_opt.cli", "tune", str(p), "--trials", "12",
-                               "--batch", "4"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--batch", "4", "--no-confirm"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for p in paths]
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
