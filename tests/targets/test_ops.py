@@ -499,3 +499,36 @@ def test_lp_normalization_of_zero_vector_and_roialign_max_rejected():
     model = node_model("RoiAlign", [("x", F, [1, 1, 4, 4]), ("r", F, [1, 4]), ("b", I64, [1])], Y, {"mode": "max"})
     with pytest.raises(lepton_opt.LeptonError, match="RoiAlign mode 'max'"):
         lepton_opt.compile(model)
+
+
+@pytest.mark.parametrize("output_shape", [None, [1, 1, 5, 5], "input"])
+def test_max_unpool(output_shape):
+    """MaxPool's indices scattered back (our converter: TVM's reference one fails on any
+    output_shape); an output_shape computed at run time is a one-line error naming it."""
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2]),
+              helper.make_tensor_value_info("i", TensorProto.INT64, [1, 1, 2, 2])]
+    inits, names = [], ["x", "i"]
+    if isinstance(output_shape, list):
+        inits.append(numpy_helper.from_array(np.array(output_shape, np.int64), "output_shape"))
+    if output_shape == "input":
+        inputs.append(helper.make_tensor_value_info("output_shape", TensorProto.INT64, [4]))
+    if output_shape is not None:
+        names.append("output_shape")
+    node = helper.make_node("MaxUnpool", names, ["y"], name="unpool", kernel_shape=[2, 2], strides=[2, 2])
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    if output_shape == "input":
+        with pytest.raises(lepton_opt.LeptonError) as info:
+            lepton_opt.compile(model)
+        message = str(info.value)
+        assert "MaxUnpool node 'unpool': output_shape (input 2) must be a constant" in message, message
+        assert "Error:" not in message and "\n" not in message
+        return
+    feeds = {"x": np.array([[[[1.0, 2.0], [3.0, 4.0]]]], np.float32),
+             "i": np.array([[[[0, 3], [10, 15]]]], np.int64)}
+    got = lepton_opt.compile(model).run(feeds)["y"]
+    ref = ort_run(model, feeds)["y"]
+    assert got.shape == ref.shape == ((1, 1, 5, 5) if output_shape else (1, 1, 4, 4))
+    np.testing.assert_array_equal(got, ref)
+

@@ -569,6 +569,31 @@ def RoiAlign(ctx, *inputs, **attrs):
     return reference_for("RoiAlign")(ctx, *inputs)
 
 
+def MaxUnpool(ctx, x, indices, output_shape=None, *, kernel_shape, pads=None, strides=None):
+    """Zeros of the output shape with ``x`` scattered to ``indices`` (MaxPool's flat indices into
+    the whole output). The shape is ``output_shape`` (a constant or computable at compile time)
+    or the inverse of the pooling. TVM's reference converter fails on any ``output_shape``."""
+    dims = shape_of(x)
+    if not all(isinstance(d, int) for d in dims):
+        raise LoweringError("MaxUnpool needs a static input shape; give it with --input-shape")
+    given = ctx.static(2, "output_shape") if output_shape is not None else None
+    if given is not None:
+        shape = [int(d) for d in np.asarray(given).reshape(-1)]
+        if len(shape) != len(dims):
+            raise LoweringError(f"output_shape {shape} has rank {len(shape)}, the input has rank {len(dims)}")
+    else:
+        spatial = len(dims) - 2
+        strides = list(strides or [1] * spatial)
+        pads = list(pads or [0] * (2 * spatial))
+        shape = dims[:2] + [(dims[2 + i] - 1) * strides[i] + kernel_shape[i] - pads[i] - pads[spatial + i]
+                            for i in range(spatial)]
+    size = int(np.prod(shape))
+    zeros = relax.op.zeros(relax.ShapeExpr([size]), dtype_of(x))
+    flat = ctx.emit(relax.op.scatter_elements(zeros, relax.op.reshape(indices, [-1]), relax.op.reshape(x, [-1]),
+                                              axis=0))
+    return relax.op.reshape(flat, shape)
+
+
 def attention_with_fast_path(fast):
     """``fast`` (the fused ``nn.attention`` lowering) where it gives the spec's result, else ours.
 
@@ -596,6 +621,7 @@ def attention_with_fast_path(fast):
 CONVERTERS = {
     "Attention": Attention, "NegativeLogLikelihoodLoss": NegativeLogLikelihoodLoss,
     "SoftmaxCrossEntropyLoss": SoftmaxCrossEntropyLoss, "RotaryEmbedding": RotaryEmbedding, "RoiAlign": RoiAlign,
+    "MaxUnpool": MaxUnpool,
     "Conv": Conv, "ConvTranspose": ConvTranspose, "MaxPool": MaxPool, "AveragePool": AveragePool,
     "GlobalAveragePool": GlobalAveragePool, "GlobalMaxPool": GlobalMaxPool,
     "BatchNormalization": BatchNormalization, "InstanceNormalization": InstanceNormalization,
