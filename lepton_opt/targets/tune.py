@@ -29,7 +29,7 @@ So the last 20% of the budget (:func:`confirm_in_model`) builds the whole model 
 kernel's best four tiles and its default, runs the builds in turn with the VM's per-kernel
 instrumentation, and keeps each kernel's fastest tile there: those in-model times become the
 kernel's records. (ResNet-50, measured: tuned 0.93x of onnxruntime with the picks timed
-alone, 1.00x with the picks confirmed in the model; see ``benchmarks/README.md``.)
+alone, 1.00x-1.03x with the picks confirmed in the model; see ``benchmarks/README.md``.)
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def _model_inputs(mod: tvm.IRModule) -> list | None:
     return inputs
 
 
-def confirm_in_model(mod: tvm.IRModule, tasks: list[TuneTask], target: tvm.target.Target,
+def confirm_in_model(mod: tvm.IRModule, inputs: list, tasks: list[TuneTask], target: tvm.target.Target,
                      report: Callable[[str], None] | None = None) -> tuple[list[ms.database.TuningRecord], dict]:
     """Time each kernel's best few tiles inside the whole model, and return them as records
     carrying those times, with {kernel name: (tile key, seconds per call)} of the picks.
@@ -385,10 +385,7 @@ def confirm_in_model(mod: tvm.IRModule, tasks: list[TuneTask], target: tvm.targe
     from every cache; in a model run, what its producer left in cache and what the previous
     kernels evicted decide, and the best tile alone is often not the best there (ResNet-50's 1x1
     convolutions: up to 1.5x apart either way). Build ``i`` takes every kernel's ``i``-th best
-    tile (or its last); the builds run in turn, profiled per kernel."""
-    inputs = _model_inputs(mod)
-    if inputs is None:
-        return [], {}
+    tile (or its last); the builds run in turn on ``inputs``, profiled per kernel."""
     candidates = {}
     for task in tasks:
         tiles = {tile_key(t): t for t in task.tiles}
@@ -470,8 +467,14 @@ def tune_model(model: ir.Model, spec: TargetSpec, *, source: str = "model", budg
     store = RecordStore(Path(records) if records is not None else cache_dir(target), warn)
     lowered = lower_model(model, source).mod
     tasks, skipped = extract_tasks(lowered, target)
-    confirming = confirm and rpc is None
-    search_budget = None if budget_s is None else budget_s * (1 - CONFIRM_SHARE if confirming else 1.0)
+    # Why the in-model confirmation will not run (None: it will, after the search).
+    note = ("not asked for" if not confirm else
+            "not with --rpc-tracker (the model would run on this host, not on the measuring devices)"
+            if rpc is not None else None)
+    inputs = _model_inputs(lowered) if note is None else None
+    if note is None and inputs is None:
+        note = "the model has dynamic input shapes"
+    search_budget = None if budget_s is None else budget_s * (1 - CONFIRM_SHARE if note is None else 1.0)
     known = store.read_explored()
     for task in tasks:
         task.measured.update(known.get(task.shash, {}).get("tiles", {}))
@@ -553,23 +556,17 @@ def tune_model(model: ir.Model, spec: TargetSpec, *, source: str = "model", budg
             if measurer is not None:
                 measurer.close()
             session.__exit__(None, None, None)
-    picks, note = {}, None
-    if not confirm:
-        note = "not asked for"
-    elif rpc is not None:
-        note = "not with --rpc-tracker (the model would run on this host, not on the measuring devices)"
-    elif interrupted:
+    picks = {}
+    if note is None and interrupted:
         note = "interrupted"
-    else:
+    elif note is None:
         try:
-            confirmed, picks = confirm_in_model(lowered, tasks, target, report=report)
+            confirmed, picks = confirm_in_model(lowered, inputs, tasks, target, report=report)
         except KeyboardInterrupt:
             interrupted, note = True, "interrupted"
         else:
             if confirmed:
                 store.merge(confirmed, target, replace=True)
-            elif _model_inputs(lowered) is None:
-                note = "the model has dynamic input shapes"
     summaries = [TaskSummary(t.name, t.rule, t.weight, len(t.tiles), len(t.measured), t.trials,
                              None if t.default_s is None else 1e3 * t.default_s,
                              None if t.best is None else 1e3 * t.best[1], None if t.best is None else t.best[0],
