@@ -15,6 +15,10 @@ for each (batch, head), in parallel, and each block of ``rows`` queries of it,
    from ``[B, L, H, D]``), divided by the row sums.
 
 Q, V and the output stay in the BSNH layout the ONNX op and the projections use: no transposes.
+Any key length and query count are taken (ViT's 197 tokens): the keys are padded to whole
+vectors (K^T's padding is zero, its scores are masked to the lowest float, so their
+probabilities are 0 and the output sums over the real keys only), the queries to whole row
+blocks (the padding rows read the last query and are cropped from the output).
 :func:`lepton_opt.targets.cpu_schedule._rule_attention` is the schedule.
 """
 
@@ -28,11 +32,20 @@ BLOCK_PREFIX = "lepton_attention_"
 LANES = 16  # float32 lanes of the vector axes (keys for the scores, head dim for the output)
 
 
-def row_block(queries: int, limit: int = 8) -> int:
-    for r in range(min(limit, queries), 0, -1):
+MIN_ROWS, MAX_ROWS = 4, 8  # query rows per block: each K^T / V vector loaded is used by all of them
+
+
+def row_block(queries: int) -> int:
+    """Query rows per block: a divisor of ``queries`` from 8 down to 4 if there is one, else the
+    block size from 4 to 8 that pads ``queries`` least (the larger on a tie)."""
+    for r in range(min(MAX_ROWS, queries), MIN_ROWS - 1, -1):
         if queries % r == 0:
             return r
-    return 1
+    return min(range(MAX_ROWS, MIN_ROWS - 1, -1), key=lambda r: -(-queries // r) * r)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def supported(q_shape, k_shape, dtype: str) -> str | None:
@@ -42,11 +55,10 @@ def supported(q_shape, k_shape, dtype: str) -> str | None:
     if not all(isinstance(d, int) for d in (*q_shape, *k_shape)):
         return "dynamic shape"
     _, queries, _, head = q_shape
-    keys = k_shape[1]
-    if keys % LANES or head % LANES:
-        return f"key length {keys} and head size {head} must be multiples of {LANES}"
-    if row_block(queries) < 4:
-        return f"{queries} queries have no block of 4 to 8 rows"
+    if head % LANES:
+        return f"head size {head} must be a multiple of {LANES}"
+    if queries < MIN_ROWS:
+        return f"{queries} queries are fewer than a block of {MIN_ROWS} rows"
     return None
 
 
@@ -57,34 +69,55 @@ def compute(q: te.Tensor, k: te.Tensor, v: te.Tensor, bias: te.Tensor | None, sc
     ``j > i + offset`` (0: top-left causal)."""
     batch, queries, heads, head = (int(d) for d in q.shape)
     keys = int(k.shape[1])
-    kt = te.compute((batch, heads, head, keys), lambda b, h, d, j: k[b, j, h, d], name=BLOCK_PREFIX + "kt")
+    keys_padded = _round_up(keys, LANES)
+    queries_padded = _round_up(queries, row_block(queries))
+    zero = tvm.tirx.const(0.0, "float32")
     lowest = tvm.tirx.const(float(np.finfo(np.float32).min), "float32")
+
+    def last(index, extent: int, padded: int):
+        # Padding positions read the last real one (in bounds, then masked or cropped).
+        return index if padded == extent else tvm.tirx.min(index, extent - 1)
+
+    def key_t(b, h, d, j):
+        if keys_padded == keys:
+            return k[b, j, h, d]
+        return te.if_then_else(j < keys, k[b, last(j, keys, keys_padded), h, d], zero)
+
+    kt = te.compute((batch, heads, head, keys_padded), key_t, name=BLOCK_PREFIX + "kt")
     dk = te.reduce_axis((0, head), "dk")
-    scores = te.compute((batch, heads, queries, keys),
-                        lambda b, h, i, j: te.sum(q[b, i, h, dk] * kt[b, h, dk, j], axis=dk), name=BLOCK_PREFIX + "qk")
+    scores = te.compute((batch, heads, queries_padded, keys_padded),
+                        lambda b, h, i, j: te.sum(q[b, last(i, queries, queries_padded), h, dk] * kt[b, h, dk, j],
+                                                  axis=dk),
+                        name=BLOCK_PREFIX + "qk")
 
     def logit(b, h, i, j):
         x = scores[b, h, i, j] * tvm.tirx.const(scale, "float32")
         if bias is not None:
-            index = [0 if int(n) == 1 else axis for n, axis in zip(bias.shape, (b, h, i, j))]
+            axes = (b, h, last(i, queries, queries_padded), last(j, keys, keys_padded))
+            index = [0 if int(n) == 1 else axis for n, axis in zip(bias.shape, axes)]
             x = x + bias[tuple(index)]
         if causal_offset is not None:
             x = te.if_then_else(j > i + causal_offset, lowest, x)
+        if keys_padded != keys:
+            x = te.if_then_else(j >= keys, lowest, x)
         return x
 
-    logits = te.compute((batch, heads, queries, keys), logit, name=BLOCK_PREFIX + "logits")
-    j1 = te.reduce_axis((0, keys), "j1")
-    row_max = te.compute((batch, heads, queries), lambda b, h, i: te.max(logits[b, h, i, j1], axis=j1),
+    logits = te.compute((batch, heads, queries_padded, keys_padded), logit, name=BLOCK_PREFIX + "logits")
+    j1 = te.reduce_axis((0, keys_padded), "j1")
+    row_max = te.compute((batch, heads, queries_padded), lambda b, h, i: te.max(logits[b, h, i, j1], axis=j1),
                          name=BLOCK_PREFIX + "max")
-    shifted = te.compute((batch, heads, queries, keys), lambda b, h, i, j: logits[b, h, i, j] - row_max[b, h, i],
-                         name=BLOCK_PREFIX + "shift")
+    shifted = te.compute((batch, heads, queries_padded, keys_padded),
+                         lambda b, h, i, j: logits[b, h, i, j] - row_max[b, h, i], name=BLOCK_PREFIX + "shift")
     probs = topi.fast_exp(shifted)
-    j2 = te.reduce_axis((0, keys), "j2")
-    row_sum = te.compute((batch, heads, queries), lambda b, h, i: te.sum(probs[b, h, i, j2], axis=j2),
+    j2 = te.reduce_axis((0, keys_padded), "j2")
+    row_sum = te.compute((batch, heads, queries_padded), lambda b, h, i: te.sum(probs[b, h, i, j2], axis=j2),
                          name=BLOCK_PREFIX + "sum")
-    j3 = te.reduce_axis((0, keys), "j3")
-    weighted = te.compute((batch, queries, heads, head),
+    j3 = te.reduce_axis((0, keys), "j3")  # the real keys only
+    weighted = te.compute((batch, queries_padded, heads, head),
                           lambda b, i, h, d: te.sum(probs[b, h, i, j3] * v[b, j3, h, d], axis=j3),
                           name=BLOCK_PREFIX + "pv")
-    return te.compute((batch, queries, heads, head), lambda b, i, h, d: weighted[b, i, h, d] / row_sum[b, h, i],
-                      name=BLOCK_PREFIX + "out")
+    out = te.compute((batch, queries_padded, heads, head),
+                     lambda b, i, h, d: weighted[b, i, h, d] / row_sum[b, h, i], name=BLOCK_PREFIX + "out")
+    if queries_padded == queries:
+        return out
+    return te.compute((batch, queries, heads, head), lambda b, i, h, d: out[b, i, h, d], name=BLOCK_PREFIX + "crop")

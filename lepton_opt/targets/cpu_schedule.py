@@ -961,6 +961,8 @@ def _rule_attention(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Sch
     _vectorize_lane_partials(sch, partials)
     _vectorize_innermost(sch, sch.get_loops(exp)[-1], lanes)
     _vectorize_innermost(sch, sch.get_loops(out)[-1], lanes)
+    if prefix + "crop" in names:  # the output without the padding query rows
+        _parallel_vectorize_block(sch, names[prefix + "crop"], lanes)
     return sch
 
 

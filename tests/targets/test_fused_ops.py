@@ -63,14 +63,22 @@ def test_attention(case):
     check(attention_model(q, kv, mask, mask_type, **attrs))
 
 
-# Shapes the fused CPU attention kernel takes (keys and head size multiples of 16, a block of
-# 4 to 8 query rows): numerics against onnxruntime, and the kernel really is the one built.
+# Shapes the fused CPU attention kernel takes (head size a multiple of 16, at least 4 queries;
+# keys padded to whole vectors and queries to whole row blocks where they are not): numerics
+# against onnxruntime, and the kernel really is the one built.
 KERNEL_CASES = {
     "3-D, padding mask [B,1,S,L]": ((2, 16, 64), (2, 32, 64), (2, 1, 16, 32), F, dict(q_num_heads=2, kv_num_heads=2)),
     "3-D, mask [S,L], scale": ((1, 24, 64), (1, 16, 64), (24, 16), F, dict(q_num_heads=4, kv_num_heads=4, scale=0.2)),
     "4-D, no mask": ((1, 3, 8, 32), (1, 3, 48, 32), None, F, {}),
     "4-D, causal": ((1, 2, 16, 16), (1, 2, 16, 16), None, F, dict(is_causal=1)),
     "3-D, grouped-query": ((1, 8, 64), (1, 16, 32), None, F, dict(q_num_heads=4, kv_num_heads=2)),
+    # Padded: ViT-S/16's 197 tokens (6 rows a block, 198 rows; 208 keys), odd lengths with a
+    # mask read at the last real key / query, causal over padded queries and keys.
+    "4-D, ViT's 197 tokens": ((1, 6, 197, 64), (1, 6, 197, 64), None, F, {}),
+    "3-D, 9 queries, 21 keys, mask [B,1,S,L]": ((2, 9, 64), (2, 21, 64), (2, 1, 9, 21), F,
+                                                 dict(q_num_heads=1, kv_num_heads=1)),
+    "4-D, causal, 13 queries and keys": ((1, 2, 13, 32), (1, 2, 13, 32), None, F, dict(is_causal=1)),
+    "4-D, 11 queries, 40 keys, mask [S,L]": ((1, 2, 11, 16), (1, 2, 40, 16), (11, 40), F, {}),
 }
 
 
@@ -101,8 +109,8 @@ def test_attention_kernel(case):
 
 
 def test_attention_kernel_falls_back_to_the_expansion_where_it_does_not_apply():
-    # 197 queries (ViT) have no row block of 4 to 8, 8-wide heads are shorter than a vector.
-    for q, kv in (((1, 197, 64), (1, 197, 64)), ((1, 16, 32), (1, 16, 32))):
+    # 3 queries are fewer than a row block, 8-wide heads are shorter than a vector.
+    for q, kv in (((1, 3, 64), (1, 20, 64)), ((1, 16, 32), (1, 16, 32))):
         heads = 1 if q[-1] == 64 else 4
         model = attention_model(q, kv, None, F, q_num_heads=heads, kv_num_heads=heads)
         kernels = _cpu_kernels(model)

@@ -172,5 +172,5 @@ class _AttentionExpander(relax.PyExprMutator):
 
 
 # ``nn.attention`` -> lepton-opt's CPU attention kernel where it applies (float32, static
-# shapes, key length and head size multiples of 16), else batch matmuls + softmax.
+# shapes, head size a multiple of 16, at least 4 queries), else batch matmuls + softmax.
 expand_attention_pass = mutator_pass("LeptonExpandAttention", _AttentionExpander)
