@@ -48,6 +48,11 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def padded(queries: int, keys: int) -> tuple[int, int]:
+    """(queries, keys) as the kernel computes them: whole row blocks, whole key vectors."""
+    return _round_up(queries, row_block(queries)), _round_up(keys, LANES)
+
+
 def supported(q_shape, k_shape, dtype: str) -> str | None:
     """Why the kernel cannot take these BSNH shapes (None if it can)."""
     if dtype != "float32":
@@ -64,42 +69,47 @@ def supported(q_shape, k_shape, dtype: str) -> str | None:
 
 def compute(q: te.Tensor, k: te.Tensor, v: te.Tensor, bias: te.Tensor | None, scale: float,
             causal_offset: int | None) -> te.Tensor:
-    """``q`` [B, S, H, D], ``k`` and ``v`` [B, L, H, D], ``bias`` broadcastable to [B, H, S, L]
-    (4-D) -> [B, S, H, D]. ``causal_offset``: key ``j`` is masked for query ``i`` when
-    ``j > i + offset`` (0: top-left causal)."""
+    """``q`` [B, S, H, D], ``k`` and ``v`` [B, L, H, D], ``bias`` 4-D, broadcastable to
+    [B, H, S', L'] where (S', L') = :func:`padded` (S, L): its query and key axes are 1 or
+    padded (the caller pads them; the padding is never read into a probability)
+    -> [B, S, H, D]. ``causal_offset``: key ``j`` is masked for query ``i`` when
+    ``j > i + offset`` (0: top-left causal).
+
+    The masks are selects, not ``if_then_else``: TVM scalarizes a vector loop holding an
+    ``if_then_else`` with a vector condition, and every index a select reads is in bounds."""
     batch, queries, heads, head = (int(d) for d in q.shape)
     keys = int(k.shape[1])
-    keys_padded = _round_up(keys, LANES)
-    queries_padded = _round_up(queries, row_block(queries))
+    queries_padded, keys_padded = padded(queries, keys)
+    if bias is not None and [int(n) for n in bias.shape[2:]] not in (
+            [a, b] for a in (1, queries_padded) for b in (1, keys_padded)):
+        raise ValueError(f"attention bias {list(bias.shape)} is not padded to {queries_padded} x {keys_padded}")
     zero = tvm.tirx.const(0.0, "float32")
     lowest = tvm.tirx.const(float(np.finfo(np.float32).min), "float32")
-
-    def last(index, extent: int, padded: int):
-        # Padding positions read the last real one (in bounds, then masked or cropped).
-        return index if padded == extent else tvm.tirx.min(index, extent - 1)
 
     def key_t(b, h, d, j):
         if keys_padded == keys:
             return k[b, j, h, d]
-        return te.if_then_else(j < keys, k[b, last(j, keys, keys_padded), h, d], zero)
+        return tvm.tirx.Select(j < keys, k[b, tvm.tirx.min(j, keys - 1), h, d], zero)
+
+    def query(b, i, h, d):
+        # A padding row reads the last query; its output is cropped.
+        return q[b, i if queries_padded == queries else tvm.tirx.min(i, queries - 1), h, d]
 
     kt = te.compute((batch, heads, head, keys_padded), key_t, name=BLOCK_PREFIX + "kt")
     dk = te.reduce_axis((0, head), "dk")
     scores = te.compute((batch, heads, queries_padded, keys_padded),
-                        lambda b, h, i, j: te.sum(q[b, last(i, queries, queries_padded), h, dk] * kt[b, h, dk, j],
-                                                  axis=dk),
+                        lambda b, h, i, j: te.sum(query(b, i, h, dk) * kt[b, h, dk, j], axis=dk),
                         name=BLOCK_PREFIX + "qk")
 
     def logit(b, h, i, j):
         x = scores[b, h, i, j] * tvm.tirx.const(scale, "float32")
         if bias is not None:
-            axes = (b, h, last(i, queries, queries_padded), last(j, keys, keys_padded))
-            index = [0 if int(n) == 1 else axis for n, axis in zip(bias.shape, axes)]
+            index = [0 if int(n) == 1 else axis for n, axis in zip(bias.shape, (b, h, i, j))]
             x = x + bias[tuple(index)]
         if causal_offset is not None:
-            x = te.if_then_else(j > i + causal_offset, lowest, x)
+            x = tvm.tirx.Select(j > i + causal_offset, lowest, x)
         if keys_padded != keys:
-            x = te.if_then_else(j >= keys, lowest, x)
+            x = tvm.tirx.Select(j >= keys, lowest, x)
         return x
 
     logits = te.compute((batch, heads, queries_padded, keys_padded), logit, name=BLOCK_PREFIX + "logits")

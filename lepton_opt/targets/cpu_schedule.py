@@ -564,9 +564,12 @@ def _vectorize_lane_partials(sch: s_tir.Schedule, partials) -> None:
     """The lane loop of each partial block innermost and vectorized (one vector op per element
     step of the reduction)."""
     for partial in partials:
-        *_, lane_loop, step_loop = sch.get_loops(partial)
-        sch.reorder(step_loop, lane_loop)
-        sch.vectorize(lane_loop)
+        loops = sch.get_loops(partial)
+        lane_var = _block_realize(sch, partial).iter_values[0]  # rfactor puts the lane iterator first
+        (at,) = [n for n, lp in enumerate(loops) if sch.get(lp).loop_var.same_as(lane_var)]
+        # The lane loop innermost below it, wherever a compute_at left it: contiguous vectors.
+        sch.reorder(*loops[at + 1:], loops[at])
+        sch.vectorize(loops[at])
 
 
 def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:

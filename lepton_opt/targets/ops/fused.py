@@ -121,6 +121,10 @@ def _fused_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | N
     offset = None
     if attrs.causal_mask is not None:
         offset = 0 if attrs.causal_mask == "TopLeft" else kv_len - q_len
+    if bias is not None:  # to the kernel's padded query / key axes (where not broadcast)
+        after = [0 if n == 1 else want - n for n, want in zip(shape_of(bias)[2:], attention.padded(q_len, kv_len))]
+        if any(after):  # pad_width: (before, after) of each axis
+            bias = bb.emit(op.nn.pad(bias, [0, 0, 0, 0, 0, after[0], 0, after[1]]))
     return bb.call_te(attention.compute, query, key, value, bias, scale, offset, primfunc_name_hint="attention")
 
 
