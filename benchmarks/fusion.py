@@ -2,25 +2,27 @@
 
 For each benchmark model (``benchmarks/results/models/<name>.onnx``, exported by ``models.py``):
 
-1. ``-O1`` (simplification only) and ``-O2`` (simplification + fusions): node counts and the op
-   histogram before / after, optimization time, max abs difference of the -O2 model's outputs
-   from the original's under onnxruntime.
+1. ``-O2`` (simplification + fusions): node counts and the op histogram before / after,
+   optimization time, max abs difference of the -O2 model's outputs from the original's under
+   onnxruntime.
 2. onnxruntime latency of the original and of the -O2 model, 2 threads each, timed interleaved
    (one run of each, repeated, after warm-up; medians), with onnxruntime's own graph
    optimizations on (what users deploy) and off (what the graph itself costs).
-3. Compiled (lepton-opt, default CPU schedules) latency of the model prepared with -O1 and with
-   -O2, each timed against onnxruntime on the original model with
-   ``lepton_opt.bench.latency.compare_latency`` (as ``latency.py`` does): the ratio to
-   onnxruntime in the same run is the figure to compare between the two.
+3. Compiled latency (lepton-opt, default CPU schedules) of the build without graph passes
+   (``fp32-O0``) and of the default build (``fp32``, -O2), measured by ``lepton_opt.benchmark``
+   against onnxruntime in one interleaved run: the speed-up of -O2 over -O0 is paired by round.
+4. With ``--kernels``: milliseconds per run of each kernel of the two builds (profiled in turn),
+   to see where the difference comes from.
 
-    python benchmarks/fusion.py [--models bert_base,mobilenet_v2] [--threads 2] [--repeat 30]
-        [--no-compile] [--json out.json]
+    python benchmarks/fusion.py [--models bert_base,vit_small] [--threads 2] [--repeat 30]
+        [--duration 60] [--kernels] [--no-compile] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -31,11 +33,14 @@ HERE = Path(__file__).resolve().parent
 
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="bert_base,mobilenet_v2")
+    parser.add_argument("--models", default="bert_base,vit_small")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--model-dir", type=Path, default=HERE / "results" / "models")
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="seconds of interleaved timing of the compiled builds per model")
+    parser.add_argument("--kernels", action="store_true", help="per-kernel profile of the -O0 and -O2 builds")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-latency part")
     parser.add_argument("--json", type=Path)
     return parser.parse_args(argv)
@@ -55,20 +60,45 @@ def interleaved_ms(engines, feeds, repeat: int, warmup: int) -> list[float]:
     return [statistics.median(t) * 1e3 for t in times]
 
 
+def _kernel_group(symbol: str) -> str:
+    """``fused_matmul3_add4_..._prepacked`` and ``fused_matmul1_add2_...`` alike: numbers that
+    TVM appends to tell functions apart dropped, so the same kernel matches across builds."""
+    return re.sub(r"\d+(?=_|$)", "", symbol)
+
+
+def kernel_table(path: Path, feeds, runs: int) -> dict[str, dict[str, float]]:
+    """Kernel group -> {"O0": ms per run, "O2": ms per run}, both builds profiled in turn."""
+    import lepton_opt
+    from lepton_opt.targets.artifact import profile_kernels
+
+    builds = {level: lepton_opt.compile(str(path), level=level) for level in ("O0", "O2")}
+    table: dict[str, dict[str, float]] = {}
+    for level, profile in zip(builds, profile_kernels(list(builds.values()), feeds, runs)):
+        for symbol, (seconds, _calls) in profile.items():
+            if symbol.startswith("vm.builtin"):
+                continue
+            entry = table.setdefault(_kernel_group(symbol), {"O0": 0.0, "O2": 0.0})
+            entry[level] += seconds * 1e3
+    return dict(sorted(table.items(), key=lambda kv: -max(kv[1].values())))
+
+
+def print_kernels(name: str, table: dict[str, dict[str, float]], top: int = 12) -> None:
+    print(f"[{name}] kernels, ms per run (total -O0 {sum(t['O0'] for t in table.values()):.2f}, "
+          f"-O2 {sum(t['O2'] for t in table.values()):.2f}):")
+    for group, t in list(table.items())[:top]:
+        print(f"    {t['O0']:8.3f} {t['O2']:8.3f}  {group}")
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
-    from lepton_opt.bench.latency import compare_latency, set_runtime_threads
+    from lepton_opt.bench.latency import set_runtime_threads
 
     set_runtime_threads(args.threads)
     import numpy as np
 
     import lepton_opt
     from lepton_opt.bench.accuracy import ort_session, random_feeds
-    from lepton_opt.ir.load import load_model
-    from lepton_opt.passes.base import PassManager, input_specs
-    from lepton_opt.passes.registry import build_passes, pipeline_names
-    from lepton_opt.targets.build import resolve_target
-    from lepton_opt.targets.compile import compile_model
+    from lepton_opt.passes.base import input_specs
 
     rows = []
     for name in args.models.split(","):
@@ -104,25 +134,21 @@ def main(argv=None) -> int:
             del sessions
 
         if not args.no_compile:
-            spec = resolve_target("llvm")
-            for level in ("O1", "O2"):
-                loaded = load_model(str(path))
-                names = pipeline_names(level)
-                PassManager(build_passes(names))(loaded.model)
-                start = time.perf_counter()
-                compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256,
-                                         opset=loaded.opset, passes=names)
-                compile_s = time.perf_counter() - start
-                got = compiled.run(feeds)
-                err = float(max(np.abs(got[o.name] - r).max()
-                                for o, r in zip(ort_session(original).get_outputs(), reference)))
-                timing = compare_latency(compiled, original, feeds, threads=args.threads, repeat=args.repeat,
-                                         warmup=args.warmup)
-                row[f"compiled_{level}"] = {"lepton_ms": timing.lepton_ms, "ort_ms": timing.ort_ms,
-                                            "ratio": timing.ratio, "compile_s": compile_s, "max_abs_err": err}
-                print(f"[{name}] compiled after -{level}: {timing.line()}; compile {compile_s:.0f} s; "
-                      f"max abs err {err:.1e}", flush=True)
-                del compiled, loaded
+            bench = lepton_opt.benchmark(str(path), variants="ort,fp32-O0,fp32", threads=args.threads,
+                                         duration=args.duration, memory=False)
+            row["compiled"] = {v.name: {"p50_ms": v.latency[bench.batches[0]].p50, "speedup_vs_ort": bench.speedup(v.name),
+                                        "max_abs_err": v.accuracy and v.accuracy.max_abs}
+                               for v in bench.variants if v.ok}
+            row["compiled_O2_vs_O0"] = bench.speedup("fp32", baseline="fp32-O0")
+            row["compiled_rounds"] = bench.rounds[bench.batches[0]]
+            c = row["compiled"]
+            print(f"[{name}] compiled, {row['compiled_rounds']} interleaved rounds: -O0 {c['fp32-O0']['p50_ms']:.2f} ms "
+                  f"({c['fp32-O0']['speedup_vs_ort']:.2f}x of onnxruntime), -O2 {c['fp32']['p50_ms']:.2f} ms "
+                  f"({c['fp32']['speedup_vs_ort']:.2f}x); -O2 over -O0, paired by round: "
+                  f"{row['compiled_O2_vs_O0']:.2f}x", flush=True)
+        if args.kernels:
+            row["kernels"] = kernel_table(path, feeds, args.repeat)
+            print_kernels(name, row["kernels"])
         rows.append(row)
 
     print()

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,21 @@ class CompiledModel:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
+
+
+def profile_kernels(models: Sequence[CompiledModel], feeds: Mapping[str, Any], runs: int = 10,
+                    warmup: int = 2) -> list[dict[str, tuple[float, float]]]:
+    """Per model (fresh CPU builds taking the same ``feeds``): kernel name -> (seconds per model
+    run, calls per model run), the models run in turn so that drifts of the machine touch all
+    alike. Wall time between the VM's instrument callbacks: rank kernels by it, and compare the
+    same kernel across builds; the callbacks add a little to each."""
+    from lepton_opt.targets.cpu_schedule import profile_interleaved
+
+    if any(not isinstance(m._executable, tvm.runtime.Executable) or m.target.get("kind") != "llvm"
+           for m in models):
+        raise ArtifactError("kernel profiles need fresh CPU builds (lepton_opt.compile(..., target='llvm'))")
+    inputs = [tvm.runtime.tensor(a) for a in models[0]._check_feeds(feeds)]
+    return profile_interleaved([m._executable for m in models], inputs, runs, warmup)
 
 
 def runtime_threads() -> int:
