@@ -415,7 +415,6 @@ def _parallel_vectorize_block(sch: s_tir.Schedule, block, lanes: int, parallel: 
     kinds = _block_iter_kinds(sch, block)
     if not loops:
         return
-    stmt_loops = [sch.get(lp) for lp in loops]
     # Loops bound only to spatial iterators, up to the first reduction loop.
     spatial_prefix = []
     iter_kind_of = _loop_kinds(sch, block, loops, kinds)
@@ -423,7 +422,6 @@ def _parallel_vectorize_block(sch: s_tir.Schedule, block, lanes: int, parallel: 
         if kind != "S":
             break
         spatial_prefix.append(lp)
-    del stmt_loops
     all_spatial = len(spatial_prefix) == len(loops)
     vec_loop = None
     if all_spatial:
@@ -438,13 +436,6 @@ def _parallel_vectorize_block(sch: s_tir.Schedule, block, lanes: int, parallel: 
         ext = _extent(sch, fused)
         if ext is None or ext > 1:
             sch.parallel(fused)
-    elif parallel and vec_loop is not None and not outer:
-        # A 1-D loop: split off a parallel outer part when it is long enough to pay.
-        loops = sch.get_loops(block)
-        first = loops[0]
-        ext = _extent(sch, first)
-        if ext is not None and ext >= 4096 and len(loops) >= 1:
-            pass
 
 
 def _loop_kinds(sch: s_tir.Schedule, block, loops, kinds) -> list[str]:
