@@ -53,15 +53,15 @@ def padded(queries: int, keys: int) -> tuple[int, int]:
     return _round_up(queries, row_block(queries)), _round_up(keys, LANES)
 
 
-def supported(q_shape, k_shape, dtype: str) -> str | None:
+def supported(q_shape, k_shape, v_shape, dtype: str) -> str | None:
     """Why the kernel cannot take these BSNH shapes (None if it can)."""
     if dtype != "float32":
         return "float32 only"
-    if not all(isinstance(d, int) for d in (*q_shape, *k_shape)):
+    if not all(isinstance(d, int) for d in (*q_shape, *k_shape, *v_shape)):
         return "dynamic shape"
     _, queries, _, head = q_shape
-    if head % LANES:
-        return f"head size {head} must be a multiple of {LANES}"
+    if head % LANES or v_shape[3] % LANES:
+        return f"head sizes {head} (Q, K) and {v_shape[3]} (V) must be multiples of {LANES}"
     if queries < MIN_ROWS:
         return f"{queries} queries are fewer than a block of {MIN_ROWS} rows"
     return None
@@ -69,16 +69,16 @@ def supported(q_shape, k_shape, dtype: str) -> str | None:
 
 def compute(q: te.Tensor, k: te.Tensor, v: te.Tensor, bias: te.Tensor | None, scale: float,
             causal_offset: int | None) -> te.Tensor:
-    """``q`` [B, S, H, D], ``k`` and ``v`` [B, L, H, D], ``bias`` 4-D, broadcastable to
+    """``q`` and ``k`` [B, S, H, D] and [B, L, H, D], ``v`` [B, L, H, Dv], ``bias`` 4-D, broadcastable to
     [B, H, S', L'] where (S', L') = :func:`padded` (S, L): its query and key axes are 1 or
     padded (the caller pads them; the padding is never read into a probability)
-    -> [B, S, H, D]. ``causal_offset``: key ``j`` is masked for query ``i`` when
+    -> [B, S, H, Dv]. ``causal_offset``: key ``j`` is masked for query ``i`` when
     ``j > i + offset`` (0: top-left causal).
 
     The masks are selects, not ``if_then_else``: TVM scalarizes a vector loop holding an
     ``if_then_else`` with a vector condition, and every index a select reads is in bounds."""
     batch, queries, heads, head = (int(d) for d in q.shape)
-    keys = int(k.shape[1])
+    keys, head_v = int(k.shape[1]), int(v.shape[3])
     queries_padded, keys_padded = padded(queries, keys)
     if bias is not None and [int(n) for n in bias.shape[2:]] not in (
             [a, b] for a in (1, queries_padded) for b in (1, keys_padded)):
@@ -123,11 +123,12 @@ def compute(q: te.Tensor, k: te.Tensor, v: te.Tensor, bias: te.Tensor | None, sc
     row_sum = te.compute((batch, heads, queries_padded), lambda b, h, i: te.sum(probs[b, h, i, j2], axis=j2),
                          name=BLOCK_PREFIX + "sum")
     j3 = te.reduce_axis((0, keys), "j3")  # the real keys only
-    weighted = te.compute((batch, queries_padded, heads, head),
+    weighted = te.compute((batch, queries_padded, heads, head_v),
                           lambda b, i, h, d: te.sum(probs[b, h, i, j3] * v[b, j3, h, d], axis=j3),
                           name=BLOCK_PREFIX + "pv")
-    out = te.compute((batch, queries_padded, heads, head),
+    out = te.compute((batch, queries_padded, heads, head_v),
                      lambda b, i, h, d: weighted[b, i, h, d] / row_sum[b, h, i], name=BLOCK_PREFIX + "out")
     if queries_padded == queries:
         return out
-    return te.compute((batch, queries, heads, head), lambda b, i, h, d: out[b, i, h, d], name=BLOCK_PREFIX + "crop")
+    return te.compute((batch, queries, heads, head_v), lambda b, i, h, d: out[b, i, h, d],
+                      name=BLOCK_PREFIX + "crop")

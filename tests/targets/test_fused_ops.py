@@ -13,10 +13,10 @@ from tests.models import ort_run
 F, B = TensorProto.FLOAT, TensorProto.BOOL
 
 
-def attention_model(q_shape, kv_shape, mask_shape=None, mask_type=F, **attrs):
+def attention_model(q_shape, kv_shape, mask_shape=None, mask_type=F, v_shape=None, **attrs):
     names = ["q", "k", "v"] + (["mask"] if mask_shape else [])
     inputs = [helper.make_tensor_value_info("q", F, q_shape), helper.make_tensor_value_info("k", F, kv_shape),
-              helper.make_tensor_value_info("v", F, kv_shape)]
+              helper.make_tensor_value_info("v", F, v_shape or kv_shape)]
     if mask_shape:
         inputs.append(helper.make_tensor_value_info("mask", mask_type, mask_shape))
     node = helper.make_node("Attention", names, ["y"], **attrs)
@@ -79,6 +79,7 @@ KERNEL_CASES = {
                                                  dict(q_num_heads=1, kv_num_heads=1)),
     "4-D, causal, 13 queries and keys": ((1, 2, 13, 32), (1, 2, 13, 32), None, F, dict(is_causal=1)),
     "4-D, 11 queries, 40 keys, mask [S,L]": ((1, 2, 11, 16), (1, 2, 40, 16), (11, 40), F, {}),
+    "4-D, V's head size 32, Q/K's 16": ((2, 4, 8, 16), (2, 4, 8, 16), None, F, {}, (2, 4, 8, 32)),
 }
 
 
@@ -100,8 +101,8 @@ def _cpu_kernels(model) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", list(KERNEL_CASES))
 def test_attention_kernel(case):
-    q, kv, mask, mask_type, attrs = KERNEL_CASES[case]
-    model = attention_model(q, kv, mask, mask_type, **attrs)
+    q, kv, mask, mask_type, attrs, *v_shape = KERNEL_CASES[case]
+    model = attention_model(q, kv, mask, mask_type, *v_shape, **attrs)
     kernels = _cpu_kernels(model)
     assert [rule for name, rule in kernels.items() if name.startswith("attention")] == ["attention"], kernels
     assert not any("softmax" in name for name in kernels), kernels  # not the expansion

@@ -111,7 +111,7 @@ def _fused_attention(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr | N
     query, key, value = call.args[:3]
     bias = call.args[3] if len(call.args) > 3 else None
     q_shape, k_shape = shape_of(query), shape_of(key)
-    if attention.supported(q_shape, k_shape, dtype_of(query)) is not None:
+    if attention.supported(q_shape, k_shape, shape_of(value), dtype_of(query)) is not None:
         return None
     if bias is not None and (dtype_of(bias) != "float32" or len(shape_of(bias)) != 4
                              or not all(isinstance(d, int) for d in shape_of(bias))):
@@ -176,5 +176,5 @@ class _AttentionExpander(relax.PyExprMutator):
 
 
 # ``nn.attention`` -> lepton-opt's CPU attention kernel where it applies (float32, static
-# shapes, head size a multiple of 16, at least 4 queries), else batch matmuls + softmax.
+# shapes, head sizes multiples of 16, at least 4 queries), else batch matmuls + softmax.
 expand_attention_pass = mutator_pass("LeptonExpandAttention", _AttentionExpander)
