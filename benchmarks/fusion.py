@@ -136,13 +136,15 @@ def main(argv=None) -> int:
         if not args.no_compile:
             bench = lepton_opt.benchmark(str(path), variants="ort,fp32-O0,fp32", threads=args.threads,
                                          duration=args.duration, memory=False)
-            row["compiled"] = {v.name: {"p50_ms": v.latency[bench.batches[0]].p50, "speedup_vs_ort": bench.speedup(v.name),
+            batch = bench.batches[0]
+            row["compiled"] = {v.name: {"p50_ms": v.latency[batch].p50, "speedup_vs_ort": bench.speedup(v.name),
                                         "max_abs_err": v.accuracy and v.accuracy.max_abs}
                                for v in bench.variants if v.ok}
             row["compiled_O2_vs_O0"] = bench.speedup("fp32", baseline="fp32-O0")
-            row["compiled_rounds"] = bench.rounds[bench.batches[0]]
+            row["compiled_rounds"] = bench.rounds[batch]
             c = row["compiled"]
-            print(f"[{name}] compiled, {row['compiled_rounds']} interleaved rounds: -O0 {c['fp32-O0']['p50_ms']:.2f} ms "
+            print(f"[{name}] compiled, {row['compiled_rounds']} interleaved rounds: "
+                  f"-O0 {c['fp32-O0']['p50_ms']:.2f} ms "
                   f"({c['fp32-O0']['speedup_vs_ort']:.2f}x of onnxruntime), -O2 {c['fp32']['p50_ms']:.2f} ms "
                   f"({c['fp32']['speedup_vs_ort']:.2f}x); -O2 over -O0, paired by round: "
                   f"{row['compiled_O2_vs_O0']:.2f}x", flush=True)

@@ -278,7 +278,8 @@ def test_partial_reductions_vectorize_over_their_lanes_and_attention_masks_are_s
     from lepton_opt.targets import attention
 
     node = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)
-    init = [numpy_helper.from_array(np.ones(768, np.float32), "g"), numpy_helper.from_array(np.zeros(768, np.float32), "b")]
+    init = [numpy_helper.from_array(np.ones(768, np.float32), "g"),
+            numpy_helper.from_array(np.zeros(768, np.float32), "b")]
     graph = helper.make_graph([node], "ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [128, 768])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [128, 768])], init)
     mod, target = _legalized(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
