@@ -8,7 +8,7 @@ For each model (the suite's exports, ``models.py``):
 1. ``lepton_opt.tune(model, budget=...)`` into this script's own record cache
    (``results/tuning/cache``; ``--fresh`` empties it first), 2 threads per measurement; the
    last 20% of the budget (or less, once every tile is measured) confirms each kernel's best
-   three tiles inside the whole model.
+   four tiles (and its default) inside the whole model.
 2. One interleaved ``lepton_opt.benchmark`` run of ``ort`` (onnxruntime, all graph
    optimizations, 2 threads), ``fp32-untuned`` (default schedules) and ``fp32`` (the tuning
    records applied): speed-ups paired by round, in the same run.

@@ -1234,20 +1234,6 @@ def build_cpu(mod: tvm.IRModule, target: tvm.target.Target, database=None,
     return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database, stats))
 
 
-def profile_kernels(
-    ex: tvm.runtime.Executable, inputs: Sequence, repeat: int = 10
-) -> list[tuple[str, float]]:
-    """Seconds per model call spent in each kernel of ``main``, largest first.
-
-    Wall time between the VM's before/after instrument callbacks, so it includes the (small)
-    Python callback overhead; use it to rank kernels, not as absolute numbers.
-    """
-    (profile,) = profile_interleaved([ex], inputs, repeat)
-    rows = [(name, seconds) for name, (seconds, _calls) in profile.items()]
-    rows.sort(key=lambda r: -r[1])
-    return rows
-
-
 def profile_interleaved(executables: Sequence[tvm.runtime.Executable], inputs: Sequence,
                         runs: int = 10, warmup: int = 2) -> list[dict[str, tuple[float, float]]]:
     """Per executable: kernel name -> (seconds per model run, calls per model run), from ``runs``
