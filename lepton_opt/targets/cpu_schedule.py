@@ -165,7 +165,10 @@ def _convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
             relax.analysis.post_order_visit(func, visit)
     if not found:
         return mod
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    # Transposed convolutions are pinned to NCHW: layout propagation would otherwise hand them the
+    # NHWC of a neighbouring conv2d, which TVM cannot legalize for conv2d_transpose.
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                          "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
 
 
 @relax.expr_functor.mutator
