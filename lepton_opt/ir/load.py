@@ -54,6 +54,8 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
         model.graph.sort()
     except Exception as e:
         raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
+    _check_defined(model, name)
+    _unknown_dims_to_symbolic(model)
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
     return LoadedModel(model, name, digest, model.opset_imports.get("", 1))
@@ -177,7 +179,8 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
                     f"--input-shape gives {len(dims)} dimensions ({'x'.join(map(str, dims))})"
                 )
             for axis, (old_dim, new_dim) in enumerate(zip(old, dims)):
-                if isinstance(old_dim, int) and old_dim != new_dim:
+                # 0 in a declared input shape is one more way exporters spell "unknown"
+                if isinstance(old_dim, int) and old_dim not in (0, new_dim):
                     raise ShapeError(
                         f"{source}: input {name!r} dimension {axis} is fixed at {old_dim} in the model; "
                         f"--input-shape gives {new_dim}"
@@ -198,6 +201,27 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
                 value.shape = ir.Shape(
                     [symbols.get(d.value, d) if isinstance(d, ir.SymbolicDim) else d for d in shape]
                 )
+
+
+def _check_defined(model: ir.Model, source: str) -> None:
+    """Every node input is a graph input, an initializer or some node's output (of this graph or
+    an enclosing one); onnx-ir reads a dangling name as a value defined nowhere."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for value in node.inputs:
+            if (value is not None and value.producer() is None and not value.is_graph_input()
+                    and not value.is_initializer() and value.name):
+                raise ModelLoadError(f"{source}: node {node.name or node.op_type!r} ({node.op_type}) reads "
+                                     f"{value.name!r}, which no node, input or initializer defines; "
+                                     "the model is malformed: re-export it")
+
+
+def _unknown_dims_to_symbolic(model: ir.Model) -> None:
+    """Negative dims become anonymous symbolic dims: paddle2onnx (and older tools) declare an
+    unknown dim as ``dim_value: -1`` instead of a ``dim_param``, which onnxruntime accepts."""
+    for value in _all_values(model.graph):
+        shape = value.shape
+        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+            value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape])
 
 
 def _all_values(graph: ir.Graph):
