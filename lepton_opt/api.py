@@ -15,7 +15,7 @@ import onnx_ir as ir
 from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
 from lepton_opt.errors import LeptonError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
-from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, Verifier, op_histogram
+from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
 from lepton_opt.passes.registry import DEFAULT_LEVEL, build_passes, pipeline_names
 
 
@@ -40,6 +40,9 @@ class OptimizeResult(OpCounts):
     ops_after: dict[str, int]
     as_ir: bool = False
     precision: Any = None  # a lepton_opt.passes.precision.PrecisionResult when a precision was asked for
+    # Passes rolled back because they raised or left an invalid model (one line each); the
+    # pipeline went on without them.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @functools.cached_property
     def model(self) -> onnx.ModelProto | ir.Model:
@@ -88,7 +91,8 @@ def optimize(
         converted = _convert_precision(final, precision, seed=seed, **precision_options)
         final = converted.model
     return OptimizeResult(final, names, result.summary(), result.records, result.iterations,
-                          result.converged, ops_before, dict(op_histogram(final)), as_ir, converted)
+                          result.converged, ops_before, dict(op_histogram(final)), as_ir, converted,
+                          result.warnings)
 
 
 def _precision_function(precision: str | None):
@@ -128,22 +132,20 @@ def _convert_precision(model: ir.Model, precision: str, **options):
 
 def _prepare(model: ModelSource, input_shapes: InputShapes | None,
              level: str, precision: str | None = None,
-             precision_options: Mapping[str, Any] | None = None) -> tuple[LoadedModel, list[str], Any]:
+             precision_options: Mapping[str, Any] | None = None) -> tuple[LoadedModel, list[str], Any, list[RolledBack]]:
+    """Load and run the ``level`` pipeline (then the precision conversion). A pass that raises or
+    leaves an invalid model is rolled back by the PassManager and left out of the returned pass
+    names; the fourth item says which and why."""
     loaded = load_model(model, input_shapes)
-    names = pipeline_names(level)
-    try:
-        PassManager(build_passes(names))(loaded.model)
-    except Exception:
-        # The passes are optimizations; if one trips over this model (a library folder meeting
-        # an op it does not know), lower the model as it is, reloaded since the passes may have
-        # stopped half-way.
-        loaded, names = load_model(model, input_shapes), []
+    result = PassManager(build_passes(pipeline_names(level)))(loaded.model)
+    skipped = {r.name for r in result.rolled_back}
+    names = [name for name in pipeline_names(level) if name not in skipped]
     converted = None
     if precision is not None:
         converted = _convert_precision(loaded.model, precision, **(precision_options or {}))
         loaded = dataclasses.replace(loaded, model=converted.ir_model if precision == "int8" else converted.model)
         names = [*names, "quantize-int8" if precision == "int8" else f"precision-{precision}"]
-    return loaded, names, converted
+    return loaded, names, converted, result.rolled_back
 
 
 # The pipeline run before lowering: simplification and fusions, without O3's size trade-offs.
@@ -186,11 +188,14 @@ def compile(  # noqa: A001 - the public name the product promises
 
     _check_precision_options(precision, precision_options)
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
-    loaded, passes, converted = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
-    notes: list[str] = []
+    loaded, passes, converted, rolled_back = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision,
+                                                      precision_options)
+    notes = [str(r) for r in rolled_back]
     compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
                              passes=passes, records=_paths(records), use_cache=use_cache, warn=notes.append)
     compiled.warnings = notes
+    if rolled_back:
+        compiled.manifest["passes_rolled_back"] = {r.name: r.reason for r in rolled_back}
     for note in notes:
         _warnings.warn(note, stacklevel=2)
     compiled.precision = converted  # the PrecisionResult / QuantizeResult (kept nodes, guard), or None
@@ -262,7 +267,7 @@ def tune(
     if budget_s is None and trials is None:
         budget_s = DEFAULT_TUNING_BUDGET_S
     spec = resolve_target(target, mcpu=mcpu)
-    loaded, _names, _ = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
+    loaded, _names, _, _notes = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
     return tune_model(loaded.model, spec, source=loaded.source, budget_s=budget_s, trials=trials, records=records,
                       rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress, confirm=confirm)
 
@@ -283,7 +288,7 @@ def quantize(model: ModelSource, mode: str = "static", *, level: str = COMPILE_L
     """
     from lepton_opt.passes.quantize import quantize as run_quantize
 
-    loaded, _names, _ = _prepare(model, input_shapes, level)
+    loaded, _names, _, _notes = _prepare(model, input_shapes, level)
     return run_quantize(loaded.model, mode=mode, source=loaded.source, **options)
 
 

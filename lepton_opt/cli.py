@@ -301,6 +301,8 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
         table.add_row(row.name, str(row.runs), str(row.rewrites), f"{row.node_delta:+d}" if row.node_delta else "0",
                       changed or "-", f"{row.seconds * 1e3:.0f}")
     out.print(table)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if result.precision is not None:
         _print_precision(result.precision)
     checked = " (every pass verified against onnxruntime)" if verify_each else ""

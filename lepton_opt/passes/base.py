@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import compare, ort_session, random_feeds
@@ -104,6 +105,18 @@ class PassSummary:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class RolledBack:
+    """A pass whose run was undone: it raised, or left a model that is not valid ONNX."""
+
+    name: str
+    iteration: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"pass {self.name!r} was rolled back and skipped from then on: {self.reason}"
+
+
 @dataclasses.dataclass
 class PipelineResult(PassResult):
     """What a :class:`PassManager` run did: every pass run, in order, and whether it converged."""
@@ -111,6 +124,11 @@ class PipelineResult(PassResult):
     records: list[PassRecord] = dataclasses.field(default_factory=list)
     iterations: int = 0
     converged: bool = True
+    rolled_back: list[RolledBack] = dataclasses.field(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [str(r) for r in self.rolled_back]
 
     def summary(self) -> list[PassSummary]:
         rows: dict[str, PassSummary] = {}
@@ -276,18 +294,35 @@ class PassManager(ir.passes.InPlacePass):
         converged = not self.passes
         input_names = [v.name for v in model.graph.inputs]
         iteration = 0
+        checker = ModelChecker(model)
+        rolled_back: list[RolledBack] = []
+        disabled: set[int] = set()
         while self.passes and iteration < self.max_iterations and not converged:
             iteration += 1
             changed = False
-            for pass_ in self.passes:
+            for index, pass_ in enumerate(self.passes):
+                if index in disabled:
+                    continue
                 name = getattr(pass_, "name", type(pass_).__name__)
                 before = dict(op_histogram(model))
+                snapshot = model.clone()
                 start = time.perf_counter()
-                with _quiet_library_loggers():
-                    result = pass_(model)
+                try:
+                    with _quiet_library_loggers():
+                        result = pass_(model)
+                    if result.model is not model:
+                        raise ir.passes.PassError("it returned a new model; passes here work in place")
+                    problem = checker.problem(model) if result.modified or dict(op_histogram(model)) != before \
+                        else None
+                except Exception as e:  # noqa: BLE001 - any failure of a pass is rolled back and reported
+                    problem = f"it raised {_first_line(e)}"
                 seconds = time.perf_counter() - start
-                if result.model is not model:
-                    raise ir.passes.PassError(f"pass {name!r} returned a new model; passes here work in place")
+                if problem is not None:
+                    _restore(model, snapshot)
+                    disabled.add(index)
+                    rolled_back.append(RolledBack(name, iteration, problem))
+                    records.append(PassRecord(name, iteration, 0, False, before, before, seconds))
+                    continue
                 rewrites = getattr(result, "rewrites", int(result.modified))
                 records.append(PassRecord(name, iteration, rewrites, result.modified, before,
                                           dict(op_histogram(model)), seconds))
@@ -298,4 +333,66 @@ class PassManager(ir.passes.InPlacePass):
                     # also when the ops changed under a pass that claims it did nothing
                     self.verifier.check(model, name)
             converged = not changed
-        return PipelineResult(model, modified, sum(r.rewrites for r in records), records, iteration, converged)
+        return PipelineResult(model, modified, sum(r.rewrites for r in records), records, iteration, converged,
+                              rolled_back)
+
+
+def _restore(model: ir.Model, snapshot: ir.Model) -> None:
+    """Make ``model`` (the caller's object: passes work in place) what ``snapshot`` was."""
+    model.graph = snapshot.graph
+    model.ir_version = snapshot.ir_version
+    model.functions.clear()
+    model.functions.update(snapshot.functions)
+
+
+class ModelChecker:
+    """Whether a pass left a valid model: ``onnx.checker`` with strict shape inference at the
+    model's opset (``full_check``), on a structural copy whose large weights are graph inputs (the
+    checks need their types and shapes, not their bytes: no 2 GB protobuf, no copy of the weights)
+    and whose computed values carry no shapes (inference derives them from the inputs).
+
+    A model that already fails the full check when the pipeline starts (some exporters write
+    value_info that strict inference rejects) is held to the plain checker instead, and one that
+    fails even that only to "the pass did not raise": a pass is judged by what it made worse."""
+
+    def __init__(self, model: ir.Model):
+        self.level = "full"
+        if self._failure(model, "full") is not None:
+            self.level = "plain" if self._failure(model, "plain") is None else None
+
+    def problem(self, model: ir.Model) -> str | None:
+        """None when ``model`` passes the check, else why not (one line)."""
+        if self.level is None:
+            return None
+        failure = self._failure(model, self.level)
+        return None if failure is None else f"it left an invalid model ({failure})"
+
+    @staticmethod
+    def _failure(model: ir.Model, level: str) -> str | None:
+        try:
+            clone = model.clone()
+            graph = clone.graph
+            for name, value in list(graph.initializers.items()):
+                tensor = value.const_value
+                if tensor is None or value.is_graph_input() or tensor.size <= _CHECK_KEEP_ELEMENTS:
+                    continue
+                graph.initializers.pop(name)
+                graph.inputs.append(value)
+            # Shapes recorded on computed values (exporters' value_info, passes' inference) may be
+            # stale or wrong without the model being so: inference recomputes them from the inputs.
+            for node in ir.traversal.RecursiveGraphIterator(graph):
+                for value in node.outputs:
+                    if not value.is_graph_output():
+                        value.shape = None
+                    elif value.shape is not None:  # the checker wants a shape on graph outputs: the rank
+                        value.shape = ir.Shape([ir.SymbolicDim(None)] * len(value.shape))
+            proto = ir.serde.serialize_model(clone)
+            onnx.checker.check_model(proto, full_check=level == "full")
+        except Exception as e:  # noqa: BLE001 - checker, shape-inference and serializer errors alike
+            return _first_line(e)
+        return None
+
+
+# Initializers up to this many elements stay data for the check: shape inference reads small
+# constants (Reshape targets, axes); the weights it needs only the types and shapes of.
+_CHECK_KEEP_ELEMENTS = 1024

@@ -185,17 +185,41 @@ class Explodes(Pass):
         raise RuntimeError("boom")
 
 
-def test_compile_prepares_with_the_o2_pipeline_and_falls_back_without_it(monkeypatch):
+class BreaksTheGraph(Pass):
+    """Test-only: leaves an invalid model (a node reading a value nothing defines) and says it changed."""
+
+    name = "breaks-the-graph"
+
+    def call(self, model):
+        node = next(n for n in model.graph if n.op_type == "Relu")
+        node.replace_input_with(0, ir.Value(name="nowhere", type=ir.TensorType(ir.DataType.FLOAT)))
+        return PassResult(model, True, 1)
+
+
+@pytest.mark.parametrize("broken", [Explodes, BreaksTheGraph])
+def test_a_broken_pass_is_rolled_back_and_named_while_the_others_run(monkeypatch, broken):
+    monkeypatch.setitem(registry.PASSES, broken.name, broken)
+    model = tiny_mlp()
+    result = lepton_opt.optimize(model, passes=["remove-no-ops", broken.name, "fold-constants", "cse"])
+    assert len(result.warnings) == 1 and f"pass {broken.name!r} was rolled back" in result.warnings[0]
+    assert ("raised RuntimeError: boom" if broken is Explodes else "invalid model") in result.warnings[0]
+    onnx.checker.check_model(result.model, full_check=True)
+    assert_same_outputs(model, result.model)
+    # rolled back once, then skipped: the other passes still ran in every round
+    runs = [r.name for r in result.records]
+    assert runs.count(broken.name) == 1 and runs.count("cse") == result.iterations >= 1
+
+
+def test_compile_names_a_rolled_back_pass_and_keeps_the_others(monkeypatch):
+    monkeypatch.setitem(registry.PASSES, Explodes.name, Explodes)
     from lepton_opt import api
 
-    loaded, names, _ = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
-    assert names == list(registry.PIPELINES[api.COMPILE_LEVEL]) and "fold-constants" in names
-    assert "Shape" not in {n.op_type for n in loaded.model.graph}
-    monkeypatch.setitem(registry.PASSES, Explodes.name, Explodes)
-    monkeypatch.setitem(registry.PIPELINES, api.COMPILE_LEVEL, ("fold-shapes", "explodes"))
-    loaded, names, _ = api._prepare(transformer_layer(), None, api.COMPILE_LEVEL)
-    assert names == []  # the manifest must not claim passes whose work was thrown away
-    assert sum(1 for n in loaded.model.graph if n.op_type == "Shape") == 8
+    monkeypatch.setitem(registry.PIPELINES, api.COMPILE_LEVEL, ("fold-shapes", "explodes", "fold-constants"))
+    with pytest.warns(UserWarning, match="pass 'explodes' was rolled back"):
+        compiled = lepton_opt.compile(transformer_layer())
+    assert compiled.manifest["passes"] == ["fold-shapes", "fold-constants"]
+    assert "boom" in compiled.manifest["passes_rolled_back"]["explodes"]
+    assert any("explodes" in w for w in compiled.warnings)
 
 
 class FlipsSilently(FlipFirstAdd):
