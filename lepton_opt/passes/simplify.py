@@ -80,20 +80,126 @@ class _CountingFolder(_constant_folding.FoldConstantsPass):
 
 
 class FoldConstants(Pass):
-    """Evaluate nodes whose inputs are all constants (onnxscript's folder, with shape inference)."""
+    """Evaluate nodes whose inputs are all constants: onnxscript's folder (with shape inference),
+    then onnxruntime for what that folder declines (multi-output ops, ops its reference evaluator
+    lacks), as onnxsim does. Subgraphs (``If`` branches) are folded the same way."""
 
     name = "fold-constants"
-    description = "evaluate nodes whose inputs are constants; fold Shape of static tensors"
+    description = "evaluate nodes whose inputs are constants (onnxscript's folder, then onnxruntime)"
     input_size_limit = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
+    output_size_limit = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
 
     def call(self, model: ir.Model) -> PassResult:
         folder = _CountingFolder(
             shape_inference=True,
             input_size_limit=self.input_size_limit,
-            output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+            output_size_limit=self.output_size_limit,
+            should_fold=self._should_fold,
         )
         folder(model)
-        return PassResult(model, folder.replaced > 0, folder.replaced)
+        replaced = folder.replaced
+        for graph in list(model.graphs()):
+            replaced += fold_with_onnxruntime(model, graph, self.input_size_limit, self.output_size_limit)
+        return PassResult(model, replaced > 0, replaced)
+
+    def _should_fold(self, node: ir.Node) -> bool | None:
+        # onnxscript keeps every ConstantOfShape (a zeros tensor can be large); a small one is
+        # usually part of a shape or padding computation (torch's F.pad export) that must fold.
+        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+            shape = _const(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
+            if shape is not None and int(np.prod(shape, dtype=np.int64)) <= _SMALL_CONSTANT_OF_SHAPE:
+                return True
+        return None
+
+
+_SMALL_CONSTANT_OF_SHAPE = 1024
+
+# Never evaluated at compile time: random ops (a fresh draw per run) and the quantization ops
+# (the int8 lowering reads the QDQ structure itself).
+_NOT_FOLDED = frozenset({
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Constant",
+})
+
+
+def fold_with_onnxruntime(model: ir.Model, graph: ir.Graph, input_size_limit: int, output_size_limit: int) -> int:
+    """Evaluate with onnxruntime every node of ``graph`` whose inputs are all constants (directly
+    or through other such nodes); the values the rest of the graph reads become initializers.
+    Returns how many nodes were folded away."""
+    constant: set[ir.Value] = set()
+    members: list[ir.Node] = []
+    for node in graph:
+        if (node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED
+                or any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                       for attr in node.attributes.values())):
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        if not all(v in constant or _foldable_constant(v, input_size_limit) for v in inputs):
+            continue
+        if not all(o.name for o in node.outputs) or any(o.is_graph_output() for o in node.outputs):
+            continue
+        members.append(node)
+        constant.update(node.outputs)
+    if not members:
+        return 0
+    member_set = set(members)
+    boundary = [o for n in members for o in n.outputs
+                if any(use.node not in member_set for use in o.uses())]
+    if not boundary:
+        return 0
+    try:
+        values = _run_nodes(model, members, boundary)
+    except Exception:  # noqa: BLE001 - onnxruntime cannot evaluate this subgraph: keep it as it is
+        return 0
+    folded = 0
+    for value, array in zip(boundary, values):
+        if not isinstance(array, np.ndarray) or array.size > output_size_limit:
+            continue
+        name = value.name
+        value.name = None
+        constant_value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                                  shape=ir.Shape(array.shape), const_value=ir.tensor(array, name=name))
+        graph.register_initializer(constant_value)
+        value.replace_all_uses_with(constant_value)
+        folded += 1
+    if not folded:
+        return 0
+    removed = 0
+    for node in reversed(members):  # consumers first, so a producer is free once its users are gone
+        if not any(o.uses() for o in node.outputs):
+            graph.remove(node, safe=True)
+            removed += 1
+    return removed
+
+
+def _foldable_constant(value: ir.Value, input_size_limit: int) -> bool:
+    tensor = value.const_value
+    return (tensor is not None and not value.is_graph_input() and value.name is not None
+            and tensor.size <= input_size_limit)
+
+
+def _run_nodes(model: ir.Model, nodes: list[ir.Node], outputs: list[ir.Value]) -> list:
+    """Run ``nodes`` (a closed subgraph over constants) in onnxruntime; the values of ``outputs``."""
+    import onnx
+    import onnxruntime as ort
+
+    produced = {o for n in nodes for o in n.outputs}
+    feeds_needed = {v for n in nodes for v in n.inputs if v is not None and v not in produced}
+    graph = onnx.helper.make_graph(
+        [ir.serde.serialize_node(n) for n in nodes], "fold",
+        inputs=[],
+        outputs=[onnx.ValueInfoProto(name=v.name) for v in outputs],
+        initializer=[ir.serde.serialize_tensor(v.const_value) for v in feeds_needed],
+    )
+    for tensor, value in zip(graph.initializer, feeds_needed):
+        tensor.name = value.name
+    opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
+    proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=max(model.ir_version or 0, 7))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run([v.name for v in outputs], {})
 
 
 class FoldLargeConstants(FoldConstants):
