@@ -22,11 +22,25 @@ import onnx_ir as ir
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
 # (op type, version that changed its meaning) -> why. A node of this op at an older opset
-# cannot be carried over the version unless CONVERTERS has an entry for the same key.
+# cannot be carried over the version unless CONVERTIBLE has an entry for the same key.
+_AXES_INPUT_13 = ("Squeeze", "Unsqueeze", "ReduceSum")
+_AXES_INPUT_18 = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+                  "ReduceMin", "ReduceProd", "ReduceSumSquare")
+_SOFTMAX_FAMILY = ("Softmax", "LogSoftmax", "Hardmax")
 BREAKING: dict[tuple[str, int], str] = {
-    **{(op, 18): "moved 'axes' from an attribute to an input" for op in (
-        "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
-        "ReduceProd", "ReduceSumSquare")},
+    **{(op, 13): "moved 'axes' from an attribute to an input" for op in _AXES_INPUT_13},
+    **{(op, 18): "moved 'axes' from an attribute to an input" for op in _AXES_INPUT_18},
+    ("Split", 13): "moved 'split' from an attribute to an input",
+    ("Split", 18): "needs 'num_outputs' when 'split' is not given",
+    **{(op, 13): "now normalizes one axis (default -1) instead of a flattened 2-D view from 'axis' (default 1)"
+       for op in _SOFTMAX_FAMILY},
+    ("Pad", 11): "moved 'pads' and 'value' from attributes to inputs",
+    ("Clip", 11): "moved 'min' and 'max' from attributes to inputs",
+    ("Slice", 10): "moved 'starts', 'ends' and 'axes' from attributes to inputs",
+    ("TopK", 10): "moved 'k' from an attribute to an input",
+    ("Dropout", 12): "moved 'ratio' from an attribute to an input",
+    ("Resize", 11): "changed its coordinate transformation",
+    ("BatchNormalization", 9): "dropped the 'spatial' attribute",
     ("RoiAlign", 16): "changed the default coordinate_transformation_mode",
     ("GridSample", 20): "renamed its interpolation modes",
     ("DFT", 20): "moved 'axis' from an attribute to an input",
@@ -35,19 +49,47 @@ BREAKING: dict[tuple[str, int], str] = {
 }
 
 
-def _reduce_axes_to_input(node: ir.Node) -> None:
-    """ReduceX(x, axes=[...]) -> ReduceX(x, axes_constant) (opset 18 form)."""
-    attr = node.attributes.pop("axes", None)
-    if attr is None:
-        return  # no axes: reduce over all axes in both versions
-    graph = node.graph
-    axes = np.array(attr.as_ints(), np.int64)
-    name = fresh_initializer_name(graph, f"{node.name or node.op_type}_axes")
-    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(axes.shape),
-                     const_value=ir.tensor(axes, name=name))
-    graph.register_initializer(value)
-    node.resize_inputs(2)
-    node.replace_input_with(1, value)
+def _attribute_to_input(attribute: str, index: int) -> Callable[[ir.Node], None]:
+    """Op(x, attribute=[...]) -> Op(x, ..., constant) with the constant at input ``index``."""
+
+    def convert(node: ir.Node) -> None:
+        attr = node.attributes.pop(attribute, None)
+        if attr is None:
+            return  # absent in both versions means the same (all axes, equal split)
+        graph = node.graph
+        array = np.array(attr.as_ints(), np.int64)
+        name = fresh_initializer_name(graph, f"{node.name or node.op_type}_{attribute}")
+        value = ir.Value(name=name, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(array.shape),
+                         const_value=ir.tensor(array, name=name))
+        graph.register_initializer(value)
+        if len(node.inputs) < index + 1:
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+
+    return convert
+
+
+def _split_num_outputs(node: ir.Node) -> None:
+    """Split without a 'split' input needs num_outputs from opset 18 on: the number of outputs."""
+    if (len(node.inputs) < 2 or node.inputs[1] is None) and "num_outputs" not in node.attributes:
+        node.attributes["num_outputs"] = ir.AttrInt64("num_outputs", len(node.outputs))
+
+
+def _softmax_on_last_axis(node: ir.Node) -> str | None:
+    """The old (coerced 2-D) and new (one axis) forms agree when ``axis`` is the last axis."""
+    x = node.inputs[0]
+    axis = node.attributes.get_int("axis", 1)
+    if axis == -1:
+        return None
+    if x is None or x.shape is None:
+        return "has an input of unknown rank (its meaning changed at opset 13 unless it is the last axis)"
+    if axis != len(x.shape) - 1:
+        return f"normalizes axis {axis} of a rank-{len(x.shape)} input, whose meaning changed at opset 13"
+    return None
+
+
+def _softmax_explicit_axis(node: ir.Node) -> None:
+    node.attributes["axis"] = ir.AttrInt64("axis", -1)
 
 
 def _batchnorm_inference_only(node: ir.Node) -> str | None:
@@ -62,7 +104,11 @@ def _roialign_explicit_mode(node: ir.Node) -> str | None:
 # and a converter run while raising (None: the node is valid as it is).
 CONVERTIBLE: dict[tuple[str, int], tuple[Callable[[ir.Node], str | None] | None,
                                           Callable[[ir.Node], None] | None]] = {
-    **{key: (None, _reduce_axes_to_input) for key, why in BREAKING.items() if why.startswith("moved 'axes'")},
+    **{(op, 13): (None, _attribute_to_input("axes", 1)) for op in _AXES_INPUT_13},
+    **{(op, 18): (None, _attribute_to_input("axes", 1)) for op in _AXES_INPUT_18},
+    ("Split", 13): (None, _attribute_to_input("split", 1)),
+    ("Split", 18): (None, _split_num_outputs),
+    **{(op, 13): (_softmax_on_last_axis, _softmax_explicit_axis) for op in _SOFTMAX_FAMILY},
     ("BatchNormalization", 14): (_batchnorm_inference_only, None),
     ("RoiAlign", 16): (_roialign_explicit_mode, None),
 }
@@ -117,7 +163,8 @@ def raise_refusal(model: ir.Model, target: int) -> str | None:
         new = _schema(op, target)
         if op not in seen and (new is None or (new[1] and not _schema(op, current)[1])):
             return f"{op} is deprecated or removed at opset {target}"
-        for version in _changes(op, current, target):
+        changes = _changes(op, current, target)
+        for version in changes:
             key = (op, version)
             if key not in BREAKING:
                 continue
@@ -128,8 +175,18 @@ def raise_refusal(model: ir.Model, target: int) -> str | None:
                 reason = BREAKING[key]
             if reason is not None:
                 return f"node {node.name or op!r} ({op}) {reason} at opset {version}"
+        if changes and not any((op, v) in CONVERTIBLE for v in changes):
+            # A change the table above does not know: the node must at least still be well formed.
+            unknown = sorted(set(node.attributes) - _attribute_names(op, target))
+            if unknown:
+                return f"node {node.name or op!r} ({op}) has attribute {unknown[0]!r}, which opset {target} lacks"
         seen.add(op)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _attribute_names(op_type: str, opset: int) -> frozenset[str]:
+    return frozenset(onnx.defs.get_schema(op_type, opset, "").attributes)
 
 
 def raise_opset(model: ir.Model, target: int) -> None:

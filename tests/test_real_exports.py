@@ -1,0 +1,177 @@
+"""What third-party exporters write, each class in a model built here in the producer's style:
+paddle2onnx's ``dim_value: -1`` dims, torch's / TF ports' padding helpers built from constants
+(also inside ``If`` branches), opset-12 models that a fusion raises to opset 23, and the
+attention blocks Hugging Face transformers exports. Numerics against onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lepton_opt
+from lepton_opt.passes import registry
+from tests.models import ort_run
+
+
+def _weights(rng, *shape):
+    return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+
+
+def _assert_matches(model, feeds, atol=1e-4, **compile_options):
+    expected = ort_run(model, feeds)
+    got = lepton_opt.compile(model, **compile_options).run(feeds)
+    for name, ref in expected.items():
+        assert got[name].shape == ref.shape, name
+        np.testing.assert_allclose(got[name], ref, atol=atol, rtol=1e-4, err_msg=name)
+
+
+# ----------------------------------------------------------------- dim_value: -1 (paddle2onnx)
+def _paddle_style_cnn() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, -1, -1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4, -1, -1])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "paddle", [x], [y], [numpy_helper.from_array(_weights(rng, 4, 3, 3, 3), "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], producer_name="PaddlePaddle")
+
+
+def test_dim_value_minus_one_is_a_dynamic_dim_that_input_shape_fixes(tmp_path):
+    model = _paddle_style_cnn()
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 12, 20)).astype(np.float32)}
+    _assert_matches(model, feeds, input_shapes={"x": [1, 3, 12, 20]})
+    summary = lepton_opt.inspect_model(model)
+    assert summary.inputs[0]["shape"] == ["?", 3, "?", "?"]
+    path = tmp_path / "paddle.onnx"
+    onnx.save(model, path)
+    from click.testing import CliRunner
+
+    from lepton_opt.cli import main
+
+    result = CliRunner().invoke(main, ["compile", str(path), "--input-shape", "x:1x3x12x20", "-o",
+                                       str(tmp_path / "out.lepton")])
+    assert result.exit_code == 0, result.output
+
+
+# ----------------------------------------------------------------- padding helpers from constants
+# torch's export of F.pad with pads it cannot see as constants (TF-'same' ports compute them):
+# ConstantOfShape -> Concat -> Reshape -> Slice (negative step) -> Transpose -> Reshape -> Cast -> Pad.
+_PAD_HELPER = '''
+  zshape = Constant <value = int64[1] {4}> ()
+  zeros = ConstantOfShape <value = int64[1] {0}> (zshape)
+  full = Concat <axis = 0> (given, zeros)
+  shp = Constant <value = int64[2] {-1, 2}> ()
+  r = Reshape (full, shp)
+  st = Constant <value = int64[1] {-1}> ()
+  en = Constant <value = int64[1] {-9223372036854775807}> ()
+  ax = Constant <value = int64[1] {0}> ()
+  stp = Constant <value = int64[1] {-1}> ()
+  rev = Slice (r, st, en, ax, stp)
+  t = Transpose <perm = [1, 0]> (rev)
+  flat = Constant <value = int64[1] {-1}> ()
+  pads = Reshape (t, flat)
+  pads64 = Cast <to = 7> (pads)
+'''
+
+
+def _pad_helper_model(inside_if: bool) -> onnx.ModelProto:
+    body = _PAD_HELPER + "  padded = Pad (x, pads64)\n"
+    if not inside_if:
+        text = ('<ir_version: 8, opset_import: ["" : 13]>\ng (float[1,3,9,9] x) => (float[1,4,4,4] y) '
+                '\n{\n  given = Constant <value = int64[4] {0, 1, 0, 1}> ()\n' + body
+                + '  y = Conv <strides = [2, 2]> (padded, w)\n}\n')
+    else:
+        # The cond depends on the data; each branch pads with its own constant helper.
+        def branch(name, values):
+            lines = "".join(f"    {line.strip()}\n" for line in
+                            (f"given = Constant <value = int64[4] {{{values}}}> ()\n" + body).splitlines() if line.strip())
+            return f"{name} () => (float[1,3,10,10] padded) {{\n{lines}  }}"
+        text = ('<ir_version: 8, opset_import: ["" : 13]>\ng (float[1,3,9,9] x) => (float[1,4,4,4] y) '
+                '\n{\n  s = ReduceSum <keepdims = 0> (x)\n  zero = Constant <value = float {0}> ()\n'
+                '  cond = Greater (s, zero)\n'
+                f'  padded = If (cond) <then_branch = {branch("then_g", "0, 1, 0, 1")}, '
+                f'else_branch = {branch("else_g", "1, 0, 1, 0")}>\n'
+                '  y = Conv <strides = [2, 2]> (padded, w)\n}\n')
+    model = onnx.parser.parse_model(text)
+    weight = numpy_helper.from_array(_weights(np.random.default_rng(2), 4, 3, 3, 3), "w")
+    model.graph.initializer.append(weight)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("inside_if", [False, True])
+def test_padding_helper_built_from_constants_folds(inside_if):
+    model = _pad_helper_model(inside_if)
+    result = lepton_opt.optimize(model)
+    helper_ops = {"ConstantOfShape", "Concat", "Slice", "Transpose", "Reshape", "Cast"}
+    assert not helper_ops & set(result.ops_after), result.ops_after
+    assert not result.warnings
+    feeds = {"x": np.random.default_rng(3).standard_normal((1, 3, 9, 9)).astype(np.float32)}
+    np.testing.assert_allclose(ort_run(result.model, feeds)["y"], ort_run(model, feeds)["y"], atol=1e-5)
+    _assert_matches(model, feeds)
+    if inside_if:  # the other branch too
+        _assert_matches(model, {"x": -np.abs(feeds["x"])})
+
+
+def test_onnxruntime_folds_what_the_onnxscript_folder_declines():
+    # Split has several outputs, which onnxscript's folder skips; here it splits a constant shape.
+    text = '''<ir_version: 8, opset_import: ["" : 18]>
+g (float[2,12] x) => (float[2,3,4] y) {
+  c = Constant <value = int64[4] {2, 3, 4, 9}> ()
+  a, b = Split <num_outputs = 2> (c)
+  four = Constant <value = int64[1] {4}> ()
+  s = Concat <axis = 0> (a, four)
+  start = Constant <value = int64[1] {0}> ()
+  end = Constant <value = int64[1] {3}> ()
+  target = Slice (s, start, end)
+  y = Reshape (x, target)
+}'''
+    model = onnx.parser.parse_model(text)
+    result = lepton_opt.optimize(model, passes=["fold-constants", "remove-dead-nodes"])
+    assert result.ops_after == {"Reshape": 1}
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    np.testing.assert_array_equal(ort_run(result.model, {"x": x})["y"], x.reshape(2, 3, 4))
+
+
+# ----------------------------------------------------------------- raising an old opset
+def _opset12_attention(softmax_axis: int = 3) -> onnx.ModelProto:
+    """A bare attention core at opset 12, whose output goes through Squeeze with an ``axes``
+    attribute (an input from opset 13 on)."""
+    text = f'''<ir_version: 7, opset_import: ["" : 12]>
+g (float[1,2,16,16] q, float[1,2,16,16] k, float[1,2,16,16] v) => (float[2,16,16] y) {{
+  kt = Transpose <perm = [0, 1, 3, 2]> (k)
+  s = MatMul (q, kt)
+  c = Constant <value = float {{4.0}}> ()
+  scaled = Div (s, c)
+  p = Softmax <axis = {softmax_axis}> (scaled)
+  o = MatMul (p, v)
+  y = Squeeze <axes = [0]> (o)
+}}'''
+    return onnx.parser.parse_model(text)
+
+
+def test_raising_opset_12_for_attention_converts_squeeze_axes():
+    model = _opset12_attention()
+    result = lepton_opt.optimize(model)
+    assert not result.warnings
+    assert result.ops_after.get("Attention") == 1
+    optimized = result.model
+    onnx.checker.check_model(optimized, full_check=True)
+    assert optimized.opset_import[0].version >= 23
+    squeeze = next(n for n in optimized.graph.node if n.op_type == "Squeeze")
+    assert len(squeeze.input) == 2 and not squeeze.attribute
+    rng = np.random.default_rng(4)
+    feeds = {n: rng.standard_normal((1, 2, 16, 16)).astype(np.float32) for n in "qkv"}
+    np.testing.assert_allclose(ort_run(optimized, feeds)["y"], ort_run(model, feeds)["y"], atol=1e-5)
+    _assert_matches(model, feeds)
+
+
+def test_an_old_softmax_over_a_flattened_view_refuses_the_raise():
+    model = _opset12_attention(softmax_axis=1)  # opset 12: softmax over axes 1.. flattened
+    result = lepton_opt.optimize(model)
+    assert "Attention" not in result.ops_after
+    refusals = registry.PASSES["fuse-attention"]().refusals(lepton_opt.load(model))
+    assert any("meaning changed at opset 13" in line or "Softmax is not over the last axis" in line
+               for line in refusals), refusals
