@@ -13,10 +13,10 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
-from lepton_opt.errors import LeptonError
+from lepton_opt.errors import LeptonError, UnsupportedModelError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
 from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
-from lepton_opt.passes.registry import DEFAULT_LEVEL, build_passes, pipeline_names
+from lepton_opt.passes.registry import DEFAULT_LEVEL, FUSIONS, build_passes, pipeline_names
 
 
 def load(model: ModelSource, input_shapes: InputShapes | None = None) -> ir.Model:
@@ -130,22 +130,33 @@ def _convert_precision(model: ir.Model, precision: str, **options):
     return result
 
 
+@dataclasses.dataclass
+class _Prepared:
+    loaded: LoadedModel
+    passes: list[str]  # the passes that ran (rolled-back ones left out), plus the precision step
+    converted: Any  # PrecisionResult / QuantizeResult, or None
+    rolled_back: list[RolledBack]
+    fused: list[str]  # the fusion passes that rewrote something
+
+
 def _prepare(model: ModelSource, input_shapes: InputShapes | None,
              level: str, precision: str | None = None,
-             precision_options: Mapping[str, Any] | None = None) -> tuple[LoadedModel, list[str], Any, list[RolledBack]]:
-    """Load and run the ``level`` pipeline (then the precision conversion). A pass that raises or
-    leaves an invalid model is rolled back by the PassManager and left out of the returned pass
-    names; the fourth item says which and why."""
+             precision_options: Mapping[str, Any] | None = None, exclude: Sequence[str] = ()) -> _Prepared:
+    """Load and run the ``level`` pipeline without the ``exclude`` passes (then the precision
+    conversion). A pass that raises or leaves an invalid model is rolled back by the PassManager
+    and left out of the pass names."""
     loaded = load_model(model, input_shapes)
-    result = PassManager(build_passes(pipeline_names(level)))(loaded.model)
+    wanted = [name for name in pipeline_names(level) if name not in exclude]
+    result = PassManager(build_passes(wanted))(loaded.model)
     skipped = {r.name for r in result.rolled_back}
-    names = [name for name in pipeline_names(level) if name not in skipped]
+    names = [name for name in wanted if name not in skipped]
+    fused = [row.name for row in result.summary() if row.name in FUSIONS and row.rewrites]
     converted = None
     if precision is not None:
         converted = _convert_precision(loaded.model, precision, **(precision_options or {}))
         loaded = dataclasses.replace(loaded, model=converted.ir_model if precision == "int8" else converted.model)
         names = [*names, "quantize-int8" if precision == "int8" else f"precision-{precision}"]
-    return loaded, names, converted, result.rolled_back
+    return _Prepared(loaded, names, converted, result.rolled_back, fused)
 
 
 # The pipeline run before lowering: simplification and fusions, without O3's size trade-offs.
@@ -188,14 +199,31 @@ def compile(  # noqa: A001 - the public name the product promises
 
     _check_precision_options(precision, precision_options)
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
-    loaded, passes, converted, rolled_back = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision,
-                                                      precision_options)
-    notes = [str(r) for r in rolled_back]
-    compiled = compile_model(loaded.model, spec, source=loaded.source, sha256=loaded.sha256, opset=loaded.opset,
-                             passes=passes, records=_paths(records), use_cache=use_cache, warn=notes.append)
+    level = level or COMPILE_LEVEL
+    prepared = _prepare(model, input_shapes, level, precision, precision_options)
+    notes = [str(r) for r in prepared.rolled_back]
+
+    def build(prepared: _Prepared):
+        return compile_model(prepared.loaded.model, spec, source=prepared.loaded.source,
+                             sha256=prepared.loaded.sha256, opset=prepared.loaded.opset, passes=prepared.passes,
+                             records=_paths(records), use_cache=use_cache, warn=notes.append)
+
+    try:
+        compiled = build(prepared)
+    except UnsupportedModelError as error:
+        # A fused op the lowering cannot take for these shapes: lower what it replaced instead.
+        if not prepared.fused:
+            raise
+        fused = prepared.fused
+        prepared = _prepare(model, input_shapes, level, precision, precision_options, exclude=fused)
+        notes.append(f"the model as {', '.join(fused)} rewrote it did not compile ({error}); compiled "
+                     "without those passes")
+        compiled = build(prepared)
+        compiled.manifest["passes_refused_by_lowering"] = {name: str(error) for name in fused}
+    converted = prepared.converted
     compiled.warnings = notes
-    if rolled_back:
-        compiled.manifest["passes_rolled_back"] = {r.name: r.reason for r in rolled_back}
+    if prepared.rolled_back:
+        compiled.manifest["passes_rolled_back"] = {r.name: r.reason for r in prepared.rolled_back}
     for note in notes:
         _warnings.warn(note, stacklevel=2)
     compiled.precision = converted  # the PrecisionResult / QuantizeResult (kept nodes, guard), or None
@@ -267,7 +295,7 @@ def tune(
     if budget_s is None and trials is None:
         budget_s = DEFAULT_TUNING_BUDGET_S
     spec = resolve_target(target, mcpu=mcpu)
-    loaded, _names, _, _notes = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options)
+    loaded = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options).loaded
     return tune_model(loaded.model, spec, source=loaded.source, budget_s=budget_s, trials=trials, records=records,
                       rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress, confirm=confirm)
 
@@ -288,7 +316,7 @@ def quantize(model: ModelSource, mode: str = "static", *, level: str = COMPILE_L
     """
     from lepton_opt.passes.quantize import quantize as run_quantize
 
-    loaded, _names, _, _notes = _prepare(model, input_shapes, level)
+    loaded = _prepare(model, input_shapes, level).loaded
     return run_quantize(loaded.model, mode=mode, source=loaded.source, **options)
 
 

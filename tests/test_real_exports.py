@@ -175,3 +175,33 @@ def test_an_old_softmax_over_a_flattened_view_refuses_the_raise():
     refusals = registry.PASSES["fuse-attention"]().refusals(lepton_opt.load(model))
     assert any("meaning changed at opset 13" in line or "Softmax is not over the last axis" in line
                for line in refusals), refusals
+
+
+# ----------------------------------------------------------------- graceful lowering
+def test_a_fused_op_the_lowering_refuses_is_compiled_as_what_it_replaced(monkeypatch):
+    from lepton_opt.targets import ops
+    from lepton_opt.targets.lower import LoweringError
+
+    def refuses(ctx, *inputs, **attrs):
+        raise LoweringError("no kernel for these shapes (test)")
+
+    monkeypatch.setitem(ops.OWN_CONVERTERS, "Gelu", refuses)
+    text = '''<ir_version: 8, opset_import: ["" : 18]>
+g (float[2,16] x) => (float[2,16] y) {
+  r2 = Constant <value = float {1.4142135}> ()
+  one = Constant <value = float {1.0}> ()
+  half = Constant <value = float {0.5}> ()
+  e = Erf (Div (x, r2))
+  y = Mul (Mul (x, Add (e, one)), half)
+}'''
+    text = text.replace("  e = Erf (Div (x, r2))\n", "  d = Div (x, r2)\n  e = Erf (d)\n")
+    text = text.replace("  y = Mul (Mul (x, Add (e, one)), half)\n",
+                        "  a = Add (e, one)\n  m = Mul (x, a)\n  y = Mul (m, half)\n")
+    model = onnx.parser.parse_model(text)
+    assert "Gelu" in lepton_opt.optimize(model).ops_after
+    feeds = {"x": np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)}
+    with pytest.warns(UserWarning, match="fuse-gelu rewrote it did not compile"):
+        compiled = lepton_opt.compile(model)
+    assert "fuse-gelu" not in compiled.manifest["passes"]
+    assert "no kernel for these shapes" in compiled.manifest["passes_refused_by_lowering"]["fuse-gelu"]
+    np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], atol=1e-5)
