@@ -205,3 +205,88 @@ g (float[2,16] x) => (float[2,16] y) {
     assert "fuse-gelu" not in compiled.manifest["passes"]
     assert "no kernel for these shapes" in compiled.manifest["passes_refused_by_lowering"]["fuse-gelu"]
     np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], atol=1e-5)
+
+
+# ----------------------------------------------------------------- Hugging Face attention blocks
+H_HEADS, H_DIM, H_SEQ = 2, 16, 8
+H_HIDDEN = H_HEADS * H_DIM
+
+
+def _hf_attention(style: str) -> onnx.ModelProto:
+    """One transformers self-attention block as torch exports it, x [1, S, hidden] and an int64
+    padding mask [1, S] (``style`` "sdpa": boolean mask Where(m, 0, -inf), Q and K^T scaled by
+    sqrt(scale), softmax NaN guard; "eager": additive (1 - mask) * finfo.min, scores * scale;
+    "causal": GPT-style SDPA with a constant lower-triangular boolean mask, no padding mask)."""
+    rng = np.random.default_rng(7)
+    inits = {f"w{t}": _weights(rng, H_HIDDEN, H_HIDDEN) for t in "qkvo"}
+    inits.update({f"b{t}": rng.standard_normal(H_HIDDEN).astype(np.float32) * 0.1 for t in "qkvo"})
+    inits["split"] = np.array([1, H_SEQ, H_HEADS, H_DIM], np.int64)
+    inits["merge"] = np.array([1, H_SEQ, H_HIDDEN], np.int64)
+    nodes = []
+    for t, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 1, 3]), ("v", [0, 2, 1, 3])):
+        nodes += [helper.make_node("MatMul", ["x", f"w{t}"], [f"{t}m"]),
+                  helper.make_node("Add", [f"{t}m", f"b{t}"], [f"{t}p"]),
+                  helper.make_node("Reshape", [f"{t}p", "split"], [f"{t}4"]),
+                  helper.make_node("Transpose", [f"{t}4"], [f"{t}h"], perm=perm)]
+    nodes.append(helper.make_node("Transpose", ["kh"], ["kt"], perm=[0, 1, 3, 2]))
+    if style == "eager":
+        inits["scale"] = np.array(H_DIM ** -0.5, np.float32)
+        inits["one"] = np.array(1.0, np.float32)
+        inits["fmin"] = np.array(np.finfo(np.float32).min, np.float32)
+        inits["axes12"] = np.array([1, 2], np.int64)
+        nodes += [helper.make_node("MatMul", ["qh", "kt"], ["s"]), helper.make_node("Mul", ["s", "scale"], ["ss"]),
+                  helper.make_node("Unsqueeze", ["attention_mask", "axes12"], ["m4"]),
+                  helper.make_node("Cast", ["m4"], ["mf"], to=TensorProto.FLOAT),
+                  helper.make_node("Sub", ["one", "mf"], ["inv"]), helper.make_node("Mul", ["inv", "fmin"], ["bias"]),
+                  helper.make_node("Add", ["ss", "bias"], ["sm"]),
+                  helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+                  helper.make_node("MatMul", ["p", "vh"], ["ctx"])]
+    else:
+        inits["root"] = np.array(H_DIM ** -0.25, np.float32)
+        inits["zero"] = np.array(0.0, np.float32)
+        inits["ninf"] = np.array(-np.inf, np.float32)
+        nodes += [helper.make_node("Mul", ["qh", "root"], ["qs"]), helper.make_node("Mul", ["kt", "root"], ["ks"]),
+                  helper.make_node("MatMul", ["qs", "ks"], ["s"])]
+        if style == "sdpa":
+            inits["axes12"] = np.array([1, 2], np.int64)
+            inits["full"] = np.array([1, 1, H_SEQ, H_SEQ], np.int64)
+            nodes += [helper.make_node("Cast", ["attention_mask"], ["mb"], to=TensorProto.BOOL),
+                      helper.make_node("Unsqueeze", ["mb", "axes12"], ["m4"]),
+                      helper.make_node("Expand", ["m4", "full"], ["mask"])]
+        else:
+            inits["causal"] = np.tril(np.ones((1, 1, H_SEQ, H_SEQ), bool))
+            nodes.append(helper.make_node("Identity", ["causal"], ["mask"]))
+        nodes += [helper.make_node("Where", ["mask", "zero", "ninf"], ["bias"]),
+                  helper.make_node("Add", ["s", "bias"], ["sm"]),
+                  helper.make_node("Softmax", ["sm"], ["p0"], axis=-1),
+                  helper.make_node("IsNaN", ["p0"], ["nan"]),
+                  helper.make_node("Where", ["nan", "zero", "p0"], ["p"]),
+                  helper.make_node("MatMul", ["p", "vh"], ["ctx"])]
+    nodes += [helper.make_node("Transpose", ["ctx"], ["merged"], perm=[0, 2, 1, 3]),
+              helper.make_node("Reshape", ["merged", "merge"], ["c"]),
+              helper.make_node("MatMul", ["c", "wo"], ["om"]), helper.make_node("Add", ["om", "bo"], ["y"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, H_SEQ, H_HIDDEN])]
+    if style != "causal":
+        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, H_SEQ]))
+    graph = helper.make_graph(nodes, f"hf_{style}", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, H_SEQ, H_HIDDEN])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("style", ["sdpa", "eager", "causal"])
+def test_transformers_attention_fuses_and_runs_the_fused_kernel(style):
+    from tests.targets.test_fused_ops import _cpu_kernels
+
+    model = _hf_attention(style)
+    result = lepton_opt.optimize(model)
+    assert result.ops_after.get("Attention") == 1, result.ops_after
+    assert "Softmax" not in result.ops_after and not result.warnings
+    kernels = _cpu_kernels(result.model)  # the optimized model: what compile lowers
+    assert [rule for name, rule in kernels.items() if name.startswith("attention")] == ["attention"], kernels
+    feeds = {"x": np.random.default_rng(8).standard_normal((1, H_SEQ, H_HIDDEN)).astype(np.float32)}
+    if style != "causal":
+        feeds["attention_mask"] = np.array([[1] * (H_SEQ - 3) + [0] * 3], np.int64)
+    _assert_matches(model, feeds)
+    if style == "sdpa":  # a fully masked sequence: every row NaN before the guard, 0 after it
+        _assert_matches(model, {**feeds, "attention_mask": np.zeros((1, H_SEQ), np.int64)})

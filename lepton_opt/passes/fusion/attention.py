@@ -34,6 +34,13 @@ SCALINGS = ("div", "mul", "pre", "none")
 MASKS = ("none", "add", "add-swapped")
 
 
+def _probs(op, q4, kt, scale, scale_k, mask, scaling, masking, guarded, zero):
+    """The attention probabilities; ``guarded``: torch's SDPA export (transformers' default
+    attention) zeroes the NaN rows a fully masked query leaves: Where(IsNaN(p), 0, p)."""
+    probs = _scores(op, q4, kt, scale, scale_k, mask, scaling, masking)
+    return op.Where(op.IsNaN(probs), zero, probs) if guarded else probs
+
+
 def _scores(op, q4, kt, scale, scale_k, mask, scaling, masking):
     if scaling == "pre":
         q4, kt = op.Mul(q4, scale), op.Mul(kt, scale_k)
@@ -66,11 +73,23 @@ def _same(a, b) -> bool:
 
 
 class _AttentionBase(RewriteRuleClassBase):
-    def __init__(self, kind: str, scaling: str, masking: str):
-        super().__init__(f"Attention[{kind}, scale {scaling}, mask {masking}]")
-        self.scaling, self.masking = scaling, masking
+    def __init__(self, kind: str, scaling: str, masking: str, guarded: bool = False):
+        super().__init__(f"Attention[{kind}, scale {scaling}, mask {masking}{', NaN guard' if guarded else ''}]")
+        self.scaling, self.masking, self.guarded = scaling, masking, guarded
 
-    def _check_core(self, result, context, probs, scale, scale_k, mask, q, key_len) -> bool:
+    def _guard(self, op, out):
+        """The NaN guard moved behind the op: a fully masked query row is NaN in every output
+        element there (its probabilities were), and 0 after the guard either way."""
+        if not self.guarded:
+            return out
+        zero = op.Constant(value=ir.tensor(np.array(0, dtype=ir.DataType(out.dtype).numpy())
+                                           if out.dtype is not None else np.array(0, np.float32)))
+        return op.Where(op.IsNaN(out), zero, out)
+
+    def _check_core(self, result, context, probs, scale, scale_k, mask, q, key_len, zero=None) -> bool:
+        if self.guarded and (scalar(zero) is None or scalar(zero) != 0.0):
+            result.fail("the NaN guard does not replace NaN with 0")
+            return False
         softmax = probs.producer()
         axis = softmax.attributes.get_int("axis", -1)
         if axis not in (-1, rank(probs) - 1 if rank(probs) else -1):
@@ -113,20 +132,20 @@ class _AttentionBase(RewriteRuleClassBase):
 class AttentionBlock(_AttentionBase):
     """Head split, scaled masked softmax(Q K^T) V, head merge -> Attention on [B, S, H*D]"""
 
-    def __init__(self, scaling: str, masking: str):
-        super().__init__("block", scaling, masking)
+    def __init__(self, scaling: str, masking: str, guarded: bool = False):
+        super().__init__("block", scaling, masking, guarded)
 
-    def pattern(self, op, q, k, v, q_shape, k_shape, v_shape, scale, scale_k, mask, out_shape):
+    def pattern(self, op, q, k, v, q_shape, k_shape, v_shape, scale, scale_k, mask, out_shape, zero):
         def heads(t, shape, name, perm):
             return op.Transpose(op.Reshape(t, shape, _allow_other_attributes=True, _outputs=[name]), perm=perm)
 
-        probs = _scores(op, heads(q, q_shape, "q4", [0, 2, 1, 3]), heads(k, k_shape, "k4", [0, 2, 3, 1]),
-                        scale, scale_k, mask, self.scaling, self.masking)
+        probs = _probs(op, heads(q, q_shape, "q4", [0, 2, 1, 3]), heads(k, k_shape, "k4", [0, 2, 3, 1]),
+                       scale, scale_k, mask, self.scaling, self.masking, self.guarded, zero)
         context = op.MatMul(probs, heads(v, v_shape, "v4", [0, 2, 1, 3]))
         return op.Reshape(op.Transpose(context, perm=[0, 2, 1, 3]), out_shape, _allow_other_attributes=True,
                           _outputs=["out"])
 
-    def check(self, context, q, k, v, q4, k4, v4, probs, out, scale=None, scale_k=None, mask=None,
+    def check(self, context, q, k, v, q4, k4, v4, probs, out, scale=None, scale_k=None, mask=None, zero=None,
               **_) -> MatchResult:
         result = MatchResult()
         heads = []
@@ -144,41 +163,42 @@ class AttentionBlock(_AttentionBase):
             return result.fail("query, key and value differ in head count or Q/K head size")
         if rank(out) != 3 or not (isinstance(out.shape[2], int) and out.shape[2] == hv * heads[2][1]):
             return result.fail("the head merge is not [B, S, H, D] -> [B, S, H*D]")
-        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[1])
+        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[1], zero)
         return result
 
     def rewrite(self, op, q, k, v, q4, scale=None, scale_k=None, mask=None, **_):
         heads = q4.shape[2]
         mask = self._mask_for_ort(op, mask, q.shape[1], q, 1)
         inputs = [q, k, v] + ([mask] if mask is not None else [])
-        return op.Attention(*inputs, q_num_heads=heads, kv_num_heads=heads,
-                            scale=_scale_value(self.scaling, scale, scale_k))
+        return self._guard(op, op.Attention(*inputs, q_num_heads=heads, kv_num_heads=heads,
+                                            scale=_scale_value(self.scaling, scale, scale_k)))
 
 
 class AttentionCore(_AttentionBase):
     """softmax(Q K^T * c [+ mask]) V on 4-D [B, H, S, D] tensors -> Attention"""
 
-    def __init__(self, scaling: str, masking: str):
-        super().__init__("core", scaling, masking)
+    def __init__(self, scaling: str, masking: str, guarded: bool = False):
+        super().__init__("core", scaling, masking, guarded)
 
-    def pattern(self, op, q, k, v, scale, scale_k, mask):
-        probs = _scores(op, q, op.Transpose(k, perm=[0, 1, 3, 2]), scale, scale_k, mask, self.scaling,
-                        self.masking)
+    def pattern(self, op, q, k, v, scale, scale_k, mask, zero):
+        probs = _probs(op, q, op.Transpose(k, perm=[0, 1, 3, 2]), scale, scale_k, mask, self.scaling,
+                       self.masking, self.guarded, zero)
         return op.MatMul(probs, v)
 
-    def check(self, context, q, k, v, probs, scale=None, scale_k=None, mask=None, **_) -> MatchResult:
+    def check(self, context, q, k, v, probs, scale=None, scale_k=None, mask=None, zero=None,
+              **_) -> MatchResult:
         result = MatchResult()
         if not (rank(q) == rank(k) == rank(v) == 4):
             return result.fail("Q, K, V are not 4-D [B, H, S, D] (or their shapes are unknown)")
         if not (_same(q.shape[1], k.shape[1]) and _same(k.shape[1], v.shape[1])):
             return result.fail("Q, K, V differ in head count")
-        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[2])
+        self._check_core(result, context, probs, scale, scale_k, mask, q, k.shape[2], zero)
         return result
 
     def rewrite(self, op, q, k, v, scale=None, scale_k=None, mask=None, **_):
         mask = self._mask_for_ort(op, mask, q.shape[2], q, 2)
         inputs = [q, k, v] + ([mask] if mask is not None else [])
-        return op.Attention(*inputs, scale=_scale_value(self.scaling, scale, scale_k))
+        return self._guard(op, op.Attention(*inputs, scale=_scale_value(self.scaling, scale, scale_k)))
 
 
 class FuseAttention(FusionPass):
@@ -188,6 +208,6 @@ class FuseAttention(FusionPass):
     constants_second = True
     # The whole block first: the core rule fires at MatMul(p, V), which comes before the merge.
     stages = (
-        [AttentionBlock.rule(s, m) for s in SCALINGS for m in MASKS],
-        [AttentionCore.rule(s, m) for s in SCALINGS for m in MASKS],
+        [AttentionBlock.rule(s, m, g) for s in SCALINGS for m in MASKS for g in (False, True)],
+        [AttentionCore.rule(s, m, g) for s in SCALINGS for m in MASKS for g in (False, True)],
     )
