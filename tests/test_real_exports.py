@@ -129,7 +129,7 @@ g (float[2,12] x) => (float[2,3,4] y) {
   y = Reshape (x, target)
 }'''
     model = onnx.parser.parse_model(text)
-    result = lepton_opt.optimize(model, passes=["fold-constants", "remove-dead-nodes"])
+    result = lepton_opt.optimize(model, passes=["fold-constants", "fold-constants-ort", "remove-dead-nodes"])
     assert result.ops_after == {"Reshape": 1}
     x = np.arange(24, dtype=np.float32).reshape(2, 12)
     np.testing.assert_array_equal(ort_run(result.model, {"x": x})["y"], x.reshape(2, 3, 4))
@@ -290,3 +290,12 @@ def test_transformers_attention_fuses_and_runs_the_fused_kernel(style):
     _assert_matches(model, feeds)
     if style == "sdpa":  # a fully masked sequence: every row NaN before the guard, 0 after it
         _assert_matches(model, {**feeds, "attention_mask": np.zeros((1, H_SEQ), np.int64)})
+
+
+def test_one_dim_name_for_several_unknown_dims_takes_the_shapes_given():
+    # paddle2onnx names every free dim "?": H and W are both "?" yet differ at run time.
+    model = _paddle_style_cnn()
+    for dim in (*model.graph.input[0].type.tensor_type.shape.dim[2:], *model.graph.output[0].type.tensor_type.shape.dim[2:]):
+        dim.dim_param = "?"
+    feeds = {"x": np.random.default_rng(9).standard_normal((1, 3, 8, 24)).astype(np.float32)}
+    _assert_matches(model, feeds, input_shapes={"x": [1, 3, 8, 24]})

@@ -21,6 +21,7 @@ from typing import Union
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from google.protobuf.message import DecodeError
 
 from lepton_opt.errors import ModelLoadError, ShapeError
@@ -56,6 +57,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
         raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
     _check_defined(model, name)
     _unknown_dims_to_symbolic(model)
+    _infer_output_shapes(model)
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
     return LoadedModel(model, name, digest, model.opset_imports.get("", 1))
@@ -166,6 +168,7 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
             + ", ".join(repr(n) for n in inputs)
         )
     symbols: dict[str, int] = {}
+    ambiguous: set[str] = set()
     for name, dims in input_shapes.items():
         dims = [int(d) for d in dims]
         if any(d < 0 for d in dims):
@@ -186,12 +189,13 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
                         f"--input-shape gives {new_dim}"
                     )
                 if isinstance(old_dim, ir.SymbolicDim) and old_dim.value is not None:
+                    # Two values for one name: the name only meant "unknown" (paddle2onnx calls
+                    # every free dim "?"); the shapes given win and the name fixes nothing else.
                     if symbols.setdefault(old_dim.value, new_dim) != new_dim:
-                        raise ShapeError(
-                            f"{source}: dimension {old_dim.value!r} is given two values "
-                            f"({symbols[old_dim.value]} and {new_dim}) by --input-shape"
-                        )
+                        ambiguous.add(old_dim.value)
         value.shape = ir.Shape(dims)
+    for name in ambiguous:
+        symbols.pop(name)
     if symbols:
         for value in _all_values(model.graph):
             shape = value.shape
@@ -213,6 +217,24 @@ def _check_defined(model: ir.Model, source: str) -> None:
                 raise ModelLoadError(f"{source}: node {node.name or node.op_type!r} ({node.op_type}) reads "
                                      f"{value.name!r}, which no node, input or initializer defines; "
                                      "the model is malformed: re-export it")
+
+
+def _infer_output_shapes(model: ir.Model) -> None:
+    """Graph outputs take the shapes inference gives them, not the declared ones: exporters
+    declare output shapes from tracing or naming, and some are plain wrong (a captcha OCR model
+    declares [1, seqlen] for a [T, 1, classes] output; onnxruntime warns and ignores it)."""
+    declared = {}
+    for value in model.graph.outputs:
+        if not value.is_graph_input() and not value.is_initializer():
+            declared[value] = value.shape
+            value.shape = None
+    try:
+        common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    except Exception:  # noqa: BLE001 - inference is best effort here; the passes infer again
+        pass
+    for value, shape in declared.items():
+        if value.shape is None:  # inference cannot tell (a Loop output): the declaration stands
+            value.shape = shape
 
 
 def _unknown_dims_to_symbolic(model: ir.Model) -> None:

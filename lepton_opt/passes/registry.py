@@ -19,6 +19,7 @@ PASSES: dict[str, Callable[[], Pass]] = {
     for cls in (
         simplify.FoldShapes,
         simplify.FoldConstants,
+        simplify.FoldConstantsWithOnnxruntime,
         simplify.LiftConstants,
         simplify.RemoveNoOps,
         simplify.CollapseChains,
@@ -39,6 +40,7 @@ PASSES: dict[str, Callable[[], Pass]] = {
 SIMPLIFICATION: tuple[str, ...] = (
     "fold-shapes",  # first: Shape/Size/Reshape targets become constants the folder can use
     "fold-constants",
+    "fold-constants-ort",
     "lift-constants",
     "remove-no-ops",
     "collapse-chains",
@@ -47,9 +49,8 @@ SIMPLIFICATION: tuple[str, ...] = (
     "dedup-initializers",
 )
 
-# Fusion passes (issue 3, item 4: lepton_opt/passes/fusion/*.py) are added to PASSES above and
-# named here, in the order they should run; O2 and O3 then run them between simplification
-# rounds until nothing changes.
+# Fusion passes (lepton_opt/passes/fusion/*.py), in the order they should run; O2 and O3 run
+# them between simplification rounds until nothing changes.
 FUSIONS: tuple[str, ...] = (
     "fold-batchnorm",
     "fuse-conv",

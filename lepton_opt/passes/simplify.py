@@ -80,12 +80,11 @@ class _CountingFolder(_constant_folding.FoldConstantsPass):
 
 
 class FoldConstants(Pass):
-    """Evaluate nodes whose inputs are all constants: onnxscript's folder (with shape inference),
-    then onnxruntime for what that folder declines (multi-output ops, ops its reference evaluator
-    lacks), as onnxsim does. Subgraphs (``If`` branches) are folded the same way."""
+    """Evaluate nodes whose inputs are all constants (onnxscript's folder, with shape inference;
+    it also inlines the taken branch of an ``If`` whose condition it can evaluate)."""
 
     name = "fold-constants"
-    description = "evaluate nodes whose inputs are constants (onnxscript's folder, then onnxruntime)"
+    description = "evaluate nodes whose inputs are constants (onnxscript's folder)"
     input_size_limit = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
     output_size_limit = _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT
 
@@ -97,10 +96,7 @@ class FoldConstants(Pass):
             should_fold=self._should_fold,
         )
         folder(model)
-        replaced = folder.replaced
-        for graph in list(model.graphs()):
-            replaced += fold_with_onnxruntime(model, graph, self.input_size_limit, self.output_size_limit)
-        return PassResult(model, replaced > 0, replaced)
+        return PassResult(model, folder.replaced > 0, folder.replaced)
 
     def _should_fold(self, node: ir.Node) -> bool | None:
         # onnxscript keeps every ConstantOfShape (a zeros tensor can be large); a small one is
@@ -114,11 +110,27 @@ class FoldConstants(Pass):
 
 _SMALL_CONSTANT_OF_SHAPE = 1024
 
+
+class FoldConstantsWithOnnxruntime(Pass):
+    """What onnxscript's folder declines (multi-output ops, ops its evaluator lacks), evaluated
+    by onnxruntime as onnxsim does, in every graph (``If`` branches too). A pass of its own, so
+    that it still runs where the library folder is rolled back on a model."""
+
+    name = "fold-constants-ort"
+    description = "evaluate the constant subgraphs onnxscript's folder declines with onnxruntime"
+    input_size_limit = FoldConstants.input_size_limit
+    output_size_limit = FoldConstants.output_size_limit
+
+    def call(self, model: ir.Model) -> PassResult:
+        folded = sum(fold_with_onnxruntime(model, graph, self.input_size_limit, self.output_size_limit)
+                     for graph in list(model.graphs()))
+        return PassResult(model, folded > 0, folded)
+
 # Never evaluated at compile time: random ops (a fresh draw per run) and the quantization ops
 # (the int8 lowering reads the QDQ structure itself).
 _NOT_FOLDED = frozenset({
     "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Constant",
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
 })
 
 
@@ -140,8 +152,8 @@ def fold_with_onnxruntime(model: ir.Model, graph: ir.Graph, input_size_limit: in
             continue
         members.append(node)
         constant.update(node.outputs)
-    if not members:
-        return 0
+    if all(node.op_type == "Constant" for node in members):
+        return 0  # nothing to evaluate (lift-constants makes them initializers)
     member_set = set(members)
     boundary = [o for n in members for o in n.outputs
                 if any(use.node not in member_set for use in o.uses())]

@@ -42,6 +42,9 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     CPU builds apply the tuning records of ``records`` directories and, with ``use_cache``, of
     the user cache (:mod:`.records`); ``warn`` hears of unreadable record lines."""
     lowered = lower_model(model, source)
+    for note in lowered.warnings:
+        if warn is not None:
+            warn(note)
     database, tuning = None, None
     if spec.kind == "llvm":
         dirs = record_dirs(spec.tvm_target(), records, use_cache)

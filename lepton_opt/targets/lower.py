@@ -176,6 +176,7 @@ class LoweredModule:
     input_names: list[str]
     output_names: list[str]
     symbols: dict[str, SymbolOrigin]
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 class Lowerer:
@@ -193,6 +194,7 @@ class Lowerer:
         self.symbols: dict[str, SymbolOrigin] = {}
         self._sym_vars: dict[str, tir.Var] = {}
         self._names: set[str] = set()
+        self.warnings: list[str] = []  # what the lowering decided that the user must hear of
 
     # ---------------------------------------------------------------- entry point
     def lower(self) -> LoweredModule:
@@ -223,6 +225,7 @@ class Lowerer:
             [v.name for v in self.graph.inputs if not v.is_initializer()],
             [v.name for v in self.graph.outputs],
             dict(self.symbols),
+            list(self.warnings),
         )
 
     # ---------------------------------------------------------------- checks

@@ -15,6 +15,7 @@ import numpy as np
 from tvm import relax
 from tvm.sym import Analyzer
 
+from lepton_opt.errors import UnsupportedModelError
 from lepton_opt.targets.lower import Known, LoweringError, dtype_of, shape_of
 
 op = relax.op
@@ -30,8 +31,26 @@ def If(ctx, cond, *, then_branch, else_branch):
     if dtype_of(cond) != "bool":
         cond = op.astype(cond, "bool")
     cond = ctx.emit(op.reshape(cond, []), lowerer.unique_name(f"{ctx.node.name or 'if'}_cond", "cond"))
-    then_out = _exprs(lowerer, then_branch, lowerer.lower_subgraph(then_branch))
-    else_out = _exprs(lowerer, else_branch, lowerer.lower_subgraph(else_branch))
+    branches = {}
+    for name, graph in (("then", then_branch), ("else", else_branch)):
+        try:
+            branches[name] = _exprs(lowerer, graph, lowerer.lower_subgraph(graph))
+        except (UnsupportedModelError, LoweringError) as e:
+            branches[name] = e
+    failed = [name for name, out in branches.items() if isinstance(out, Exception)]
+    if len(failed) == 2:
+        raise branches["then"]
+    if failed:
+        # A branch that cannot be lowered for these input shapes is one onnxruntime could not
+        # run with them either (silero VAD's 8 kHz branch on a 16 kHz chunk size): the build
+        # takes the other branch, and says so.
+        (bad,) = failed
+        lowerer.warnings.append(
+            f"If node {ctx.node.name or '?'!r}: its {bad} branch cannot be compiled for these input shapes "
+            f"({str(branches[bad]).splitlines()[0][:200]}); the build always takes the "
+            f"{'else' if bad == 'then' else 'then'} branch")
+        return branches["else" if bad == "then" else "then"]
+    then_out, else_out = branches["then"], branches["else"]
     results = []
     for k, (a, b) in enumerate(zip(then_out, else_out)):
         if dtype_of(a) != dtype_of(b):
