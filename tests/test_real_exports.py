@@ -299,3 +299,23 @@ def test_one_dim_name_for_several_unknown_dims_takes_the_shapes_given():
         dim.dim_param = "?"
     feeds = {"x": np.random.default_rng(9).standard_normal((1, 3, 8, 24)).astype(np.float32)}
     _assert_matches(model, feeds, input_shapes={"x": [1, 3, 8, 24]})
+
+
+def test_a_wrong_declared_output_shape_is_not_trusted():
+    # An exporter declared [1, seqlen] for what really is [T, classes] (ddddocr's captcha OCR
+    # model); onnxruntime ignores the declaration, and so must every pass.
+    text = '''<ir_version: 8, opset_import: ["" : 13]>
+g (float[4,6] x) => (float[1,n] y) {
+  s = Shape (x)
+  start = Constant <value = int64[1] {0}> ()
+  end = Constant <value = int64[1] {1}> ()
+  first = Slice (s, start, end)
+  rest = Constant <value = int64[1] {-1}> ()
+  target = Concat <axis = 0> (first, rest)
+  y = Reshape (x, target)
+}'''
+    model = onnx.parser.parse_model(text)
+    x = np.arange(24, dtype=np.float32).reshape(4, 6)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_array_equal(got, x)
+    np.testing.assert_array_equal(ort_run(lepton_opt.optimize(model).model, {"x": x})["y"], x)

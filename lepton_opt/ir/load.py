@@ -57,9 +57,9 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
         raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
     _check_defined(model, name)
     _unknown_dims_to_symbolic(model)
-    _infer_output_shapes(model)
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
+    _infer_output_shapes(model)
     return LoadedModel(model, name, digest, model.opset_imports.get("", 1))
 
 

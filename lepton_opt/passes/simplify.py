@@ -294,6 +294,9 @@ class ReshapeTargetFromOutputShape(RewriteRuleClassBase):
         result = MatchResult()
         if _const(shape) is not None:
             return result.fail("the target shape is already a constant")
+        if out.is_graph_output():
+            # its shape may be the exporter's declaration, not an inference: some are wrong
+            return result.fail("the output is a graph output, whose declared shape is not evidence")
         target = _target_from_output(out)
         if target is None:
             return result.fail("output shape unknown or has more than one symbolic dim")
