@@ -233,8 +233,12 @@ def _infer_output_shapes(model: ir.Model) -> None:
     except Exception:  # noqa: BLE001 - inference is best effort here; the passes infer again
         pass
     for value, shape in declared.items():
-        if value.shape is None:  # inference cannot tell (a Loop output): the declaration stands
-            value.shape = shape
+        inferred = value.shape
+        if inferred is None or (shape is not None and len(shape) == len(inferred)):
+            # Inference could not tell (a Loop output, a dim computed at run time): the
+            # declaration fills what it left open; where inference knows a dim, inference wins.
+            value.shape = shape if inferred is None else ir.Shape(
+                [i if isinstance(i, int) else d for i, d in zip(inferred, shape)])
 
 
 def _unknown_dims_to_symbolic(model: ir.Model) -> None:
