@@ -319,3 +319,52 @@ g (float[4,6] x) => (float[1,n] y) {
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_array_equal(got, x)
     np.testing.assert_array_equal(ort_run(lepton_opt.optimize(model).model, {"x": x})["y"], x)
+
+
+# ----------------------------------------------------------------- Loop (tf2onnx while loops)
+def _while_loop_model(with_trip_count: bool) -> onnx.ModelProto:
+    """tf2onnx's shape of a Keras RNN: a Loop without M (or with it) whose condition compares a
+    counter with the sequence length, carrying a state and a weight, scanning the states."""
+    rng = np.random.default_rng(11)
+    body = helper.make_graph(
+        [helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1, np.int64))),
+         helper.make_node("Add", ["cnt", "one"], ["cnt2"]),
+         helper.make_node("Constant", [], ["limit"], value=numpy_helper.from_array(np.array(5, np.int64))),
+         helper.make_node("Less", ["cnt2", "limit"], ["cout"]),
+         helper.make_node("Gather", ["xs", "it"], ["step"], axis=0),
+         helper.make_node("MatMul", ["h", "w"], ["hw"]),
+         helper.make_node("Add", ["hw", "step"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["h2"]),
+         helper.make_node("Identity", ["w"], ["w2"]),
+         helper.make_node("Identity", ["h2"], ["scan"])],
+        "body",
+        [helper.make_tensor_value_info("it", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cin", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("cnt", TensorProto.INT64, []),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("cout", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("cnt2", TensorProto.INT64, []),
+         helper.make_tensor_value_info("h2", TensorProto.FLOAT, [2, 4]),
+         helper.make_tensor_value_info("w2", TensorProto.FLOAT, [4, 4]),
+         helper.make_tensor_value_info("scan", TensorProto.FLOAT, [2, 4])])
+    inits = {"zero": np.array(0, np.int64), "n": np.array(5, np.int64), "h0": np.zeros((2, 4), np.float32),
+             "w": _weights(rng, 4, 4), "m": np.array(7, np.int64)}
+    nodes = [helper.make_node("Less", ["zero", "n"], ["c0"]),
+             helper.make_node("Loop", ["m" if with_trip_count else "", "c0", "zero", "h0", "w"],
+                              ["count", "h", "w_out", "states"], body=body),
+             helper.make_node("ReverseSequence", ["states", "lens"], ["reversed"], batch_axis=1, time_axis=0)]
+    graph = helper.make_graph(nodes, "while", [helper.make_tensor_value_info("xs", TensorProto.FLOAT, [5, 2, 4]),
+                                               helper.make_tensor_value_info("lens", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 4]),
+                               helper.make_tensor_value_info("reversed", TensorProto.FLOAT, [5, 2, 4])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.mark.parametrize("with_trip_count", [False, True])
+def test_a_while_loop_with_a_compile_time_trip_count_is_unrolled(with_trip_count):
+    model = _while_loop_model(with_trip_count)
+    feeds = {"xs": np.random.default_rng(12).standard_normal((5, 2, 4)).astype(np.float32),
+             "lens": np.array([5, 3], np.int64)}
+    _assert_matches(model, feeds, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Control flow: ``If``.
+"""Control flow: ``If`` and ``Loop``.
 
 A condition known at compile time (folded shape checks, as exporters emit for dynamic axes)
 lowers only the taken branch, inline. A run-time condition lowers both branches inline and
@@ -6,7 +6,10 @@ selects each output with ``where``; this needs both branches to give outputs of 
 and dtype. (A Relax ``If`` cannot live in the dataflow block the lowering emits into, and the
 reference importer's ``If`` also computes both branches eagerly.)
 
-``Loop`` and ``Scan`` have no converter: the lowering rejects them as unsupported ops.
+A ``Loop`` whose trip count is known at compile time (a constant ``M``, or a condition the
+lowering can evaluate every iteration: tf2onnx's while loops over a fixed sequence length) is
+unrolled: the body is lowered once per iteration with that iteration's counter, condition and
+carried values, and the scan outputs are stacked. ``Scan`` has no converter.
 """
 
 from __future__ import annotations
@@ -64,6 +67,73 @@ def If(ctx, cond, *, then_branch, else_branch):
     return results
 
 
+# Unrolling past this many iterations would make a program too large to build in reasonable time.
+MAX_UNROLLED_ITERATIONS = 2048
+
+
+def Loop(ctx, trip_count=None, cond=None, *initial, body):
+    lowerer, node = ctx.lowerer, ctx.node
+    trips = _known_scalar(ctx, 0, "the trip count M") if trip_count is not None else None
+    keep_going = True if cond is None else _known_scalar(ctx, 1, "the initial condition")
+    if trips is None and cond is None:
+        raise LoweringError("a Loop with neither a trip count nor a condition never ends")
+    carried = [ctx.known(2 + i) or value for i, value in enumerate(initial)]
+    n_carried = len(carried)
+    scans: list[list] = [[] for _ in body.outputs[1 + n_carried:]]
+    iteration = 0
+    while bool(keep_going) and (trips is None or iteration < trips):
+        if iteration >= MAX_UNROLLED_ITERATIONS:
+            raise LoweringError(f"the Loop runs more than {MAX_UNROLLED_ITERATIONS} iterations; "
+                                "only loops up to that length are unrolled")
+        _forget(lowerer, body)
+        bound = [Known(np.array(iteration, np.int64), "int64"), Known(np.array(bool(keep_going)), "bool"), *carried]
+        for value, given in zip(body.inputs, bound):
+            if isinstance(given, Known):
+                lowerer.known[value] = given
+            else:
+                lowerer.exprs[value] = given
+        outputs = lowerer.lower_subgraph(body)
+        if cond is not None or not isinstance(outputs[0], Known):
+            if not isinstance(outputs[0], Known) or outputs[0].is_symbolic:
+                raise LoweringError("the Loop's condition is computed at run time; only loops whose "
+                                    "iterations are known at compile time are unrolled (fix the input shapes)")
+        if isinstance(outputs[0], Known):
+            keep_going = bool(np.asarray(outputs[0].numeric()).reshape(-1)[0])
+        carried = outputs[1:1 + n_carried]
+        for k, value in enumerate(outputs[1 + n_carried:]):
+            scans[k].append(value)
+        iteration += 1
+    results = list(carried)
+    for k, values in enumerate(scans):
+        if not values:
+            raise LoweringError(f"scan output {k} of the Loop is empty (zero iterations); its shape is unknown")
+        exprs = [lowerer.expr(body.outputs[1 + n_carried + k], "loop scan output") if isinstance(v, Known) else v
+                 for v in values]
+        results.append(op.concat([ctx.emit(op.expand_dims(e, [0])) for e in exprs], axis=0))
+    return results
+
+
+def _known_scalar(ctx, index: int, what: str):
+    known = ctx.known(index)
+    if known is None or known.is_symbolic:
+        raise LoweringError(f"the Loop's {what} is computed at run time; only loops whose iterations are "
+                            "known at compile time are unrolled (fix the input shapes)")
+    return np.asarray(known.numeric()).reshape(-1)[0].item()
+
+
+def _forget(lowerer, graph) -> None:
+    """Drop what the lowering knows of the values ``graph`` defines (its inputs, its nodes' outputs,
+    nested graphs included), so that the next iteration lowers the body afresh."""
+    import onnx_ir as ir
+
+    values = list(graph.inputs)
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        values.extend(node.outputs)
+    for value in values:
+        lowerer.exprs.pop(value, None)
+        lowerer.known.pop(value, None)
+
+
 def _exprs(lowerer, graph, outputs: list) -> list[relax.Expr]:
     """Branch outputs as Relax expressions (a select needs both at run time)."""
     return [lowerer.expr(v, "branch output") if isinstance(o, Known) else o for v, o in zip(graph.outputs, outputs)]
@@ -73,4 +143,4 @@ def _fmt(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-CONVERTERS = {"If": If}
+CONVERTERS = {"If": If, "Loop": Loop}

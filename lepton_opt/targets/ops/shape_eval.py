@@ -337,6 +337,32 @@ def _provably_different(p, q) -> bool:
         return bool(_analyzer.can_prove(exprs[0] != exprs[1]))
 
 
+def _compare(fn):
+    # Comparisons of plain numbers (loop counters against trip limits: tf2onnx's while loops).
+    def apply(a, d, attrs, opset):
+        x, y = a[0], a[1]
+        if _symbolic(x) or _symbolic(y):
+            raise _NotEvaluable
+        return [(fn(x, y), "bool")]
+
+    return apply
+
+
+RULES["Less"] = _compare(np.less)
+RULES["LessOrEqual"] = _compare(np.less_equal)
+RULES["Greater"] = _compare(np.greater)
+RULES["GreaterOrEqual"] = _compare(np.greater_equal)
+RULES["And"] = _compare(np.logical_and)
+RULES["Or"] = _compare(np.logical_or)
+
+
+@rule("Not")
+def _not(a, d, attrs, opset):
+    if _symbolic(a[0]):
+        raise _NotEvaluable
+    return [(np.logical_not(a[0]), "bool")]
+
+
 @rule("Where")
 def _where(a, d, attrs, opset):
     cond, x, y = a

@@ -688,6 +688,23 @@ def OneHot(ctx, indices, depth, values, *, axis=-1):
                       relax.prim_value(tir.const(vals[0].item(), dtype)), depth_v, axis=axis)
 
 
+def ReverseSequence(ctx, x, sequence_lens, *, batch_axis=1, time_axis=0):
+    # out[t, b] = x[L[b] - 1 - t, b] for t < L[b], else x[t, b] (tf2onnx's backward RNNs)
+    dims = shape_of(x)
+    steps = dims[time_axis]
+    if not isinstance(steps, int):
+        raise LoweringError("ReverseSequence needs a static time axis")
+    rank = len(dims)
+    t = relax.const(np.arange(steps, dtype=np.int64).reshape([-1 if a == time_axis else 1 for a in range(rank)]),
+                    "int64")  # relax.const makes int64 arrays int32 unless told
+    lens = ctx.emit(op.astype(sequence_lens, "int64"))
+    lens = ctx.emit(op.reshape(lens, [-1 if a == batch_axis else 1 for a in range(rank)]))
+    before = ctx.emit(op.less(t, lens))
+    reversed_t = ctx.emit(op.subtract(ctx.emit(op.subtract(lens, relax.const(np.ones([1] * rank, np.int64), "int64"))), t))
+    index = ctx.emit(op.where(before, reversed_t, t))
+    return op.gather_elements(x, ctx.emit(op.broadcast_to(index, dims)), axis=time_axis)
+
+
 def _never(what):
     def convert(ctx, *args, **kwargs):
         raise LoweringError(what)
@@ -702,7 +719,7 @@ CONVERTERS = {
     "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
     "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
     "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "CumProd": CumProd, "TopK": TopK,
-    "CenterCropPad": CenterCropPad, "EyeLike": EyeLike,
+    "CenterCropPad": CenterCropPad, "EyeLike": EyeLike, "ReverseSequence": ReverseSequence,
     "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
     "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
     # Shape, Size and numeric Constants are evaluated at compile time (shape_eval); these only
