@@ -73,8 +73,8 @@ MAX_UNROLLED_ITERATIONS = 2048
 
 def Loop(ctx, trip_count=None, cond=None, *initial, body):
     lowerer, node = ctx.lowerer, ctx.node
-    trips = _known_scalar(ctx, 0, "the trip count M") if trip_count is not None else None
-    keep_going = True if cond is None else _known_scalar(ctx, 1, "the initial condition")
+    trips = _known_scalar(ctx, 0, "trip count M") if trip_count is not None else None
+    keep_going = True if cond is None else _known_scalar(ctx, 1, "initial condition")
     if trips is None and cond is None:
         raise LoweringError("a Loop with neither a trip count nor a condition never ends")
     carried = [ctx.known(2 + i) or value for i, value in enumerate(initial)]
