@@ -13,7 +13,8 @@ with onnxruntime (max abs error, error relative to the largest reference value, 
 non-finite on one side only), and timed against onnxruntime with lepton-opt's latency comparison
 (interleaved with a non-spinning onnxruntime session, then onnxruntime with its default spinning
 alone; the ratio is against the faster of the two). A model passes with cosine >= 0.9999 on
-every float output and exact integer outputs.
+every float output (or a max abs error <= 1e-6 where the outputs are ~0 everywhere, so that the
+cosine is rounding noise) and exact integer outputs.
 
     python benchmarks/zoo.py                       # export what is missing, evaluate all, print the table
     python benchmarks/zoo.py --only resnet18_dynamo,ppocr_det --no-latency
@@ -42,6 +43,7 @@ RESULTS = HERE / "results" / "zoo"
 MODELS = RESULTS / "models"
 PRODUCERS = ("packaged", "torch", "paddle", "tf")
 MIN_COSINE = 0.9999
+ABS_FLOOR = 1e-6
 README_BEGIN, README_END = "<!-- zoo:begin -->", "<!-- zoo:end -->"
 
 
@@ -188,9 +190,13 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
     row["warnings"] = list(compiled.warnings)
     got = compiled.run(feeds)
     row.update(compare_outputs(reference, got))
-    ok = (not row["shape_mismatch"] and row["int_mismatch"] == 0 and row["nonfinite_mismatch"] == 0
-          and row["cosine"] >= MIN_COSINE)
+    # An output that is ~0 everywhere (a text detector's probability map on random pixels: 1e-7)
+    # has a cosine made of rounding noise: there the absolute error decides.
+    close = row["cosine"] >= MIN_COSINE or row["max_abs"] <= ABS_FLOOR
+    ok = not row["shape_mismatch"] and row["int_mismatch"] == 0 and row["nonfinite_mismatch"] == 0 and close
     row["status"] = "ok" if ok else "mismatch"
+    if ok and row["cosine"] < MIN_COSINE:
+        row["note"] = f"outputs near 0: max abs error {row['max_abs']:.1e} <= {ABS_FLOOR:g}"
     if latency and ok:
         model_bytes = path.read_bytes() if not _has_external_data(proto) else str(path)
         start = time.perf_counter()
@@ -236,6 +242,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {r.get('error', '')}".strip()
+        if r.get("note"):
+            status += f" ({r['note']})"
         if r["status"] == "mismatch":
             status = "**mismatch**" + (f" (shapes {r['shape_mismatch']})" if r.get("shape_mismatch") else "") + (
                 f" ({r['nonfinite_mismatch']} non-finite)" if r.get("nonfinite_mismatch") else "") + (
