@@ -74,6 +74,15 @@ def Conv(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kerne
         raise LoweringError(f"Conv with {n} spatial dimensions is not supported (1-3 are)")
     kernel = kernel_shape or shape_of(w)[2:]
     strides, pads, dilations = _window(x, kernel, strides, pads, dilations, auto_pad, "Conv with auto_pad")
+    if n == 1:
+        # A 1-D convolution is a 2-D one of height 1: as such it takes the CPU's NHWC tiled
+        # kernel, where conv1d has only a generic schedule (an audio front end's STFT conv ran
+        # ~50x slower). Constant weights are reshaped at build time.
+        x2 = ctx.emit(op.expand_dims(x, [2]))
+        w2 = ctx.emit(op.expand_dims(w, [2]))
+        out = Conv(ctx, x2, w2, b, dilations=[1, *dilations], group=group, kernel_shape=[1, *kernel],
+                   pads=[0, pads[0], 0, pads[1]], strides=[1, *strides])
+        return op.squeeze(ctx.emit(out), [2])
     fn, layout, kernel_layout = _CONV[n]
 
     def make(acc):
