@@ -368,3 +368,20 @@ def test_a_while_loop_with_a_compile_time_trip_count_is_unrolled(with_trip_count
     feeds = {"xs": np.random.default_rng(12).standard_normal((5, 2, 4)).astype(np.float32),
              "lens": np.array([5, 3], np.int64)}
     _assert_matches(model, feeds, atol=1e-5)
+
+
+def test_torch_resize_with_an_empty_scales_and_a_one_output_split():
+    # torchvision's transform: Resize(x, roi=[], scales=[], sizes); unbind of a size-1 dim: Split
+    # with a single output.
+    text = '''<ir_version: 7, opset_import: ["" : 11]>
+g (float[1,3,6,8] x) => (float[1,3,12,16] y, float[1,3,12,16] z) {
+  roi = Constant <value = float[0] {}> ()
+  scales = Constant <value = float[0] {}> ()
+  sizes = Constant <value = int64[4] {1, 3, 12, 16}> ()
+  r = Resize <mode = "linear", coordinate_transformation_mode = "half_pixel"> (x, roi, scales, sizes)
+  y = Identity (r)
+  z = Split <axis = 0, split = [1]> (r)
+}'''
+    model = onnx.parser.parse_model(text)
+    feeds = {"x": np.random.default_rng(13).standard_normal((1, 3, 6, 8)).astype(np.float32)}
+    _assert_matches(model, feeds, atol=1e-5)

@@ -28,6 +28,12 @@ def _axes_from(ctx, index: int, attr_axes, since_opset: int):
     return None if axes is None else [int(a) for a in axes.reshape(-1)]
 
 
+def _empty(ctx, index: int) -> bool:
+    """Input ``index`` is a known tensor with no elements."""
+    known = ctx.known(index)
+    return known is not None and known.array.size == 0
+
+
 def _runtime(ctx, index: int) -> bool:
     """Input ``index`` is present but its value is only known at run time.
 
@@ -103,6 +109,8 @@ def Split(ctx, x, split_in=None, *, axis=0, num_outputs=None, **attrs):
     dims = shape_of(x)
     axis = _norm_axis(axis, len(dims))
     n_out = len(ctx.node.outputs)
+    if n_out == 1:  # torch exports unbind of a size-1 dim so: Relax's split would give no tuple
+        return [x]
     if ctx.opset >= 13 and _runtime(ctx, 1):
         sizes = [_need_declared(ctx, "Split's split", i)[axis] for i in range(n_out)]
     else:
@@ -175,6 +183,12 @@ def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
     (TVM derives the sampling from the output size either way)."""
     from lepton_opt.targets.ops.reference import reference_for
 
+    # An empty roi or scales tensor stands for "not given" (torch's exports pass an empty scales
+    # next to sizes); TVM's converter takes a present tensor for a given one.
+    if roi is not None and _empty(ctx, 1):
+        roi = None
+    if scales is not None and _empty(ctx, 2):
+        scales = None
     if _runtime(ctx, 2) or _runtime(ctx, 3):
         out = _need_declared(ctx, "Resize's scales/sizes")
         dims = shape_of(x)
