@@ -12,7 +12,6 @@ Usage: python benchmarks/zoo/export_packaged.py --out DIR [--only a,b] [--list] 
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import json
 import shutil
@@ -20,6 +19,8 @@ import sys
 from pathlib import Path
 
 import onnx
+
+from _exporter_cli import run
 
 MAX_BYTES = 300 * 1024 * 1024  # larger models are not worth the zoo's time
 
@@ -246,30 +247,7 @@ def export_one(name: str, out: Path, force: bool) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--only", default="", help="comma-separated model names")
-    ap.add_argument("--list", action="store_true", help="print the model names and exit")
-    ap.add_argument("--force", action="store_true", help="copy again even if the .onnx exists")
-    args = ap.parse_args()
-    if args.list:
-        print("\n".join(MODELS))
-        return 0
-    if args.out is None:
-        ap.error("--out is required")
-    names = [n for n in args.only.split(",") if n] or list(MODELS)
-    unknown = [n for n in names if n not in MODELS]
-    if unknown:
-        ap.error(f"unknown model(s): {', '.join(unknown)}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = 0
-    for name in names:
-        try:
-            export_one(name, args.out, args.force)
-            written += 1
-        except Exception as e:  # one broken package must not stop the others
-            print(f"skip {name}: {type(e).__name__}: {e}", file=sys.stderr)
-    return 0 if written else 1
+    return run(__doc__.splitlines()[0], MODELS, export_one, force_help="copy again even if the .onnx exists")
 
 
 if __name__ == "__main__":

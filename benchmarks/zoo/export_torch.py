@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""Zoo producers "torch-torchscript" and "torch-dynamo": PyTorch models exported with torch.onnx.export.
+
+Two exporters live in one torch install, so one script covers both:
+
+* "torch-torchscript": ``torch.onnx.export(..., dynamo=False)``, the TorchScript-tracing exporter that most
+  published ONNX models (and optimum) came from; the opset is chosen per model (11, 13, 14, 17).
+* "torch-dynamo": ``torch.onnx.export(..., dynamo=True)``, the torch.export + onnxscript exporter that is the
+  default in current torch, with its default opset (20 in torch 2.14; 23 on two models, where SDPA becomes
+  the ONNX Attention op) and its default ``optimize=True`` pass.
+
+Architectures are the real library classes with seeded random weights (nothing downloaded): torchvision
+classifiers / segmentation / detection (``weights=None``), timm (``pretrained=False``) and transformers models
+built from small configs in code (``Model(config)``, never ``from_pretrained``), plus a streaming LSTM
+keyword-spotting net and two models with data-dependent control flow (torch.cond -> If, a scripted loop ->
+Loop). Dynamic batch / sequence axes are declared the way users declare them (``dynamic_axes`` for
+TorchScript, ``dynamic_shapes`` with ``torch.export.Dim`` for dynamo).
+
+One deviation from the dynamo defaults: ``external_data=False``. With the default (True) torch writes every
+model's weights into ``NAME.onnx.data`` whatever its size; the zoo keeps single-file models below 2 GB. The
+graph is the same either way.
+
+Usage (inside the venv from requirements-torch.txt):
+    python benchmarks/zoo/export_torch.py --out DIR [--only a,b] [--list] [--force]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # the wheel is a CUDA build; export on the CPU
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # configs are built in code: nothing may reach a hub
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from _exporter_cli import run  # noqa: E402
+
+torch.set_num_threads(2)
+warnings.filterwarnings("ignore")
+
+
+# ------------------------------------------------------------------------------ input specs
+def f32(shape, low=-2.0, high=2.0):
+    return {"shape": list(shape), "dtype": "float32", "low": low, "high": high}
+
+
+def ids(shape, vocab):
+    return {"shape": list(shape), "dtype": "int64", "low": 0, "high": vocab}
+
+
+def mask(shape):
+    """A 0/1 padding mask: ones with the tail zeroed (the zoo driver's "values": "mask")."""
+    return {"shape": list(shape), "dtype": "int64", "low": 0, "high": 2, "values": "mask"}
+
+
+def example_tensor(spec: dict, shape: list[int]) -> torch.Tensor:
+    dtype = getattr(torch, spec["dtype"])
+    if spec.get("values") == "mask":
+        t = torch.ones(shape, dtype=dtype)
+        t[..., shape[-1] - max(1, shape[-1] // 4):] = 0
+        return t
+    if dtype.is_floating_point:
+        return torch.empty(shape, dtype=dtype).uniform_(spec["low"], spec["high"])
+    return torch.randint(int(spec["low"]), int(spec["high"]), shape, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------ model table
+@dataclass
+class Model:
+    exporter: str  # "torchscript" or "dynamo"
+    build: Callable[[], nn.Module]
+    architecture: str
+    task: str
+    inputs: dict  # graph input name -> zoo input spec (concrete shape to run with)
+    dynamic: dict = field(default_factory=dict)  # input name -> {axis: dim name}
+    opset: int | None = None  # None: the exporter's default
+    outputs: list[str] | None = None
+    hf: bool = False  # a transformers model: called with keyword inputs, ModelOutput flattened
+    notes: str = ""
+
+
+def liven(model: nn.Module) -> nn.Module:
+    """Seeded stand-ins for trained statistics. torchvision's fresh init leaves BatchNorm at identity stats and
+    zero-initialises some layers (the ViT head), so e.g. efficientnet_b0 outputs ~1e-14 and the ViT exactly 0:
+    useless for comparing a compiler with onnxruntime. Random BatchNorm affine / running stats (what folding
+    sees in a trained model) and small random values in place of all-zero weights fix that."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+        for p in model.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+def tv(name: str, **kw):
+    import torchvision
+
+    return lambda: liven(torchvision.models.get_model(name, weights=None, **kw))
+
+
+def timm_model(name: str, **kw):
+    def build():
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kw)
+
+    return build
+
+
+def hf(cls_name: str, config_name: str, attn: str | None = None, part: str | None = None, **config):
+    """A transformers model from a small config built in code (random init, seeded by the caller)."""
+
+    def build():
+        import transformers
+
+        cfg = getattr(transformers, config_name)(**config)
+        kwargs = {"attn_implementation": attn} if attn else {}
+        model = getattr(transformers, cls_name)._from_config(cfg, **kwargs)
+        return model.get_encoder() if part == "encoder" else model
+
+    return build
+
+
+class KeywordSpotter(nn.Module):
+    """Streaming keyword-spotting net: Conv1d front end over log-mel frames, a 2-layer LSTM whose state is
+    passed in and out (h0/c0 -> hn/cn) so that an app can feed audio chunk by chunk, and a classifier."""
+
+    def __init__(self, mels=40, hidden=64, classes=12):
+        super().__init__()
+        self.front = nn.Sequential(
+            nn.Conv1d(mels, 64, 5, padding=2), nn.BatchNorm1d(64), nn.ReLU(),
+            nn.Conv1d(64, 64, 3, stride=2, padding=1), nn.BatchNorm1d(64), nn.ReLU())
+        self.lstm = nn.LSTM(64, hidden, num_layers=2, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, mel, h0, c0):  # mel [B, T, mels]
+        x = self.front(mel.transpose(1, 2)).transpose(1, 2)
+        y, (hn, cn) = self.lstm(x, (h0, c0))
+        return self.head(y).log_softmax(-1), hn, cn
+
+
+class GatedBlock(nn.Module):
+    """Data-dependent branch through torch.cond (exported as ONNX If): a cheap path for low-energy input,
+    a deeper one otherwise, as in early-exit / voice-activity gated models."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.cheap = nn.Conv2d(16, 16, 1)
+        self.deep = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.stem(x).relu()
+        h = torch.cond(h.mean() > 0.5, lambda t: self.deep(t) + t, lambda t: self.cheap(t), (h,))
+        return self.head(h.mean((2, 3)))
+
+
+class _LoopCell(nn.Module):
+    def __init__(self, dim=32):
+        super().__init__()
+        self.inp = nn.Linear(dim, dim)
+        self.rec = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a hand-written recurrence over the (dynamic) time axis: scripted, it becomes an ONNX Loop
+        h = torch.zeros(x.size(0), x.size(2), dtype=x.dtype)
+        for t in range(x.size(1)):
+            h = torch.tanh(self.inp(x[:, t]) + self.rec(h))
+        return self.out(h)
+
+
+def scripted_loop():
+    torch.manual_seed(0)
+    return torch.jit.script(_LoopCell().eval())
+
+
+class SingleImageDetector(nn.Module):
+    """torchvision detectors take a list of CHW images and return a list of dicts; deployments export them
+    for one image at a time, as here."""
+
+    def __init__(self, detector: nn.Module):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image):
+        out = self.detector([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def ssdlite():
+    import torchvision
+
+    # a low score threshold so that the randomly initialised detector still returns boxes
+    return SingleImageDetector(liven(torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, score_thresh=0.001)))
+
+
+IMG = {"x": f32([1, 3, 224, 224])}
+BATCH = {"x": {0: "batch"}}
+VOCAB = 1000
+BERT = dict(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+            max_position_embeddings=128)
+TEXT_IN = {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32]),
+           "token_type_ids": {"shape": [1, 32], "dtype": "int64", "low": 0, "high": 1}}
+TEXT_DYN = {**{k: {0: "batch", 1: "sequence"} for k in ("input_ids", "attention_mask", "token_type_ids")},
+            "decoder_input_ids": {0: "batch", 1: "decoder_sequence"}}
+# max_source_positions=250: 500 mel frames (5 s) instead of Whisper's 3000; token ids must fit the small vocab
+WHISPER = dict(vocab_size=VOCAB, num_mel_bins=80, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+               decoder_start_token_id=1, d_model=128, encoder_layers=2, encoder_attention_heads=4,
+               encoder_ffn_dim=256, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=256,
+               max_source_positions=250)
+GPT2 = dict(vocab_size=VOCAB, n_embd=128, n_layer=2, n_head=4, n_positions=128, use_cache=False)
+
+MODELS: dict[str, Model] = {
+    # ---------------------------------------------------------------- torchvision
+    "resnet18_dynamo": Model("dynamo", tv("resnet18"), "torchvision resnet18", "classification", IMG, BATCH),
+    "resnet18_ts11": Model("torchscript", tv("resnet18"), "torchvision resnet18", "classification", IMG, BATCH,
+                           opset=11),
+    "mobilenet_v3_small_dynamo": Model("dynamo", tv("mobilenet_v3_small"), "torchvision mobilenet_v3_small",
+                                       "classification", IMG, BATCH),
+    "mobilenet_v3_small_ts13": Model("torchscript", tv("mobilenet_v3_small"), "torchvision mobilenet_v3_small",
+                                     "classification", IMG, BATCH, opset=13),
+    "efficientnet_b0_dynamo": Model("dynamo", tv("efficientnet_b0"), "torchvision efficientnet_b0",
+                                    "classification", IMG, BATCH),
+    "convnext_tiny_dynamo": Model("dynamo", tv("convnext_tiny"), "torchvision convnext_tiny", "classification",
+                                  IMG, BATCH),
+    # the VisionTransformer class of vit_b_16 at ViT-S width / 4 layers / 112 px (vit_b_16 itself is 330 MB)
+    "vit_s16_112_dynamo_op23": Model(
+        "dynamo", lambda: liven(__import__("torchvision").models.VisionTransformer(
+            image_size=112, patch_size=16, num_layers=4, num_heads=6, hidden_dim=384, mlp_dim=1536)),
+        "torchvision VisionTransformer (vit_b_16 class; 112 px, 4 layers, d=384)", "classification",
+        {"x": f32([1, 3, 112, 112])}, BATCH, opset=23),
+    "shufflenet_v2_x1_0_dynamo": Model("dynamo", tv("shufflenet_v2_x1_0"), "torchvision shufflenet_v2_x1_0",
+                                       "classification", IMG, BATCH),
+    "regnet_y_400mf_ts17": Model("torchscript", tv("regnet_y_400mf"), "torchvision regnet_y_400mf",
+                                 "classification", IMG, BATCH, opset=17),
+    "squeezenet1_1_ts11": Model("torchscript", tv("squeezenet1_1"), "torchvision squeezenet1_1", "classification",
+                                IMG, BATCH, opset=11),
+    "deeplabv3_mbv3_dynamo": Model(
+        "dynamo", tv("deeplabv3_mobilenet_v3_large", weights_backbone=None),
+        "torchvision deeplabv3_mobilenet_v3_large", "segmentation", {"x": f32([1, 3, 256, 256])}, BATCH,
+        outputs=["out"], notes="the model returns a dict {'out': ...} (no aux head without weights)"),
+    "ssdlite320_ts11": Model(
+        "torchscript", ssdlite, "torchvision ssdlite320_mobilenet_v3_large (with box decoding + NMS)", "detection",
+        {"images": f32([3, 320, 320], 0.0, 1.0)}, opset=11, outputs=["boxes", "scores", "labels"],
+        notes="input is one CHW image (wrapped: the model takes a list of images); transform (resize, normalize), "
+              "anchor decoding and batched NMS are in the graph; score_thresh=0.001"),
+    # no "ssdlite320_dynamo": torch.export stops on the data-dependent sizes of the per-class score filtering
+    # and NMS (GuardOnDataDependentSymNode in torch 2.14), so only the TorchScript exporter takes detectors
+    # ---------------------------------------------------------------- timm
+    "timm_efficientvit_b0_dynamo": Model("dynamo", timm_model("efficientvit_b0"), "timm efficientvit_b0",
+                                         "classification", IMG, BATCH),
+    "timm_mobilevitv2_050_ts14": Model("torchscript", timm_model("mobilevitv2_050"), "timm mobilevitv2_050",
+                                       "classification", {"x": f32([1, 3, 256, 256])}, BATCH, opset=14),
+    "timm_deit_tiny_dynamo": Model("dynamo", timm_model("deit_tiny_patch16_224"), "timm deit_tiny_patch16_224",
+                                   "classification", IMG, BATCH),
+    "timm_resnet26d_ts13": Model("torchscript", timm_model("resnet26d"), "timm resnet26d", "classification",
+                                 IMG, BATCH, opset=13),
+    # ---------------------------------------------------------------- transformers (small configs)
+    "bert_sdpa_ts14": Model("torchscript", hf("BertModel", "BertConfig", "sdpa", **BERT),
+                            "transformers BertModel (sdpa attention), 2 layers d=128", "text encoder", TEXT_IN,
+                            TEXT_DYN, opset=14, hf=True, outputs=["last_hidden_state", "pooler_output"]),
+    "bert_eager_ts14": Model("torchscript", hf("BertModel", "BertConfig", "eager", **BERT),
+                             "transformers BertModel (eager attention), 2 layers d=128", "text encoder", TEXT_IN,
+                             TEXT_DYN, opset=14, hf=True, outputs=["last_hidden_state", "pooler_output"]),
+    "bert_sdpa_dynamo": Model("dynamo", hf("BertModel", "BertConfig", "sdpa", **BERT),
+                              "transformers BertModel (sdpa attention), 2 layers d=128", "text encoder", TEXT_IN,
+                              TEXT_DYN, hf=True, outputs=["last_hidden_state", "pooler_output"]),
+    "bert_sdpa_dynamo_op23": Model("dynamo", hf("BertModel", "BertConfig", "sdpa", **BERT),
+                                   "transformers BertModel (sdpa attention), 2 layers d=128", "text encoder",
+                                   TEXT_IN, TEXT_DYN, opset=23, hf=True,
+                                   outputs=["last_hidden_state", "pooler_output"]),
+    "distilbert_ts14": Model(
+        "torchscript", hf("DistilBertForSequenceClassification", "DistilBertConfig", vocab_size=VOCAB, dim=128,
+                          n_layers=2, n_heads=4, hidden_dim=512, max_position_embeddings=128),
+        "transformers DistilBertForSequenceClassification, 2 layers d=128", "text classification",
+        {k: TEXT_IN[k] for k in ("input_ids", "attention_mask")}, TEXT_DYN, opset=14, hf=True, outputs=["logits"]),
+    # input_ids alone makes transformers 5 look for packed sequences in position_ids with torch.diff, which
+    # the TorchScript exporter cannot convert (no aten::diff symbolic): that variant is dynamo-only
+    "gpt2_mask_ts14": Model("torchscript", hf("GPT2LMHeadModel", "GPT2Config", **GPT2),
+                            "transformers GPT2LMHeadModel, 2 layers d=128, no KV cache", "causal LM",
+                            {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32])}, TEXT_DYN,
+                            opset=14, hf=True, outputs=["logits"]),
+    "gpt2_dynamo": Model("dynamo", hf("GPT2LMHeadModel", "GPT2Config", **GPT2),
+                         "transformers GPT2LMHeadModel, 2 layers d=128, no KV cache", "causal LM",
+                         {"input_ids": ids([1, 32], VOCAB)}, TEXT_DYN, hf=True, outputs=["logits"]),
+    "t5_ts17": Model(
+        "torchscript", hf("T5ForConditionalGeneration", "T5Config", vocab_size=VOCAB, d_model=128, d_kv=32, d_ff=256,
+                          num_layers=2, num_decoder_layers=2, num_heads=4, use_cache=False),
+        "transformers T5ForConditionalGeneration (encoder + decoder, relative position bias), 2+2 layers d=128",
+        "seq2seq", {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32]),
+                    "decoder_input_ids": ids([1, 8], VOCAB)}, TEXT_DYN, opset=17, hf=True,
+        outputs=["logits", "encoder_last_hidden_state"], notes="one full forward, no KV cache"),
+    "whisper_encoder_ts17": Model(
+        "torchscript", hf("WhisperModel", "WhisperConfig", part="encoder", **WHISPER),
+        "transformers WhisperEncoder (conv stem + transformer), 2 layers d=128, 500 mel frames", "speech encoder",
+        {"input_features": f32([1, 80, 500], -1.0, 1.0)}, {"input_features": {0: "batch"}}, opset=17, hf=True,
+        outputs=["last_hidden_state"]),
+    "whisper_encoder_dynamo": Model(
+        "dynamo", hf("WhisperModel", "WhisperConfig", part="encoder", **WHISPER),
+        "transformers WhisperEncoder (conv stem + transformer), 2 layers d=128, 500 mel frames", "speech encoder",
+        {"input_features": f32([1, 80, 500], -1.0, 1.0)}, {"input_features": {0: "batch"}}, hf=True,
+        outputs=["last_hidden_state"]),
+    "wav2vec2_ts14": Model(
+        "torchscript", hf("Wav2Vec2ForCTC", "Wav2Vec2Config", vocab_size=32, hidden_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=256, conv_dim=(64,) * 7,
+                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+        "transformers Wav2Vec2ForCTC (Conv1d feature extractor with GroupNorm, conv positional embedding), "
+        "2 layers d=128", "speech recognition (CTC)", {"input_values": f32([1, 16000], -1.0, 1.0)},
+        {"input_values": {0: "batch", 1: "samples"}}, opset=14, hf=True, outputs=["logits"]),
+    "hf_vit_dynamo": Model(
+        "dynamo", hf("ViTForImageClassification", "ViTConfig", hidden_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=256, image_size=96, patch_size=16, num_labels=10),
+        "transformers ViTForImageClassification, 96 px, 2 layers d=128", "classification",
+        {"pixel_values": f32([1, 3, 96, 96])}, {"pixel_values": {0: "batch"}}, hf=True, outputs=["logits"]),
+    "clip_text_ts14": Model(
+        "torchscript", hf("CLIPTextModelWithProjection", "CLIPTextConfig", vocab_size=VOCAB, hidden_size=128,
+                          intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=77, projection_dim=64, eos_token_id=VOCAB - 1),
+        "transformers CLIPTextModelWithProjection (causal mask, EOS pooling), 2 layers d=128", "text embedding",
+        {"input_ids": ids([1, 77], VOCAB - 1), "attention_mask": mask([1, 77])}, TEXT_DYN, opset=14, hf=True,
+        outputs=["text_embeds", "last_hidden_state"]),
+    "clip_vision_dynamo": Model(
+        "dynamo", hf("CLIPVisionModelWithProjection", "CLIPVisionConfig", hidden_size=128, intermediate_size=256,
+                     num_hidden_layers=2, num_attention_heads=4, image_size=112, patch_size=16, projection_dim=64),
+        "transformers CLIPVisionModelWithProjection (quick_gelu, pre-LN), 112 px, 2 layers d=128",
+        "image embedding", {"pixel_values": f32([1, 3, 112, 112])}, {"pixel_values": {0: "batch"}}, hf=True,
+        outputs=["image_embeds", "last_hidden_state"]),
+    # ---------------------------------------------------------------- recurrent / control flow
+    "kws_lstm_ts13": Model(
+        "torchscript", KeywordSpotter, "Conv1d front end + 2-layer nn.LSTM with h0/c0 state in/out + Linear",
+        "keyword spotting (streaming)",
+        {"mel": f32([1, 100, 40], -3.0, 3.0), "h0": f32([2, 1, 64], -1.0, 1.0), "c0": f32([2, 1, 64], -1.0, 1.0)},
+        {"mel": {0: "batch", 1: "frames"}, "h0": {1: "batch"}, "c0": {1: "batch"}}, opset=13,
+        outputs=["log_probs", "hn", "cn"]),
+    "kws_lstm_dynamo": Model(
+        "dynamo", KeywordSpotter, "Conv1d front end + 2-layer nn.LSTM with h0/c0 state in/out + Linear",
+        "keyword spotting (streaming)",
+        {"mel": f32([1, 100, 40], -3.0, 3.0), "h0": f32([2, 1, 64], -1.0, 1.0), "c0": f32([2, 1, 64], -1.0, 1.0)},
+        {"mel": {0: "batch"}, "h0": {1: "batch"}, "c0": {1: "batch"}}, outputs=["log_probs", "hn", "cn"],
+        notes="fixed 100-frame chunks: with a dynamic frame axis the LSTM decomposition fails in torch 2.14"),
+    "cond_gated_dynamo": Model(
+        "dynamo", GatedBlock, "CNN with a torch.cond branch on the activation mean (ONNX If)", "classification",
+        {"x": f32([1, 3, 64, 64], 0.0, 1.0)}, BATCH, notes="If node whose branches hold convolutions"),
+    "scripted_loop_ts13": Model(
+        "torchscript", scripted_loop, "torch.jit.script'ed recurrence over the time axis (ONNX Loop)",
+        "sequence classification", {"x": f32([1, 20, 32], -1.0, 1.0)}, {"x": {0: "batch", 1: "time"}}, opset=13,
+        outputs=["logits"], notes="Loop with a trip count taken from the input's shape"),
+}
+
+
+# ------------------------------------------------------------------------------ export
+class _Positional(nn.Module):
+    """Positional wrapper for the TorchScript exporter: it binds a dict of inputs positionally and trips over
+    the deprecated keyword arguments that transformers 5 adds to forward(), so the inputs are passed by name
+    here, and the ModelOutput is flattened to a tuple (what optimum's model patcher does too)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *args):
+        return self.model(**dict(zip(self.names, args))).to_tuple()
+
+
+def dims_note(m) -> str:
+    parts = []
+    for kind, vals in (("in", m.graph.input), ("out", m.graph.output)):
+        for v in vals:
+            dims = [d.dim_param if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
+                    for d in v.type.tensor_type.shape.dim]
+            parts.append(f"{kind} {v.name}[{','.join(dims)}]")
+    return "declared dims: " + " ".join(parts)
+
+
+def export_one(name: str, out: Path, force: bool) -> bool:
+    """Export one model; returns False when it was already there."""
+    import onnx
+
+    spec = MODELS[name]
+    dst, side = out / f"{name}.onnx", out / f"{name}.json"
+    if dst.exists() and side.exists() and not force:
+        return False
+    torch.manual_seed(0)
+    model = spec.build().eval()
+    torch.manual_seed(1)
+    # dynamo specialises dims whose example size is 1, so dynamic dims get an example size of at least 2
+    examples = {}
+    for k, s in spec.inputs.items():
+        shape = [max(2, d) if i in spec.dynamic.get(k, {}) else d for i, d in enumerate(s["shape"])]
+        examples[k] = example_tensor(s, shape)
+    names = list(spec.inputs)
+    dynamic = {k: v for k, v in spec.dynamic.items() if k in spec.inputs}
+    common = dict(input_names=names, output_names=spec.outputs)
+    tmp = dst.with_suffix(".onnx.tmp")
+    t0 = time.time()
+    notes = []
+    # the exporters print progress and hints; keep the zoo log to one line per skipped model
+    with contextlib.redirect_stdout(io.StringIO()):
+        if spec.exporter == "torchscript":
+            target = _Positional(model, names) if spec.hf else model
+            torch.onnx.export(target, tuple(examples.values()), str(tmp), dynamo=False, opset_version=spec.opset,
+                              dynamic_axes=dynamic or None, **common)
+            call = f"torch.onnx.export(dynamo=False, opset_version={spec.opset}, dynamic_axes={dynamic or None})"
+        else:
+            # one Dim object per name: inputs that share a dim name share the symbol
+            syms = {d: torch.export.Dim(d) for axes in dynamic.values() for d in axes.values()}
+            dims = {k: {a: syms[d] for a, d in axes.items()} for k, axes in dynamic.items()}
+            kwargs = dict(dynamic_shapes=dims or None, external_data=False, **common)
+            if spec.opset:
+                kwargs["opset_version"] = spec.opset
+            if spec.hf:
+                # what users of torch.export write for a transformers model: keyword inputs
+                torch.onnx.export(model, (), str(tmp), kwargs=examples, dynamo=True, **kwargs)
+            else:
+                if dims:
+                    kwargs["dynamic_shapes"] = tuple(dims.get(k) for k in names)
+                torch.onnx.export(model, tuple(examples.values()), str(tmp), dynamo=True, **kwargs)
+            call = (f"torch.onnx.export(dynamo=True{f', opset_version={spec.opset}' if spec.opset else ''}, "
+                    f"dynamic_shapes on {sorted(dims) or 'nothing'}, external_data=False)")
+    seconds = time.time() - t0
+    proto = onnx.load(str(tmp))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    ops = {n.op_type for n in proto.graph.node}
+    control = sorted(ops & {"If", "Loop", "Scan", "LSTM", "GRU", "Attention", "NonMaxSuppression"})
+    if spec.architecture.startswith("torchvision"):
+        notes.append("BatchNorm stats / zero-initialised weights randomised (seeded), see liven()")
+    notes += [call, spec.notes, f"has {', '.join(control)}" if control else "", dims_note(proto),
+              f"{len(proto.graph.node)} nodes, export took {seconds:.1f} s"]
+    os.replace(tmp, dst)
+    producer = f"torch-{spec.exporter}"
+    versions = [f"torch {torch.__version__.split('+')[0]}"]
+    if spec.hf:
+        import transformers
+
+        versions.append(f"transformers {transformers.__version__}")
+    if spec.architecture.startswith("timm"):
+        import timm
+
+        versions.append(f"timm {timm.__version__}")
+    if spec.architecture.startswith("torchvision"):
+        import torchvision
+
+        versions.append(f"torchvision {torchvision.__version__.split('+')[0]}")
+    if spec.exporter == "dynamo":
+        import onnxscript
+
+        versions.append(f"onnxscript {onnxscript.__version__}")
+    meta = {"name": name, "producer": producer, "producer_version": ", ".join(versions),
+            "architecture": spec.architecture, "task": spec.task, "opset": opset, "inputs": spec.inputs,
+            "notes": "; ".join(n for n in notes if n)}
+    side.write_text(json.dumps(meta, indent=1) + "\n")
+    return True
+
+
+def export_logged(name: str, out: Path, force: bool) -> None:
+    """export_one, saying on stderr how long an export took and removing a partial .onnx.tmp if it fails."""
+    t0 = time.time()
+    try:
+        if export_one(name, out, force):
+            print(f"exported {name} ({time.time() - t0:.1f} s)", file=sys.stderr)
+    except Exception:
+        (out / f"{name}.onnx.tmp").unlink(missing_ok=True)
+        raise
+
+
+def error_text(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    # torch.onnx's errors open with generic advice; the cause follows "## Exception summary"
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1:]
+    return lines[0][:300] if lines else ""
+
+
+def main() -> int:
+    return run(__doc__.splitlines()[0], MODELS, export_logged, error_text=error_text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
