@@ -219,6 +219,10 @@ def _check_defined(model: ir.Model, source: str) -> None:
                                      "the model is malformed: re-export it")
 
 
+# Value.meta key: the value's shape is the exporter's declaration alone (inference found none).
+DECLARED_ONLY = "lepton_opt.declared_shape_only"
+
+
 def _infer_output_shapes(model: ir.Model) -> None:
     """Graph outputs take the shapes inference gives them, not the declared ones: exporters
     declare output shapes from tracing or naming, and some are plain wrong (a captcha OCR model
@@ -234,6 +238,8 @@ def _infer_output_shapes(model: ir.Model) -> None:
         pass
     for value, shape in declared.items():
         inferred = value.shape
+        if inferred is None and shape is not None:
+            value.meta[DECLARED_ONLY] = True  # a claim nothing checked (see ReshapeTargetFromOutputShape)
         if inferred is None or (shape is not None and len(shape) == len(inferred)):
             # Inference could not tell (a Loop output, a dim computed at run time): the
             # declaration fills what it left open; where inference knows a dim, inference wins.

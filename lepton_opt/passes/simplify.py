@@ -39,6 +39,7 @@ from onnxscript.rewriter.rules.common import (
     unsqueeze_unsqueeze_rule,
 )
 
+from lepton_opt.ir.load import DECLARED_ONLY
 from lepton_opt.passes.base import Pass, PassResult
 
 
@@ -294,9 +295,9 @@ class ReshapeTargetFromOutputShape(RewriteRuleClassBase):
         result = MatchResult()
         if _const(shape) is not None:
             return result.fail("the target shape is already a constant")
-        if out.is_graph_output():
-            # its shape may be the exporter's declaration, not an inference: some are wrong
-            return result.fail("the output is a graph output, whose declared shape is not evidence")
+        if out.meta.get(DECLARED_ONLY):
+            # an exporter's declaration that inference did not confirm: some are wrong
+            return result.fail("the output's shape is only declared, not inferred")
         target = _target_from_output(out)
         if target is None:
             return result.fail("output shape unknown or has more than one symbolic dim")

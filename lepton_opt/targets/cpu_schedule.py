@@ -58,6 +58,7 @@ import logging
 from collections.abc import Sequence
 
 import tvm
+import tvm_ffi
 from tvm import relax, s_tir, te, tirx, topi
 from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
@@ -357,6 +358,9 @@ def _inline_injective(sch: s_tir.Schedule, keep_padding: bool, keep=None) -> Non
     convolution they put a branch on every multiply-add of the innermost loop. Blocks for which
     ``keep(block)`` is true are kept too.
     """
+    # Sweeps over every block, again while a sweep inlined something (an inline can make a
+    # neighbour inlinable). Restarting from the first block after each inline was quadratic: a
+    # fused function of a few hundred blocks (unrolled GRUs) took minutes.
     changed = True
     while changed:
         changed = False
@@ -372,14 +376,13 @@ def _inline_injective(sch: s_tir.Schedule, keep_padding: bool, keep=None) -> Non
             try:
                 sch.compute_inline(block)
                 changed = True
-                break
+                continue
             except Exception:  # noqa: BLE001 - not inlinable: try the other direction
                 pass
             try:
                 sch.reverse_compute_inline(block)
                 changed = True
-                break
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - neither: the block stays
                 pass
 
 
@@ -1129,10 +1132,21 @@ def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="LeptonDefaultCPUSchedule")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         updates = {}
+        # Kernels that differ only in name are scheduled once: an RNN unrolled over its sequence
+        # yields the same step kernel hundreds of times (a 9-GRU model spent minutes here).
+        done: dict[int, list[tuple[tirx.PrimFunc, tirx.PrimFunc]]] = {}
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or _is_scheduled(func):
                 continue
-            new, _ = schedule_prim_func(func, target)
+            anonymous = func.without_attr("global_symbol")
+            key = tvm_ffi.structural_hash(anonymous)
+            new = next((scheduled for original, scheduled in done.get(key, ())
+                        if tvm_ffi.structural_equal(original, anonymous)), None)
+            if new is None:
+                new, _ = schedule_prim_func(func, target)
+                done.setdefault(key, []).append((anonymous, new))
+            elif "global_symbol" in (func.attrs or {}):
+                new = new.with_attr("global_symbol", func.attrs["global_symbol"])
             updates[gv] = new
         for gv, func in updates.items():
             mod[gv] = func

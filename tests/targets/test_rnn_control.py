@@ -315,8 +315,8 @@ def test_if_runtime_condition_with_different_shapes_is_reported():
         lepton_opt.compile(model)
 
 
-@pytest.mark.parametrize("op_type", ["Loop", "Scan"])
-def test_loop_and_scan_are_unsupported_ops(op_type):
+@pytest.mark.parametrize("op_type", ["Scan"])
+def test_scan_is_an_unsupported_op(op_type):
     body = helper.make_graph([helper.make_node("Identity", ["x"], ["o"])], "body", [],
                              [helper.make_tensor_value_info("o", F, None)])
     node = helper.make_node(op_type, ["x"], ["y"], name=f"my_{op_type.lower()}", body=body,
@@ -326,3 +326,20 @@ def test_loop_and_scan_are_unsupported_ops(op_type):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     with pytest.raises(UnsupportedModelError, match=f"unsupported op type.*{op_type}.*my_{op_type.lower()}"):
         lepton_opt.compile(model)
+
+
+def test_a_loop_with_a_run_time_trip_count_is_a_one_line_error():
+    body = helper.make_graph([helper.make_node("Identity", ["cin"], ["cout"]), helper.make_node("Neg", ["v"], ["v2"])],
+                             "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                                      helper.make_tensor_value_info("cin", TensorProto.BOOL, []),
+                                      helper.make_tensor_value_info("v", F, [2, 3])],
+                             [helper.make_tensor_value_info("cout", TensorProto.BOOL, []),
+                              helper.make_tensor_value_info("v2", F, [2, 3])])
+    node = helper.make_node("Loop", ["m", "", "x"], ["y"], name="my_loop", body=body)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("m", TensorProto.INT64, []),
+                                            helper.make_tensor_value_info("x", F, [2, 3])],
+                              [helper.make_tensor_value_info("y", F, [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(UnsupportedModelError, match="my_loop.*trip count M is computed at run time") as caught:
+        lepton_opt.compile(model)
+    assert "\n" not in str(caught.value)
