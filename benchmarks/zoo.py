@@ -202,7 +202,7 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
         start = time.perf_counter()
         compiled.run(feeds)
         once = max(time.perf_counter() - start, 1e-5)
-        repeat = int(min(200, max(10, 2.0 / once)))
+        repeat = int(min(200, max(10, 1.0 / once)))
         timing = compare_latency(compiled, model_bytes, feeds, threads=threads, repeat=repeat,
                                  warmup=max(2, repeat // 10))
         row.update(lepton_ms=timing.lepton_ms, ort_ms=timing.ort_best_ms, ratio=timing.ratio, runs=repeat)
