@@ -58,3 +58,15 @@ def run(description: str, models: Iterable[str], export_one: Callable[[str, Path
         except Exception as e:  # one model's failure must not stop the others
             print(f"skip {name}: {type(e).__name__}: {error_text(e)}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def dims_note(model) -> str:
+    """How the exporter declared the graph inputs' and outputs' dims (paddle2onnx 1.x writes
+    dim_value -1, torch and tf2onnx name them), for a model's .json notes."""
+    parts = []
+    for kind, values in (("in", model.graph.input), ("out", model.graph.output)):
+        for v in values:
+            dims = [d.dim_param if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
+                    for d in v.type.tensor_type.shape.dim]
+            parts.append(f"{kind} {v.name}[{','.join(dims)}]")
+    return "declared dims: " + " ".join(parts)

@@ -31,7 +31,7 @@ import paddle.nn as nn  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
 from paddle.static import InputSpec  # noqa: E402
 
-from _exporter_cli import run  # noqa: E402
+from _exporter_cli import dims_note, run  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,17 +361,6 @@ MODELS = {
                          "x0.35 + softmax head)", "classification", [None, 3, 48, 192], DEFAULT,
                          [1, 3, 48, 192], PPOCR),
 }
-
-
-def dims_note(m) -> str:
-    """How the exporter declared the graph inputs' and outputs' dims (paddle2onnx uses dim_value -1)."""
-    parts = []
-    for kind, vals in (("in", m.graph.input), ("out", m.graph.output)):
-        for v in vals:
-            dims = [d.dim_param if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
-                    for d in v.type.tensor_type.shape.dim]
-            parts.append(f"{kind} {v.name}[{','.join(dims)}]")
-    return "declared dims: " + " ".join(parts)
 
 
 def export_one(name: str, out: Path, force: bool) -> bool:

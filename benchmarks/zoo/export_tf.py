@@ -28,7 +28,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import tensorflow as tf  # noqa: E402
 
-from _exporter_cli import run  # noqa: E402
+from _exporter_cli import dims_note, run  # noqa: E402
 
 L = tf.keras.layers
 apps = tf.keras.applications
@@ -121,16 +121,6 @@ MODELS = {
                                "text classification", 17,
                                {"shape": [1, 32], "dtype": "int32", "low": 0, "high": 1000}),
 }
-
-
-def dims_note(m) -> str:
-    parts = []
-    for kind, vals in (("in", m.graph.input), ("out", m.graph.output)):
-        for v in vals:
-            dims = [d.dim_param if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
-                    for d in v.type.tensor_type.shape.dim]
-            parts.append(f"{kind} {v.name}[{','.join(dims)}]")
-    return "declared dims: " + " ".join(parts)
 
 
 def export_one(name: str, out: Path, force: bool) -> None:

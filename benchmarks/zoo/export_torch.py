@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # configs are built in code: nothi
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from _exporter_cli import run  # noqa: E402
+from _exporter_cli import dims_note, run  # noqa: E402
 
 torch.set_num_threads(2)
 warnings.filterwarnings("ignore")
@@ -380,16 +380,6 @@ class _Positional(nn.Module):
 
     def forward(self, *args):
         return self.model(**dict(zip(self.names, args))).to_tuple()
-
-
-def dims_note(m) -> str:
-    parts = []
-    for kind, vals in (("in", m.graph.input), ("out", m.graph.output)):
-        for v in vals:
-            dims = [d.dim_param if d.dim_param else (str(d.dim_value) if d.HasField("dim_value") else "?")
-                    for d in v.type.tensor_type.shape.dim]
-            parts.append(f"{kind} {v.name}[{','.join(dims)}]")
-    return "declared dims: " + " ".join(parts)
 
 
 def export_one(name: str, out: Path, force: bool) -> bool:

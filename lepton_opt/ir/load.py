@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -234,8 +235,9 @@ def _infer_output_shapes(model: ir.Model) -> None:
             value.shape = None
     try:
         common_passes.ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    except Exception:  # noqa: BLE001 - inference is best effort here; the passes infer again
-        pass
+    except Exception as e:  # noqa: BLE001 - best effort: the declared shapes stand, the passes infer again
+        logging.getLogger(__name__).info("shape inference at load failed (%s); declared output shapes kept",
+                                         str(e).splitlines()[0] if str(e) else type(e).__name__)
     for value, shape in declared.items():
         inferred = value.shape
         if inferred is None and shape is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -41,6 +42,8 @@ from onnxscript.rewriter.rules.common import (
 
 from lepton_opt.ir.load import DECLARED_ONLY
 from lepton_opt.passes.base import Pass, PassResult
+
+_logger = logging.getLogger(__name__)
 
 
 def _nodes(model: ir.Model) -> list[ir.Node]:
@@ -162,7 +165,9 @@ def fold_with_onnxruntime(model: ir.Model, graph: ir.Graph, input_size_limit: in
         return 0
     try:
         values = _run_nodes(model, members, boundary)
-    except Exception:  # noqa: BLE001 - onnxruntime cannot evaluate this subgraph: keep it as it is
+    except Exception as e:  # noqa: BLE001 - onnxruntime cannot evaluate this subgraph: keep it as it is
+        _logger.info("fold-constants-ort: onnxruntime could not evaluate %d constant nodes of graph %r (%s); "
+                     "they stay", len(members), graph.name, str(e).splitlines()[0] if str(e) else type(e).__name__)
         return 0
     folded = 0
     for value, array in zip(boundary, values):
