@@ -226,14 +226,17 @@ def evaluate(spec: dict, latency: bool, threads: int, timeout: float) -> dict:
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return {"name": spec["name"], "producer": spec.get("producer", "?"), "status": "timeout",
-                "error": f"no result after {timeout:.0f} s"}
-    if out.exists():
-        return json.loads(out.read_text())
-    tail = [line for line in (result.stderr or "").strip().splitlines() if line.strip()]
-    return {"name": spec["name"], "producer": spec.get("producer", "?"), "status": "crash",
-            "error": f"exit {result.returncode}: {tail[-1] if tail else '?'}"[:400],
-            "seconds": time.perf_counter() - start}
+        row = {"name": spec["name"], "producer": spec.get("producer", "?"), "status": "timeout",
+               "error": f"no result after {timeout:.0f} s"}
+    else:
+        if out.exists():
+            return json.loads(out.read_text())
+        tail = [line for line in (result.stderr or "").strip().splitlines() if line.strip()]
+        row = {"name": spec["name"], "producer": spec.get("producer", "?"), "status": "crash",
+               "error": f"exit {result.returncode}: {tail[-1] if tail else '?'}"[:400],
+               "seconds": time.perf_counter() - start}
+    out.write_text(json.dumps(row, indent=1))  # every model has its row, whatever became of it
+    return row
 
 
 # ------------------------------------------------------------------------------ report
