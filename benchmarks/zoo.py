@@ -244,7 +244,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| model | producer | opset | status | compile s | max abs err | cosine | lepton ms | ort ms | ratio |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {r.get('error', '')}".strip()
+        error = r.get("error", "").replace(str(MODELS) + os.sep, "")  # no machine's paths in the table
+        status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {error}".strip()
         if r.get("note"):
             status += f" ({r['note']})"
         if r["status"] == "mismatch":
