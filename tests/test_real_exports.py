@@ -385,3 +385,22 @@ g (float[1,3,6,8] x) => (float[1,3,12,16] y, float[1,3,12,16] z) {
     model = onnx.parser.parse_model(text)
     feeds = {"x": np.random.default_rng(13).standard_normal((1, 3, 6, 8)).astype(np.float32)}
     _assert_matches(model, feeds, atol=1e-5)
+
+
+def test_a_conv1d_feeding_an_instance_norm_keeps_the_norm_on_contiguous_rows():
+    # wav2vec2's feature extractor: Conv1d -> GroupNorm(C, C), exported as InstanceNormalization.
+    # With the conv as a channels-last conv2d the norm reduced along a strided axis (732 ms).
+    from tests.targets.test_fused_ops import _cpu_kernels
+
+    rng = np.random.default_rng(14)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], strides=[5]),
+             helper.make_node("InstanceNormalization", ["c", "s", "b"], ["y"])]
+    inits = {"w": _weights(rng, 32, 1, 10), "s": rng.random(32).astype(np.float32) + 0.5,
+             "b": rng.random(32).astype(np.float32)}
+    graph = helper.make_graph(nodes, "wav", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 400])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    kernels = _cpu_kernels(model)
+    assert [rule for name, rule in kernels.items() if "instance_norm" in name] == ["rows"], kernels
+    _assert_matches(model, {"x": rng.standard_normal((1, 1, 400)).astype(np.float32)}, atol=1e-4)
