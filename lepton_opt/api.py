@@ -159,6 +159,15 @@ def _prepare(model: ModelSource, input_shapes: InputShapes | None,
     return _Prepared(loaded, names, converted, result.rolled_back, fused)
 
 
+def _warn_rolled_back(prepared: _Prepared) -> LoadedModel:
+    """The prepared model, after a warning for each pass the PassManager rolled back."""
+    import warnings as _warnings
+
+    for rolled in prepared.rolled_back:
+        _warnings.warn(str(rolled), stacklevel=3)
+    return prepared.loaded
+
+
 # The pipeline run before lowering: simplification and fusions, without O3's size trade-offs.
 COMPILE_LEVEL = "O2"
 
@@ -295,7 +304,7 @@ def tune(
     if budget_s is None and trials is None:
         budget_s = DEFAULT_TUNING_BUDGET_S
     spec = resolve_target(target, mcpu=mcpu)
-    loaded = _prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options).loaded
+    loaded = _warn_rolled_back(_prepare(model, input_shapes, level or COMPILE_LEVEL, precision, precision_options))
     return tune_model(loaded.model, spec, source=loaded.source, budget_s=budget_s, trials=trials, records=records,
                       rpc=rpc, batch=batch or DEFAULT_BATCH, progress=progress, confirm=confirm)
 
@@ -316,7 +325,7 @@ def quantize(model: ModelSource, mode: str = "static", *, level: str = COMPILE_L
     """
     from lepton_opt.passes.quantize import quantize as run_quantize
 
-    loaded = _prepare(model, input_shapes, level).loaded
+    loaded = _warn_rolled_back(_prepare(model, input_shapes, level))
     return run_quantize(loaded.model, mode=mode, source=loaded.source, **options)
 
 

@@ -93,12 +93,10 @@ def Loop(ctx, trip_count=None, cond=None, *initial, body):
             else:
                 lowerer.exprs[value] = given
         outputs = lowerer.lower_subgraph(body)
-        if cond is not None or not isinstance(outputs[0], Known):
-            if not isinstance(outputs[0], Known) or outputs[0].is_symbolic:
-                raise LoweringError("the Loop's condition is computed at run time; only loops whose "
-                                    "iterations are known at compile time are unrolled (fix the input shapes)")
-        if isinstance(outputs[0], Known):
-            keep_going = bool(np.asarray(outputs[0].numeric()).reshape(-1)[0])
+        if not isinstance(outputs[0], Known) or outputs[0].is_symbolic:
+            raise LoweringError("the Loop's condition is computed at run time; only loops whose "
+                                "iterations are known at compile time are unrolled (fix the input shapes)")
+        keep_going = bool(np.asarray(outputs[0].numeric()).reshape(-1)[0])
         carried = outputs[1:1 + n_carried]
         for k, value in enumerate(outputs[1 + n_carried:]):
             scans[k].append(value)
