@@ -128,6 +128,8 @@ def compare_outputs(reference: dict, got: dict) -> dict:
     one side only (or non-finite differently)."""
     import numpy as np
 
+    from lepton_opt.bench.accuracy import nonfinite_mismatch
+
     worst = {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "int_mismatch": 0, "nonfinite_mismatch": 0,
              "shape_mismatch": []}
     for name, ref in reference.items():
@@ -141,7 +143,7 @@ def compare_outputs(reference: dict, got: dict) -> dict:
             continue
         r, o = ref.astype(np.float64), out.astype(np.float64)
         finite = np.isfinite(r) & np.isfinite(o)
-        worst["nonfinite_mismatch"] += int(np.count_nonzero(~finite & ~((r == o) | (np.isnan(r) & np.isnan(o)))))
+        worst["nonfinite_mismatch"] += nonfinite_mismatch(r, o)
         if not finite.any():
             continue
         diff = np.abs(r[finite] - o[finite])

@@ -202,6 +202,27 @@ def test_recompiling_replaces_the_artifact_atomically(tmp_path, mlp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
 
+def test_verify_fails_on_fp16_overflow(tmp_path):
+    # The middle MatMul overflows float16: the fp16 build outputs infinities where onnxruntime's
+    # fp32 output is finite. Verification must fail and say so, not report "error 0, cosine 1".
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.full(shape, value, np.float32), name)
+               for name, shape, value in [("w1", (8, 16), 40.0), ("w2", (16, 16), 40.0), ("w3", (16, 4), 1e-4)]]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["b"]), helper.make_node("MatMul", ["b", "w3"], ["y"])],
+        "overflow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], weights)
+    path = tmp_path / "overflow.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert np.isfinite(ort_run(onnx.load(path), {"x": np.ones((1, 8), np.float32)})["y"]).all()
+    result = lepton("compile", path, "--precision", "fp16", "--verify", "-o", tmp_path / "o.lepton")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "non-finite where the reference is not" in result.stdout and "FAIL" in result.stdout
+    assert "cosine 1.0" not in result.stdout
+
+
 def test_verify_failure_exits_1(tmp_path):
     # With zero tolerance the float rounding differences of a real CNN are beyond tolerance.
     path = tmp_path / "resnet.onnx"

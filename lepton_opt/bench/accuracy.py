@@ -16,6 +16,7 @@ class OutputError:
     max_rel: float
     cosine: float
     ok: bool
+    nonfinite_mismatch: int = 0  # elements non-finite on one side only (or infinities of other sign)
 
 
 @dataclasses.dataclass
@@ -30,7 +31,10 @@ class VerifyReport:
 
     def lines(self) -> list[str]:
         return [f"{o.name}: max abs error {o.max_abs:.3g}, max rel error {o.max_rel:.3g}, "
-                f"cosine {o.cosine:.6f} {'OK' if o.ok else 'FAIL'}" for o in self.outputs]
+                f"cosine {o.cosine:.6f}"
+                + (f", {o.nonfinite_mismatch} non-finite where the reference is not (or the reverse)"
+                   if o.nonfinite_mismatch else "")
+                + f" {'OK' if o.ok else 'FAIL'}" for o in self.outputs]
 
 
 def ort_session(model: onnx.ModelProto | bytes | str, threads: int = 0, optimize: bool = False,
@@ -73,14 +77,30 @@ def random_feeds(inputs: Sequence[Mapping], seed: int = 0,
     return feeds
 
 
-def _finite_errors(r: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Over the elements finite in both float64 arrays: the mask, |r - o|, its max and the cosine."""
+def nonfinite_mismatch(r: np.ndarray, o: np.ndarray) -> int:
+    """Elements where exactly one of ``r`` and ``o`` is non-finite, or both are but differ
+    (NaN against an infinity, +inf against -inf). Both NaN, or equal infinities, agree."""
+    r, o = np.asarray(r, dtype=np.float64), np.asarray(o, dtype=np.float64)
+    finite_r, finite_o = np.isfinite(r), np.isfinite(o)
+    agree = (finite_r & finite_o) | (np.isnan(r) & np.isnan(o)) | (np.isinf(r) & (r == o))
+    return int(np.count_nonzero(~agree))
+
+
+def _finite_errors(r: np.ndarray, o: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float, int]:
+    """Over the elements finite in both float64 arrays: the mask, |r - o|, its max and the cosine;
+    and the count of elements non-finite on one side only (see ``nonfinite_mismatch``).
+
+    When that count is not zero the max error is infinite and the cosine is 0: the numbers over
+    the finite part alone would look perfect for an output full of overflowed values."""
     finite = np.isfinite(r) & np.isfinite(o)
     diff = np.abs(r[finite] - o[finite])
     max_abs = float(diff.max(initial=0.0))
     denom = float(np.linalg.norm(r[finite]) * np.linalg.norm(o[finite]))
     cosine = float(np.dot(r[finite], o[finite]) / denom) if denom > 0 else float(max_abs == 0.0)
-    return finite, diff, max_abs, cosine
+    mismatch = nonfinite_mismatch(r, o)
+    if mismatch:
+        max_abs, cosine = float("inf"), 0.0
+    return finite, diff, max_abs, cosine, mismatch
 
 
 def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
@@ -93,11 +113,10 @@ def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
             errors.append(OutputError(name, float("inf"), float("inf"), 0.0, False))
             continue
         r, o = ref.astype(np.float64), out.astype(np.float64)
-        finite, diff, max_abs, cosine = _finite_errors(r, o)
-        same_nonfinite = np.array_equal(np.isnan(r), np.isnan(o)) and np.array_equal(r[np.isinf(r)], o[np.isinf(r)])
-        max_rel = float((diff / np.maximum(np.abs(r[finite]), 1e-12)).max(initial=0.0))
-        ok = same_nonfinite and bool(np.allclose(o[finite], r[finite], atol=atol, rtol=rtol))
-        errors.append(OutputError(name, max_abs, max_rel, cosine, ok))
+        finite, diff, max_abs, cosine, mismatch = _finite_errors(r, o)
+        max_rel = float("inf") if mismatch else float((diff / np.maximum(np.abs(r[finite]), 1e-12)).max(initial=0.0))
+        ok = not mismatch and bool(np.allclose(o[finite], r[finite], atol=atol, rtol=rtol))
+        errors.append(OutputError(name, max_abs, max_rel, cosine, ok, mismatch))
     return VerifyReport(errors, atol, rtol)
 
 
@@ -162,9 +181,7 @@ def accuracy_stats(reference: Mapping[str, np.ndarray], got: Mapping[str, np.nda
         if r.shape != o.shape:
             rows.append(OutputAccuracy(name, float("inf"), float("inf"), 0.0))
             continue
-        finite, _, max_abs, cosine = _finite_errors(r, o)
-        if (~finite & (np.nan_to_num(r) != np.nan_to_num(o))).any():
-            max_abs = float("inf")  # a NaN or infinity on one side only
+        finite, _, max_abs, cosine, _ = _finite_errors(r, o)
         scale = float(np.abs(r[finite]).max(initial=0.0))
         max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
         rows.append(OutputAccuracy(name, max_abs, max_rel, cosine))

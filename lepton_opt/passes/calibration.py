@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import AccuracyStats, accuracy_stats, classifier_output, ort_session, task_accuracy
+from lepton_opt.bench.accuracy import (AccuracyStats, accuracy_stats, classifier_output, nonfinite_mismatch,
+                                       ort_session, task_accuracy)
 from lepton_opt.bench.data import accuracy_inputs, input_specs, resolve_batches, stack_outputs
 from lepton_opt.errors import InputError, OptionError
 
@@ -117,10 +118,9 @@ def value_errors(evaluator: Evaluator, reference: onnx.ModelProto, candidate: on
             if r.shape != g.shape:
                 diff[name] = float("inf")
                 continue
-            finite = np.isfinite(r)
-            if (np.isfinite(g) != finite).any():
+            if nonfinite_mismatch(r, g):
                 diff[name] = float("inf")
-            both = finite & np.isfinite(g)
+            both = np.isfinite(r) & np.isfinite(g)
             if both.any():
                 diff[name] = max(diff[name], float(np.abs(r[both] - g[both]).max()))
                 peak[name] = max(peak[name], float(np.abs(r[both]).max()))

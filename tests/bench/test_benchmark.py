@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 
 import lepton_opt
-from lepton_opt.bench.accuracy import accuracy_stats
+from lepton_opt.bench.accuracy import accuracy_stats, compare
 from lepton_opt.bench.latency import LatencyStats, time_interleaved
 from lepton_opt.bench.report import write_reports
 from lepton_opt.errors import InputError, OptionError
@@ -237,3 +237,29 @@ def test_mixed_precision_variants_are_built_and_checked_against_fp32():
         assert r.variant(name).accuracy.cosine >= 0.999, name
     assert r.variant("bf16").accuracy.cosine >= 0.99
     assert r.speedup("fp16", baseline="fp32") > 0
+
+
+@pytest.mark.parametrize("got, mismatches", [
+    ([1.0, np.inf, 3.0], 1),        # infinity where the reference is finite
+    ([1.0, 2.0, np.nan], 1),        # NaN where the reference is finite
+    ([np.inf, -np.inf, 3.0], 2),
+    ([1.0, 2.0, 3.0], 0),
+])
+def test_compare_fails_on_one_sided_non_finite_values(got, mismatches):
+    ref = {"y": np.array([1.0, 2.0, 3.0], np.float32)}
+    report = compare(ref, {"y": np.array(got, np.float32)})
+    (out,) = report.outputs
+    assert out.nonfinite_mismatch == mismatches
+    assert report.ok is (mismatches == 0)
+    if mismatches:  # the error figures must not look perfect for a broken output
+        assert out.max_abs == np.inf and out.cosine == 0.0
+        assert f"{mismatches} non-finite" in report.lines()[0] and "FAIL" in report.lines()[0]
+    stats = accuracy_stats(ref, {"y": np.array(got, np.float32)}, samples=1)
+    assert (stats.max_abs == np.inf) is bool(mismatches)
+
+
+def test_compare_accepts_matching_non_finite_values():
+    ref = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    assert compare({"y": ref}, {"y": ref.copy()}).ok
+    assert not compare({"y": ref}, {"y": np.array([-np.inf, np.inf, np.nan, 1.0], np.float32)}).ok
+    assert not compare({"y": ref}, {"y": np.array([np.inf, -np.inf, np.inf, 1.0], np.float32)}).ok
