@@ -137,6 +137,7 @@ class _Prepared:
     converted: Any  # PrecisionResult / QuantizeResult, or None
     rolled_back: list[RolledBack]
     fused: list[str]  # the fusion passes that rewrote something
+    source_ops: frozenset[str] = frozenset()  # op types of the model as loaded, before any pass
 
 
 def _prepare(model: ModelSource, input_shapes: InputShapes | None,
@@ -146,6 +147,7 @@ def _prepare(model: ModelSource, input_shapes: InputShapes | None,
     conversion). A pass that raises or leaves an invalid model is rolled back by the PassManager
     and left out of the pass names."""
     loaded = load_model(model, input_shapes)
+    source_ops = frozenset(n.op_type for n in ir.traversal.RecursiveGraphIterator(loaded.model.graph))
     wanted = [name for name in pipeline_names(level) if name not in exclude]
     result = PassManager(build_passes(wanted))(loaded.model)
     skipped = {r.name for r in result.rolled_back}
@@ -156,7 +158,7 @@ def _prepare(model: ModelSource, input_shapes: InputShapes | None,
         converted = _convert_precision(loaded.model, precision, **(precision_options or {}))
         loaded = dataclasses.replace(loaded, model=converted.ir_model if precision == "int8" else converted.model)
         names = [*names, "quantize-int8" if precision == "int8" else f"precision-{precision}"]
-    return _Prepared(loaded, names, converted, result.rolled_back, fused)
+    return _Prepared(loaded, names, converted, result.rolled_back, fused, source_ops)
 
 
 def _warn_rolled_back(prepared: _Prepared) -> LoadedModel:
@@ -183,9 +185,16 @@ def compile(  # noqa: A001 - the public name the product promises
     precision: str | None = None,
     records: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
     use_cache: bool = True,
+    fallback: bool = True,
     **precision_options: Any,
 ):
     """Compile ``model`` for ``target`` ("llvm"/"cpu" or "cuda") and return a ``CompiledModel``.
+
+    Nodes that cannot be lowered (ops without a lowering, contrib ops, outputs whose shape
+    depends on the data) run in onnxruntime, the rest is compiled: the result is then a
+    ``PartitionedModel``, ``compiled.warnings`` names those nodes and ``manifest["fallback"]``
+    says why for each. ``fallback=False`` (CLI ``--no-fallback``) raises
+    ``UnsupportedModelError`` listing them instead.
 
     ``input_shapes`` maps input names to full shapes and fixes dynamic dimensions; dims left
     symbolic are compiled as dynamic where the lowering allows it. ``level`` is the graph
@@ -204,7 +213,7 @@ def compile(  # noqa: A001 - the public name the product promises
     import warnings as _warnings
 
     from lepton_opt.targets.build import resolve_target
-    from lepton_opt.targets.compile import compile_model
+    from lepton_opt.targets.compile import compile_model, compile_with_fallback
 
     _check_precision_options(precision, precision_options)
     spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
@@ -213,9 +222,16 @@ def compile(  # noqa: A001 - the public name the product promises
     notes = [str(r) for r in prepared.rolled_back]
 
     def build(prepared: _Prepared):
-        return compile_model(prepared.loaded.model, spec, source=prepared.loaded.source,
-                             sha256=prepared.loaded.sha256, opset=prepared.loaded.opset, passes=prepared.passes,
-                             records=_paths(records), use_cache=use_cache, warn=notes.append)
+        options = dict(source=prepared.loaded.source, sha256=prepared.loaded.sha256, opset=prepared.loaded.opset,
+                       passes=prepared.passes, records=_paths(records), use_cache=use_cache, warn=notes.append)
+        if not fallback:
+            return compile_model(prepared.loaded.model, spec, **options)
+
+        def refuse(nodes) -> bool:
+            # A node a fusion made: compiling without the fusions beats running it in onnxruntime.
+            return bool(prepared.fused) and any(n.op_type not in prepared.source_ops for n in nodes)
+
+        return compile_with_fallback(prepared.loaded.model, spec, refuse=refuse, **options)
 
     try:
         compiled = build(prepared)

@@ -207,10 +207,12 @@ def main() -> None:
               help="Tuning records to apply besides the user cache's (a `lepton-opt tune --records` directory; "
                    "repeatable).")
 @click.option("--no-cache", is_flag=True, help="Do not apply the tuning records of the user cache.")
+@click.option("--no-fallback", is_flag=True,
+              help="Fail on nodes that cannot be lowered instead of running them in onnxruntime.")
 @functools.partial(precision_options, int8=True)
 @_handle_errors
 def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, records, no_cache,
-                **precision):
+                no_fallback, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
@@ -223,7 +225,8 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
     start = time.perf_counter()
     with err.status(f"compiling {model.name} for {target}…"):
         compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch,
-                                      records=list(records), use_cache=not no_cache, **precision)
+                                      records=list(records), use_cache=not no_cache, fallback=not no_fallback,
+                                      **precision)
     elapsed = time.perf_counter() - start
     for warning in compiled.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
@@ -457,7 +460,8 @@ def inspect_cmd(model, input_shapes):
         ops.add_row(op_type + (" [red](unsupported)[/]" if op_type in summary.unsupported else ""), str(count))
     out.print(ops)
     if summary.unsupported:
-        out.print("[bold red]would not lower:[/] " + "; ".join(
+        out.print("[bold red]would not lower[/] (compile runs these in onnxruntime; --no-fallback refuses): "
+                  + "; ".join(
             f"{op} ({', '.join(nodes[:5])}{', …' if len(nodes) > 5 else ''})"
             for op, nodes in summary.unsupported.items()), highlight=False)
     else:

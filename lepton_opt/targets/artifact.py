@@ -150,16 +150,78 @@ class CompiledModel:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
-            if isinstance(self._executable, tvm.runtime.Executable):
-                self._executable.export_library(str(tmp / LIBRARY))
-            else:
-                shutil.copyfile(self._library_path, tmp / LIBRARY)
+            self._write_files(tmp)
             (tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
             _replace_dir(tmp, dest)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
+
+    def _write_files(self, folder: Path, library: str = LIBRARY) -> None:
+        """Write the compiled library into ``folder`` (the manifest is written by ``save``)."""
+        if isinstance(self._executable, tvm.runtime.Executable):
+            self._executable.export_library(str(folder / library))
+        else:
+            shutil.copyfile(self._library_path, folder / library)
+
+
+class PartitionedModel(CompiledModel):
+    """A model run partly by compiled segments and partly by onnxruntime (the nodes that could
+    not be lowered; see :mod:`lepton_opt.targets.partition`). ``manifest["segments"]`` lists
+    the segments in run order, each with its kind, inputs and outputs; ``manifest["fallback"]``
+    names the nodes onnxruntime runs and why. Running it needs onnxruntime installed."""
+
+    def __init__(self, parts: list[CompiledModel | bytes], manifest: dict):
+        super().__init__(None, manifest)
+        self.parts = parts
+        self._sessions: dict[int, Any] = {}
+
+    def _compiled_parts(self) -> list[CompiledModel]:
+        return [p for p in self.parts if isinstance(p, CompiledModel)]
+
+    def _imported_modules(self) -> list:
+        return [m for p in self._compiled_parts() for m in p._imported_modules()]
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        arrays = self._check_feeds(feeds)
+        env: dict[str, np.ndarray] = dict(zip((i["name"] for i in self.inputs), arrays))
+        for index, (seg, part) in enumerate(zip(self.manifest["segments"], self.parts)):
+            args = {name: env[name] for name in seg["inputs"]}
+            if isinstance(part, CompiledModel):
+                env.update(part.run(args))
+            else:
+                session = self._session(index)
+                env.update(zip(seg["outputs"], session.run(seg["outputs"], args)))
+        return {o["name"]: env[o["name"]] for o in self.outputs}
+
+    def _session(self, index: int):
+        if index not in self._sessions:
+            self._sessions[index] = onnxruntime_session(self.parts[index])
+        return self._sessions[index]
+
+    def _write_files(self, folder: Path, library: str = LIBRARY) -> None:
+        for seg, part in zip(self.manifest["segments"], self.parts):
+            if isinstance(part, CompiledModel):
+                part._write_files(folder, seg["library"])
+            else:
+                (folder / seg["model"]).write_bytes(part)
+
+
+def onnxruntime_session(model: bytes):
+    """An onnxruntime CPU session for a segment, with as many threads as TVM's pool and no
+    spinning threads left to take the cores from the compiled segments."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ArtifactError("this artifact runs some nodes in onnxruntime (see manifest['fallback']); "
+                            "install onnxruntime to run it") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = runtime_threads()
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def profile_kernels(models: Sequence[CompiledModel], feeds: Mapping[str, Any], runs: int = 10,
@@ -215,13 +277,27 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: artifact format {manifest.get('format_version')!r} is not supported "
                             f"(this lepton-opt reads version {FORMAT_VERSION}); recompile the model")
-    lib = root / manifest.get("library", LIBRARY)
-    if not lib.is_file():
-        raise ArtifactError(f"{root}: the compiled library {lib.name} is missing; recompile the model")
     built_with = manifest.get("versions", {}).get("tvm")
     if built_with and built_with != tvm.__version__:
         raise ArtifactError(f"{root}: built with TVM {built_with}, this installation has {tvm.__version__}; "
                             "recompile the model")
+    if "segments" in manifest:
+        parts: list[CompiledModel | bytes] = []
+        for seg in manifest["segments"]:
+            if "library" in seg:
+                parts.append(_load_library(root, root / seg["library"], seg["manifest"]))
+                continue
+            try:
+                parts.append((root / seg["model"]).read_bytes())
+            except OSError:
+                raise ArtifactError(f"{root}: the segment model {seg['model']} is missing; recompile the model") from None
+        return PartitionedModel(parts, manifest)
+    return _load_library(root, root / manifest.get("library", LIBRARY), manifest)
+
+
+def _load_library(root: Path, lib: Path, manifest: dict) -> CompiledModel:
+    if not lib.is_file():
+        raise ArtifactError(f"{root}: the compiled library {lib.name} is missing; recompile the model")
     try:
         module = tvm.runtime.load_module(str(lib))
     except Exception as e:

@@ -6,16 +6,18 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+import onnx
 import onnx_ir as ir
 from tvm import relax
 from tvm import tirx as tir
 
 from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
-from lepton_opt.targets.artifact import CompiledModel, make_manifest
+from lepton_opt.targets.artifact import CompiledModel, PartitionedModel, make_manifest, onnxruntime_session
 from lepton_opt.targets.build import TargetSpec, build
-from lepton_opt.targets.lower import Lowerer, LoweredModule
+from lepton_opt.targets.lower import DTYPES, Lowerer, LoweredModule
 from lepton_opt.targets.records import load_database, record_dirs
 from lepton_opt.targets.ops import converter_table
+from lepton_opt.targets.ops.control import DATA_DEPENDENT_OPS
 
 
 def lower_model(model: ir.Model, source: str = "model") -> LoweredModule:
@@ -34,14 +36,178 @@ def unsupported_ops(model: ir.Model) -> dict[str, list[str]]:
     return missing
 
 
+def compile_with_fallback(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str, opset: int,
+                          passes: list[str], records: Sequence[str | os.PathLike] = (), use_cache: bool = True,
+                          warn: Callable[[str], None] | None = None,
+                          refuse: Callable[[list[ir.Node]], bool] | None = None) -> CompiledModel:
+    """:func:`compile_model`, except that nodes that cannot be lowered run in onnxruntime
+    (:mod:`.partition`); the result is then a :class:`PartitionedModel` and ``warn`` hears
+    which nodes and why. ``refuse(nodes)`` may decline the partition for those failing nodes
+    (the caller has a better remedy): the UnsupportedModelError is raised instead."""
+    try:
+        lowered = Lowerer(model, converter_table(), source, partial=True).lower()
+    except UnsupportedModelError as e:
+        failed = getattr(e, "failed_nodes", None)
+        if not failed or (refuse is not None and refuse([n for n, _ in failed])):
+            raise _refused(model, source, str(e)) from None
+        if len(failed) == len(model.graph):
+            raise _refused(model, source, str(e)) from None  # nothing would be compiled
+        return _compile_partitioned(model, spec, failed, source=source, sha256=sha256, opset=opset,
+                                    passes=passes, records=records, use_cache=use_cache, warn=warn,
+                                    first_error=str(e))
+    options = dict(source=source, sha256=sha256, opset=opset, passes=passes, records=records,
+                   use_cache=use_cache, warn=warn)
+    try:
+        return compile_model(model, spec, lowered=lowered, **options)
+    except BuildError as e:
+        # TVM's passes cannot take every op whose output shape depends on the data (NonZero
+        # between convolutions breaks its layout conversion): those run in onnxruntime.
+        failed = [(node, f"{node.op_type} node {node.name or '?'!r}: its output shape depends on the data "
+                         f"and the build failed with it ({e.first_line})")
+                  for node in model.graph if node.op_type in DATA_DEPENDENT_OPS]
+        if not failed or len(failed) == len(model.graph):
+            raise
+        return _compile_partitioned(model, spec, failed, first_error=str(e), **options)
+
+
+
+
+class BuildError(UnsupportedModelError):
+    """TVM failed to build a model that lowered."""
+
+    def __init__(self, message: str, first_line: str):
+        super().__init__(message)
+        self.first_line = first_line
+
+
+# A partition that would leave more than this share of the compute-heavy ops to onnxruntime is
+# refused with the lowering error: the user is better served by fixing what it says (a dynamic
+# dim to fix with --input-shape, an If to fold) than by an artifact that is mostly onnxruntime.
+MAX_UNCOMPILED_SHARE = 0.5
+
+
+def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[ir.Node, str]], *, source: str,
+                         warn: Callable[[str], None] | None, first_error: str, **options) -> PartitionedModel:
+    from lepton_opt.targets import partition
+
+    nodes = list(model.graph)
+    index = {id(node): i for i, node in enumerate(nodes)}
+    proto = ir.serde.serialize_model(model)
+    user_inputs = {v.name for v in model.graph.inputs}
+
+    def lower(sub: onnx.ModelProto) -> list[tuple[int, str]]:
+        sub_model = ir.serde.deserialize_model(sub)
+        # Dims a segment behind onnxruntime takes are known only at run time: a node needing
+        # them fixed goes to onnxruntime. Before any such segment, they are the user's to fix.
+        behind = any(v.name not in user_inputs for v in sub_model.graph.inputs)
+        try:
+            Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind).lower()
+        except UnsupportedModelError as e:
+            failures = getattr(e, "failed_nodes", None)
+            if not failures:
+                raise
+            positions = {id(node): j for j, node in enumerate(sub_model.graph)}
+            return [(positions[id(node)], reason) for node, reason in failures]
+        return []
+
+    reasons = {index[id(n)]: reason for n, reason in failed}
+    while True:
+        try:
+            plan = partition.plan(proto, reasons, lower, lambda sub: onnxruntime_session(sub.SerializeToString()),
+                                  source)
+        except partition.OnnxruntimeRefused as e:
+            raise _refused(model, source, first_error, str(e)) from None
+        if plan.uncompiled_share() > MAX_UNCOMPILED_SHARE:
+            raise _refused(model, source, first_error, f"running these nodes in onnxruntime would leave "
+                           f"{plan.uncompiled_share():.0%} of the model's convolutions/matmuls uncompiled")
+        try:
+            parts, described = _build_segments(plan, spec, source, warn, options)
+            break
+        except _SegmentBuildError as e:
+            # A compiled segment that lowered but did not build: its data-dependent ops (see
+            # DATA_DEPENDENT_OPS) go to onnxruntime, if that changes anything.
+            more = {i: f"{nodes[i].op_type} node {nodes[i].name or '?'!r}: its output shape depends on the data "
+                       f"and the build failed with it ({e.error.first_line})"
+                    for i in e.segment.nodes if nodes[i].op_type in DATA_DEPENDENT_OPS and i not in reasons}
+            if not more:
+                raise e.error from None
+            reasons.update(more)
+    first = next((p for p in parts if isinstance(p, CompiledModel)), None)
+    if first is None:
+        raise _refused(model, source, first_error, "running these nodes in onnxruntime would leave nothing to compile")
+    manifest = dict(first.manifest)
+    manifest.pop("tuning", None)
+    manifest.pop("library", None)
+    manifest["inputs"] = [_value_spec(v) for v in model.graph.inputs if not v.is_initializer()]
+    manifest["outputs"] = [_value_spec(v) for v in model.graph.outputs]
+    manifest["segments"] = described
+    manifest["fallback"] = {
+        "summary": plan.summary(),
+        "nodes": {node.name or f"<{node.op_type} #{i}>": plan.reasons[i]
+                  for i, node in zip(sorted(plan.reasons), plan.fallback_nodes())},
+    }
+    if warn is not None:
+        warn(plan.summary())
+    return PartitionedModel(parts, manifest)
+
+
+def _refused(model: ir.Model, source: str, error: str, note: str = "") -> UnsupportedModelError:
+    """The error for a model that is not compiled: as without the fallback when some ops have no
+    converter (every such op and node named at once), else ``error``; with ``note`` on why
+    onnxruntime does not take the nodes."""
+    try:
+        Lowerer(model, converter_table(), source).check_supported()
+    except UnsupportedModelError as strict:
+        error = str(strict)
+    return UnsupportedModelError(f"{error} ({note})" if note else error)
+
+
+class _SegmentBuildError(Exception):
+    def __init__(self, segment, error: BuildError):
+        super().__init__(str(error))
+        self.segment, self.error = segment, error
+
+
+def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict):
+    from lepton_opt.targets import partition
+
+    parts: list[CompiledModel | bytes] = []
+    described = []
+    for k, (seg, sub) in enumerate(zip(plan.segments, plan.models)):
+        entry = {"kind": seg.kind, "inputs": seg.inputs, "outputs": seg.outputs, "nodes": len(seg.nodes)}
+        if seg.kind == partition.TVM:
+            try:
+                part = compile_model(ir.serde.deserialize_model(sub), spec, source=f"{source} (segment {k})",
+                                     warn=warn, **options)
+            except BuildError as e:
+                raise _SegmentBuildError(seg, e) from None
+            entry.update(library=f"segment{k}.so", manifest=part.manifest)
+        else:
+            part = sub.SerializeToString()
+            entry["model"] = f"segment{k}.onnx"
+        parts.append(part)
+        described.append(entry)
+    return parts, described
+
+
+def _value_spec(value: ir.Value) -> dict:
+    dims = [d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) and d.value else f"{value.name}_dim{a}")
+            for a, d in enumerate(value.shape or [])]
+    dtype = DTYPES.get(value.dtype)
+    if dtype is None:
+        raise UnsupportedModelError(f"{value.name!r} has element type {value.dtype}, which cannot be compiled")
+    return {"name": value.name, "shape": dims, "dtype": dtype}
+
+
 def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str, opset: int,
                   passes: list[str], records: Sequence[str | os.PathLike] = (), use_cache: bool = True,
-                  warn: Callable[[str], None] | None = None) -> CompiledModel:
+                  warn: Callable[[str], None] | None = None, lowered: LoweredModule | None = None) -> CompiledModel:
     """Lower and build ``model``; ``source``/``sha256``/``opset`` describe the user's model.
 
     CPU builds apply the tuning records of ``records`` directories and, with ``use_cache``, of
-    the user cache (:mod:`.records`); ``warn`` hears of unreadable record lines."""
-    lowered = lower_model(model, source)
+    the user cache (:mod:`.records`); ``warn`` hears of unreadable record lines. ``lowered``:
+    the model's lowering, when the caller has it already."""
+    lowered = lowered or lower_model(model, source)
     for note in lowered.warnings:
         if warn is not None:
             warn(note)
@@ -63,7 +229,7 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
             names = ", ".join(f"{o.input_name}[{o.axis}]" for o in lowered.symbols.values())
             raise ShapeError(f"{source}: building with dynamic dimensions ({names}) failed ({first}); "
                              "fix them with --input-shape NAME:DIMS") from e
-        raise UnsupportedModelError(f"{source}: TVM failed to build the model for {spec.kind}: {first}") from e
+        raise BuildError(f"{source}: TVM failed to build the model for {spec.kind}: {first}", first) from e
     func = lowered.mod["main"]
     inputs = [{"name": name, "shape": _dims(p.ty), "dtype": str(p.ty.dtype)}
               for name, p in zip(lowered.input_names, func.params)]

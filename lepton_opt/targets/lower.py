@@ -182,8 +182,18 @@ class LoweredModule:
 class Lowerer:
     """Walks an onnx-ir graph in topological order and emits Relax bindings."""
 
-    def __init__(self, model: ir.Model, converters: dict[str, Converter], source: str = "model"):
+    def __init__(self, model: ir.Model, converters: dict[str, Converter], source: str = "model",
+                 partial: bool = False, shape_errors_fail_nodes: bool = False):
         self.model = model
+        # partial: every top-level node that cannot be lowered (no converter, a converter error,
+        # a shape the converter needs fixed) is collected in ``failed_nodes`` with its reason, and
+        # the UnsupportedModelError raised at the end carries them (``error.failed_nodes``); used
+        # to partition a model between compiled code and onnxruntime (targets/partition.py).
+        self.partial = partial
+        # With ``partial``: a ShapeError (a dim that must be fixed) fails its node instead of the
+        # lowering; for segments behind onnxruntime ones, whose dims are known only at run time.
+        self.shape_errors_fail_nodes = partial and shape_errors_fail_nodes
+        self.failed_nodes: list[tuple[ir.Node, str]] = []
         self.graph = model.graph
         self.converters = converters
         self.source = source
@@ -198,7 +208,8 @@ class Lowerer:
 
     # ---------------------------------------------------------------- entry point
     def lower(self) -> LoweredModule:
-        self.check_supported()
+        if not self.partial:
+            self.check_supported()
         params = [self._input_var(v) for v in self.graph.inputs if not v.is_initializer()]
         for value in self.graph.initializers.values():
             self._register_initializer(value)
@@ -217,6 +228,8 @@ class Lowerer:
                 result = self.bb.emit_output(relax.Tuple(outputs))
             self.bb.emit_func_output(result)
         if error is not None:
+            if self.failed_nodes:
+                error.failed_nodes = list(self.failed_nodes)
             raise error
         mod = self.bb.get()
         mod = relax.transform.DeadCodeElimination(["main"])(mod)
@@ -324,19 +337,32 @@ class Lowerer:
     # ---------------------------------------------------------------- nodes
     def lower_nodes(self, graph: ir.Graph, failures: list[str]) -> None:
         poisoned: set[ir.Value] = set()
+        top = graph is self.graph
         for node in graph:
             if any(v is not None and v in poisoned for v in node.inputs):
                 poisoned.update(node.outputs)  # a producer already failed: report the root cause only
                 continue
             try:
                 self.lower_node(node)
-            except ShapeError:
-                raise
+            except ShapeError as e:
+                if not (self.shape_errors_fail_nodes and top):
+                    raise
+                failures.append(str(e))
+                self.failed_nodes.append((node, str(e)))
+                poisoned.update(node.outputs)
             except UnsupportedModelError as e:
                 failures.append(str(e))
+                if top:
+                    self.failed_nodes.append((node, str(e)))
                 poisoned.update(node.outputs)
             except Exception as e:  # a converter bug or an unsupported attribute combination
-                failures.append(f"{node.op_type} node {node.name or '?'!r}: {_first_line(e)}")
+                if isinstance(e, KeyError) and op_key(node) not in self.converters:
+                    reason = f"{op_key(node)} node {node.name or '?'!r}: no lowering for {op_key(node)}"
+                else:
+                    reason = f"{node.op_type} node {node.name or '?'!r}: {_first_line(e)}"
+                failures.append(reason)
+                if top:
+                    self.failed_nodes.append((node, reason))
                 poisoned.update(node.outputs)
 
     def lower_subgraph(self, graph: ir.Graph) -> list[relax.Expr | Known]:

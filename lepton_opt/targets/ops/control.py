@@ -46,8 +46,14 @@ def If(ctx, cond, *, then_branch, else_branch):
     if failed:
         # A branch that cannot be lowered for these input shapes is one onnxruntime could not
         # run with them either (silero VAD's 8 kHz branch on a 16 kHz chunk size): the build
-        # takes the other branch, and says so.
+        # takes the other branch, and says so. Not so a branch holding an op without a lowering
+        # or with a data-dependent output shape (a detector's "no boxes left" check around its
+        # NonMaxSuppression): that branch is real, and the If fails (to run in onnxruntime).
         (bad,) = failed
+        blocking = _unlowerable_ops(lowerer, then_branch if bad == "then" else else_branch)
+        if blocking:
+            raise LoweringError(f"its {bad} branch holds {', '.join(sorted(blocking))}, which cannot be compiled "
+                                f"({str(branches[bad]).splitlines()[0][:200]})")
         lowerer.warnings.append(
             f"If node {ctx.node.name or '?'!r}: its {bad} branch cannot be compiled for these input shapes "
             f"({str(branches[bad]).splitlines()[0][:200]}); the build always takes the "
@@ -65,6 +71,21 @@ def If(ctx, cond, *, then_branch, else_branch):
                 "condition needs same-shaped branch outputs (fold the condition with static input shapes)")
         results.append(op.where(cond, a, b))
     return results
+
+
+def _unlowerable_ops(lowerer, graph) -> set[str]:
+    """Op types in ``graph`` (nested graphs included) that have no converter or whose output
+    shape depends on the data."""
+    import onnx_ir as ir
+
+    from lepton_opt.targets.lower import op_key
+
+    return {op_key(node) for node in ir.traversal.RecursiveGraphIterator(graph)
+            if op_key(node) not in lowerer.converters or node.op_type in DATA_DEPENDENT_OPS}
+
+
+# Ops whose output shape depends on the input data.
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "Unique", "Compress", "StringSplit"})
 
 
 # Unrolling past this many iterations would make a program too large to build in reasonable time.

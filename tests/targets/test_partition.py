@@ -1,0 +1,248 @@
+"""Nodes that cannot be lowered run in onnxruntime; the rest is compiled (targets/partition.py).
+
+Each model is built here in the style of the exports that need it: a TopK whose k is an input,
+a detector's NonMaxSuppression post-processing, torchvision's "no boxes left" If around it, an
+onnxruntime contrib op. Outputs are checked against onnxruntime on the whole model, before and
+after a save/load round trip, and the partition itself is asserted (which nodes went where).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lepton_opt
+from lepton_opt.errors import UnsupportedModelError
+from lepton_opt.targets.artifact import PartitionedModel
+from tests.models import ort_run
+from tests.test_cli import assert_user_error, lepton
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, initializers, opset=17, domains=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs,
+                              [numpy_helper.from_array(a, n) for n, a in initializers.items()])
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, 1) for d in domains]
+    model = helper.make_model(graph, opset_imports=opsets)
+    return model
+
+
+def topk_model() -> onnx.ModelProto:
+    """Conv -> Relu -> Flatten -> TopK with k an input -> Mul; a Sigmoid output beside."""
+    return _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("TopK", ["f", "k"], ["v", "i"]),
+         helper.make_node("Mul", ["v", "two"], ["y"]), helper.make_node("Sigmoid", ["r"], ["s"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("i", TensorProto.INT64, None),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4, 8, 8])],
+        {"w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "two": np.array(2, np.float32)})
+
+
+def _detector_head(prefix: str = "") -> tuple[list[onnx.NodeProto], dict]:
+    """Conv features -> boxes [1, 256, 4] and sigmoid scores [1, 1, 256]."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["feat"]),
+        helper.make_node("Reshape", ["feat", "shape"], ["flat"]),
+        helper.make_node("Transpose", ["flat"], ["rows"], perm=[0, 2, 1]),
+        helper.make_node("Slice", ["rows", "s0", "s4", "s2"], ["boxes"]),
+        helper.make_node("Slice", ["rows", "s4", "s5", "s2"], ["logit"]),
+        helper.make_node("Transpose", ["logit"], ["logit_t"], perm=[0, 2, 1]),
+        helper.make_node("Sigmoid", ["logit_t"], ["scores"]),
+    ]
+    weights = {"w": RNG.standard_normal((5, 3, 1, 1)).astype(np.float32),
+               "shape": np.array([1, 5, 256], np.int64), "s0": np.array([0], np.int64),
+               "s4": np.array([4], np.int64), "s5": np.array([5], np.int64), "s2": np.array([2], np.int64)}
+    return nodes, weights
+
+
+def _nms_nodes(out: str) -> tuple[list[onnx.NodeProto], dict]:
+    """NonMaxSuppression -> the kept boxes, scaled: [K, 4]."""
+    nodes = [
+        helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"], ["sel"]),
+        helper.make_node("Gather", ["sel", "col"], ["idx"], axis=1),
+        helper.make_node("Squeeze", ["boxes", "ax0"], ["boxes2d"]),
+        helper.make_node("Gather", ["boxes2d", "idx"], ["kept"], axis=0),
+        helper.make_node("Mul", ["kept", "scale"], [out]),
+    ]
+    consts = {"max_out": np.array([20], np.int64), "iou": np.array([0.5], np.float32),
+              "score_thr": np.array([0.6], np.float32), "col": np.array(2, np.int64),
+              "ax0": np.array([0], np.int64), "scale": np.array(16.0, np.float32)}
+    return nodes, consts
+
+
+def detector_model() -> onnx.ModelProto:
+    head, weights = _detector_head()
+    nms, consts = _nms_nodes("dets")
+    return _model(head + nms, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                  [helper.make_tensor_value_info("dets", TensorProto.FLOAT, None),
+                   helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 1, 256])],
+                  {**weights, **consts})
+
+
+def guarded_detector_model() -> onnx.ModelProto:
+    """torchvision's batched NMS guard: If(no score above the threshold) -> empty, else NMS."""
+    head, weights = _detector_head()
+    nms, consts = _nms_nodes("dets_else")
+    empty = helper.make_graph([helper.make_node("Constant", [], ["dets_then"],
+                                                value=numpy_helper.from_array(np.zeros((0, 4), np.float32)))],
+                              "then", [], [helper.make_tensor_value_info("dets_then", TensorProto.FLOAT, None)])
+    full = helper.make_graph(nms, "else", [], [helper.make_tensor_value_info("dets_else", TensorProto.FLOAT, None)],
+                             [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    nodes = head + [
+        helper.make_node("ReduceMax", ["scores"], ["top"], keepdims=0),
+        helper.make_node("Less", ["top", "cut"], ["none_left"]),
+        helper.make_node("If", ["none_left"], ["dets"], then_branch=empty, else_branch=full),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                  [helper.make_tensor_value_info("dets", TensorProto.FLOAT, None)],
+                  {**weights, "cut": np.array(0.6, np.float32)})
+
+
+def _check(model: onnx.ModelProto, feeds: dict, tmp_path, **options) -> PartitionedModel:
+    compiled = lepton_opt.compile(model, **options)
+    assert isinstance(compiled, PartitionedModel)
+    expected = ort_run(model, feeds)
+    for got in (compiled.run(feeds), lepton_opt.load_compiled(compiled.save(tmp_path / "m.lepton")).run(feeds)):
+        assert list(got) == list(expected)
+        for name, ref in expected.items():
+            assert got[name].shape == ref.shape, name
+            np.testing.assert_allclose(got[name], ref, rtol=1e-5, atol=1e-5, err_msg=name)
+    return compiled
+
+
+def _kinds(compiled) -> list[str]:
+    return [s["kind"] for s in compiled.manifest["segments"]]
+
+
+def test_topk_with_runtime_k_runs_in_onnxruntime(tmp_path):
+    feeds = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), "k": np.array([5], np.int64)}
+    model = topk_model()
+    with pytest.warns(UserWarning, match=r"run in onnxruntime.*TopK"):
+        compiled = _check(model, feeds, tmp_path)
+    assert _kinds(compiled) == ["tvm", "onnxruntime"]
+    fallback = compiled.manifest["fallback"]["nodes"]
+    assert any("TopK" in why and "computed at run time" in why for why in fallback.values())
+    # The Mul behind TopK is too light to be worth a hand-over back to compiled code.
+    assert any("light post-processing" in why for why in fallback.values())
+    assert sorted(p.name for p in (tmp_path / "m.lepton").iterdir()) == [
+        "manifest.json", "segment0.so", "segment1.onnx"]
+    # another k: the onnxruntime segment's output shape follows the data
+    np.testing.assert_allclose(compiled.run({**feeds, "k": np.array([9], np.int64)})["y"],
+                               ort_run(model, {**feeds, "k": np.array([9], np.int64)})["y"], rtol=1e-5)
+
+
+def test_no_fallback_refuses_with_the_nodes_named():
+    with pytest.raises(UnsupportedModelError, match="TopK"):
+        lepton_opt.compile(topk_model(), fallback=False)
+
+
+def test_detector_non_max_suppression(tmp_path):
+    feeds = {"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    compiled = _check(detector_model(), feeds, tmp_path)
+    assert _kinds(compiled) == ["tvm", "onnxruntime"]
+    assert any(name and "NonMaxSuppression" in why for name, why in compiled.manifest["fallback"]["nodes"].items())
+    assert len(ort_run(detector_model(), feeds)["dets"]) > 0  # the test holds boxes to compare
+
+
+@pytest.mark.parametrize("bias", [0.0, -50.0])  # boxes survive / none does: both branches taken
+def test_if_around_non_max_suppression_is_not_dropped(tmp_path, bias):
+    # Before: the If's NMS branch failed to lower and was dropped (the build always took the
+    # "no boxes" branch, silently). Now the If runs in onnxruntime, or the build refuses.
+    model = guarded_detector_model()
+    for init in model.graph.initializer:
+        if init.name == "w":
+            w = numpy_helper.to_array(init).copy()
+            w[4] += bias / 3  # the score channel
+            init.CopyFrom(numpy_helper.from_array(w, "w"))
+    feeds = {"x": np.abs(RNG.standard_normal((1, 3, 16, 16))).astype(np.float32)}
+    compiled = _check(model, feeds, tmp_path)
+    assert [why for why in compiled.manifest["fallback"]["nodes"].values() if why.startswith("If node")]
+    with pytest.raises(UnsupportedModelError, match="If node"):
+        lepton_opt.compile(model, fallback=False)
+
+
+def test_if_branch_with_an_op_without_lowering_is_not_dropped(tmp_path):
+    # A branch that fails to lower is dropped only when it holds nothing but lowerable ops (an
+    # infeasible branch for these shapes, as silero VAD's 8 kHz one); one holding an op without
+    # a lowering is a real branch: the If fails, and runs in onnxruntime.
+    conv = helper.make_graph(
+        [helper.make_node("FusedConv", ["x", "w", "b"], ["y_else"], domain="com.microsoft", activation="Relu",
+                          kernel_shape=[1, 1])],
+        "else", [], [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
+    plain = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y_then"])], "then", [],
+                              [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
+             helper.make_node("Less", ["top", "cut"], ["small"]),
+             helper.make_node("If", ["small"], ["c"], then_branch=plain, else_branch=conv),
+             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "m"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "m2"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+                   {"w": RNG.standard_normal((4, 3, 1, 1)).astype(np.float32),
+                    "b": RNG.standard_normal(4).astype(np.float32), "cut": np.array(1.0, np.float32),
+                    "m": RNG.standard_normal((64, 8)).astype(np.float32),
+                    "m2": RNG.standard_normal((8, 8)).astype(np.float32)}, domains=["com.microsoft"])
+    compiled = _check(model, {"x": RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)}, tmp_path)
+    (why,) = compiled.manifest["fallback"]["nodes"].values()
+    assert "com.microsoft.FusedConv" in why
+    for scale in (0.01, 10.0):  # both branches
+        feeds = {"x": (RNG.standard_normal((1, 3, 4, 4)) * scale).astype(np.float32)}
+        np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-4)
+
+
+def _fused_conv_model(matmuls: int) -> onnx.ModelProto:
+    """onnxruntime's contrib FusedConv (left by its graph optimizer in saved models), then
+    ``matmuls`` MatMul+Relu layers."""
+    nodes = [helper.make_node("FusedConv", ["x", "w", "b"], ["c"], domain="com.microsoft", activation="Relu",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Flatten", ["c"], ["h0"])]
+    weights = {"w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32),
+               "b": RNG.standard_normal(4).astype(np.float32)}
+    for i in range(matmuls):
+        nodes += [helper.make_node("MatMul", [f"h{i}", f"m{i}"], [f"p{i}"]),
+                  helper.make_node("Relu", [f"p{i}"], [f"h{i + 1}"])]
+        weights[f"m{i}"] = (RNG.standard_normal((256 if i == 0 else 32, 32)) * 0.1).astype(np.float32)
+    nodes.append(helper.make_node("Identity", [f"h{matmuls}"], ["y"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(a, n) for n, a in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def test_contrib_op_runs_in_onnxruntime(tmp_path):
+    feeds = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    compiled = _check(_fused_conv_model(matmuls=3), feeds, tmp_path)
+    assert _kinds(compiled) == ["onnxruntime", "tvm"]
+    assert "com.microsoft.FusedConv" in compiled.manifest["fallback"]["summary"]
+
+
+def test_mostly_uncompiled_partition_is_refused():
+    # One conv and one matmul: onnxruntime would run half the heavy ops... the conv is 1 of 2.
+    # With no matmul at all, everything heavy would be onnxruntime's: the lowering error stands.
+    with pytest.raises(UnsupportedModelError, match=r"FusedConv.*100% of the model's convolutions"):
+        lepton_opt.compile(_fused_conv_model(matmuls=0))
+
+
+def test_cli_compile_warns_and_run_works(tmp_path):
+    path = tmp_path / "topk.onnx"
+    onnx.save(topk_model(), path)
+    out = tmp_path / "topk.lepton"
+    result = lepton("compile", path, "-o", out, "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "run in onnxruntime" in result.stderr and "TopK" in result.stderr
+    assert "segments" in json.loads((out / "manifest.json").read_text())
+    np.save(tmp_path / "x.npy", np.ones((1, 3, 8, 8), np.float32))
+    np.save(tmp_path / "k.npy", np.array([3], np.int64))
+    ran = lepton("run", out, "--input", f"x={tmp_path / 'x.npy'}", "--input", f"k={tmp_path / 'k.npy'}")
+    assert ran.returncode == 0, ran.stderr
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_user_error(lepton("compile", path, "-o", tmp_path / "strict.lepton", "--no-fallback"), "TopK")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
