@@ -291,3 +291,48 @@ def test_partial_reductions_vectorize_over_their_lanes_and_attention_masks_are_s
     sch = cpu_schedule._rule_attention(te.create_prim_func([q, k, v, out]), target)
     assert len(_lane_partials_are_contiguous_vectors(sch)) == 2
     assert "if_then_else" not in sch.mod.script()
+
+
+@pytest.mark.parametrize("groups, cin, cout, stride, dilation", [
+    (2, 48, 128, 1, 1),    # AlexNet's towers
+    (4, 16, 24, 2, 1),     # a grouped strided conv with few channels per group
+    (3, 8, 8, 1, 2),       # dilated
+    (26, 8, 8, 1, 1),      # RegNet's 8-channel groups: too many to split, computed expanded
+    (32, 4, 4, 2, 1),      # ResNeXt's 32 groups, strided
+])
+def test_grouped_convolutions_take_the_tiled_rule(groups, cin, cout, stride, dilation):
+    """A grouped convolution (not depthwise) has no vectorizing rule as one kernel (AlexNet ran
+    16x slower than onnxruntime): up to 16 groups it becomes one convolution per group, beyond
+    that a reduction over an expanded input; either way the register-tiled rule schedules it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(groups)
+    cin_total, cout_total = cin * groups, cout * groups
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], group=groups, pads=[dilation] * 4,
+                          strides=[stride, stride], dilations=[dilation, dilation]),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "grouped", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin_total, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((cout_total, cin, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(cout_total).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        graph_mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(
+            lower_model(lepton_opt.load(model)).mod)
+    text = graph_mod["main"].script()
+    assert f"groups={groups}" not in text, text
+    if groups <= cpu_schedule.MAX_SPLIT_GROUPS:
+        assert text.count("R.nn.conv2d(") + text.count("winograd_output") == groups
+    else:
+        assert "grouped_conv2d" in text and "R.take" in text
+    mod, _ = _legalized(model)
+    conv_rules = {gv.name_hint: cpu_schedule.schedule_prim_func(f, target)[1]
+                  for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
+    assert conv_rules and set(conv_rules.values()) <= {"tiled_reduction", "winograd"}, conv_rules
+    x = rng.standard_normal((1, cin_total, 14, 14)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
