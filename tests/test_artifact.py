@@ -76,3 +76,49 @@ def test_an_input_that_is_also_an_output_keeps_its_name():
     assert [i.name for i in optimized.graph.input] == ["x"]
     assert [o.name for o in optimized.graph.output] == ["y", "x"]
     onnx.checker.check_model(optimized)
+
+
+def test_repeated_runs_return_arrays_no_later_run_overwrites():
+    """run() hands outputs over without a copy and reuses its input buffers: results of earlier
+    runs must stay as they were, a caller writing into a result must not change later ones (a
+    constant output, an input passed through), and threads calling run() at once get their own
+    answers."""
+    import threading
+
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.FLOAT, [3], [1, 2, 3]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in ("r", "c", "x")])
+    compiled = lepton_opt.compile(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    results = []
+    for k in range(4):
+        x = np.array([k, -k, 2 * k], np.float32)
+        out = compiled.run({"x": x})
+        x[:] = 99  # the caller reuses its input array
+        results.append(out)
+        for name in ("r", "c", "x"):
+            out[name][:] = -7  # and writes into what it got... after checking it below
+        results[-1] = compiled.run({"x": np.array([k, -k, 2 * k], np.float32)})
+    for k, out in enumerate(results):
+        np.testing.assert_array_equal(out["r"], [k, 0, 2 * k])
+        np.testing.assert_array_equal(out["c"], [1, 2, 3])
+        np.testing.assert_array_equal(out["x"], [k, -k, 2 * k])
+
+    errors = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(200):
+            x = rng.standard_normal(3).astype(np.float32)
+            out = compiled.run({"x": x})
+            if not (np.array_equal(out["r"], np.maximum(x, 0)) and np.array_equal(out["x"], x)):
+                errors.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

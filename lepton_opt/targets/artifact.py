@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,11 @@ class CompiledModel:
         self.manifest = manifest
         self._library_path = library_path
         self._vm: relax.VirtualMachine | None = None
+        self._main_fn = None
+        self._lock = threading.Lock()
+        self._input_buffers: dict[int, tuple[Any, np.ndarray | None]] = {}  # tensor, numpy view
+        self._owned_outputs: list[bool] | None = None  # per output: allocated afresh by each run
+        self._first_values = None
         self.precision = None  # set by lepton_opt.compile: the mixed-precision conversion's result, if any
         self.warnings: list[str] = []  # set by lepton_opt.compile: e.g. unreadable tuning-record lines
 
@@ -85,12 +91,59 @@ class CompiledModel:
 
     # ------------------------------------------------------------------ running
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Run on ``feeds`` (input name -> array); returns output name -> array in graph order."""
+        """Run on ``feeds`` (input name -> array); returns output name -> array in graph order.
+
+        The per-call cost is kept small for models that run every few milliseconds: inputs are
+        copied into buffers allocated once per shape (a fresh TVM tensor per call cost 10x the
+        copy: 185 us against 13 us for 400 KB), and outputs are handed over without a copy
+        (DLPack), except those that are not freshly allocated by each run (a constant output, an
+        input passed through), which are copied. Calls from several threads take turns."""
         args = self._check_feeds(feeds)
-        vm = self._virtual_machine()
-        result = vm["main"](*[tvm.runtime.tensor(a, self._device()) for a in args])
-        values = list(result) if not hasattr(result, "numpy") else [result]
-        return {o["name"]: _to_numpy(v) for o, v in zip(self.outputs, values)}
+        with self._lock:
+            main = self._main()
+            inputs = self._input_tensors(args)
+            result = main(*inputs)
+            values = list(result) if not hasattr(result, "numpy") else [result]
+            return dict(zip((o["name"] for o in self.outputs), self._hand_over(values, inputs)))
+
+    def _main(self):
+        if self._main_fn is None:
+            self._main_fn = self._virtual_machine()["main"]
+        return self._main_fn
+
+    def _input_tensors(self, arrays: list[np.ndarray]) -> list:
+        tensors = []
+        for i, array in enumerate(arrays):
+            buffer, view = self._input_buffers.get(i, (None, None))
+            if view is not None and view.shape == array.shape and view.dtype == array.dtype:
+                np.copyto(view, array)  # a CPU buffer seen through numpy: no per-call wrapper work
+            elif buffer is not None and view is None and tuple(buffer.shape) == array.shape \
+                    and buffer.dtype == str(array.dtype):
+                buffer.copyfrom(array)
+            else:
+                buffer = tvm.runtime.tensor(array, self._device())
+                view = _view(buffer) if self.target["kind"] == "llvm" else None
+                if view is not None and view.dtype != array.dtype:
+                    view = None
+                self._input_buffers[i] = (buffer, view)
+            tensors.append(buffer)
+        return tensors
+
+    def _hand_over(self, values: list, inputs: list) -> list[np.ndarray]:
+        """Outputs as numpy arrays: zero-copy where the run allocated the output afresh."""
+        pointers = [_data_ptr(v) for v in values]
+        if self._owned_outputs is None:
+            if self._first_values is None:
+                # First run: copy everything, and keep these tensors alive so that an output at the
+                # same address on the next run can only be one that is not allocated per run.
+                self._first_values = (values, pointers)
+                return [_to_numpy(v) for v in values]
+            first_pointers = self._first_values[1]
+            self._owned_outputs = [p is not None and p != q for p, q in zip(pointers, first_pointers)]
+            self._first_values = None
+        taken = {_data_ptr(t) for t in inputs}
+        return [_zero_copy(v) if owned and p not in taken else _to_numpy(v)
+                for v, p, owned in zip(values, pointers, self._owned_outputs)]
 
     def _device(self):
         return tvm.cpu() if self.target["kind"] == "llvm" else tvm.cuda()
@@ -336,6 +389,28 @@ def _numpy_dtype(dtype: str):
 
         return ml_dtypes.bfloat16
     return dtype
+
+
+def _data_ptr(value) -> int | None:
+    try:
+        return int(value.data_ptr())
+    except (AttributeError, TypeError):
+        return None
+
+
+def _view(tensor) -> np.ndarray | None:
+    """A numpy array sharing ``tensor``'s memory, or None where DLPack cannot give one (bfloat16)."""
+    try:
+        return np.from_dlpack(tensor)
+    except (TypeError, ValueError, RuntimeError, BufferError):
+        return None
+
+
+def _zero_copy(value) -> np.ndarray:
+    try:
+        return np.from_dlpack(value)
+    except (TypeError, ValueError, RuntimeError, BufferError):  # bfloat16 and the like: copy
+        return _to_numpy(value)
 
 
 def _to_numpy(value) -> np.ndarray:
