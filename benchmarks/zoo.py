@@ -207,7 +207,7 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
         repeat = int(min(200, max(10, 1.0 / once)))
         timing = compare_latency(compiled, model_bytes, feeds, threads=threads, repeat=repeat,
                                  warmup=max(2, repeat // 10))
-        row.update(lepton_ms=timing.lepton_ms, ort_ms=timing.ort_best_ms, ratio=timing.ratio, runs=repeat)
+        row.update(lepton_ms=timing.lepton_best_ms, ort_ms=timing.ort_best_ms, ratio=timing.ratio, runs=repeat)
     return row
 
 
