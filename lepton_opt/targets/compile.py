@@ -20,8 +20,8 @@ from lepton_opt.targets.ops import converter_table
 from lepton_opt.targets.ops.control import DATA_DEPENDENT_OPS
 
 
-def lower_model(model: ir.Model, source: str = "model") -> LoweredModule:
-    return Lowerer(model, converter_table(), source).lower()
+def lower_model(model: ir.Model, source: str = "model", target_kind: str = "llvm") -> LoweredModule:
+    return Lowerer(model, converter_table(), source, target_kind=target_kind).lower()
 
 
 def unsupported_ops(model: ir.Model) -> dict[str, list[str]]:
@@ -45,7 +45,7 @@ def compile_with_fallback(model: ir.Model, spec: TargetSpec, *, source: str, sha
     which nodes and why. ``refuse(nodes)`` may decline the partition for those failing nodes
     (the caller has a better remedy): the UnsupportedModelError is raised instead."""
     try:
-        lowered = Lowerer(model, converter_table(), source, partial=True).lower()
+        lowered = Lowerer(model, converter_table(), source, partial=True, target_kind=spec.kind).lower()
     except UnsupportedModelError as e:
         failed = getattr(e, "failed_nodes", None)
         if not failed or (refuse is not None and refuse([n for n, _ in failed])):
@@ -101,7 +101,8 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
         # them fixed goes to onnxruntime. Before any such segment, they are the user's to fix.
         behind = any(v.name not in user_inputs for v in sub_model.graph.inputs)
         try:
-            Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind).lower()
+            Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind,
+                    target_kind=spec.kind).lower()
         except UnsupportedModelError as e:
             failures = getattr(e, "failed_nodes", None)
             if not failures:
@@ -207,7 +208,7 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     CPU builds apply the tuning records of ``records`` directories and, with ``use_cache``, of
     the user cache (:mod:`.records`); ``warn`` hears of unreadable record lines. ``lowered``:
     the model's lowering, when the caller has it already."""
-    lowered = lowered or lower_model(model, source)
+    lowered = lowered or lower_model(model, source, spec.kind)
     for note in lowered.warnings:
         if warn is not None:
             warn(note)

@@ -183,13 +183,14 @@ class Lowerer:
     """Walks an onnx-ir graph in topological order and emits Relax bindings."""
 
     def __init__(self, model: ir.Model, converters: dict[str, Converter], source: str = "model",
-                 partial: bool = False, shape_errors_fail_nodes: bool = False):
+                 partial: bool = False, shape_errors_fail_nodes: bool = False, target_kind: str = "llvm"):
         self.model = model
         # partial: every top-level node that cannot be lowered (no converter, a converter error,
         # a shape the converter needs fixed) is collected in ``failed_nodes`` with its reason, and
         # the UnsupportedModelError raised at the end carries them (``error.failed_nodes``); used
         # to partition a model between compiled code and onnxruntime (targets/partition.py).
         self.partial = partial
+        self.target_kind = target_kind  # "llvm" or "cuda": converters may emit target-specific kernels
         # With ``partial``: a ShapeError (a dim that must be fixed) fails its node instead of the
         # lowering; for segments behind onnxruntime ones, whose dims are known only at run time.
         self.shape_errors_fail_nodes = partial and shape_errors_fail_nodes

@@ -146,6 +146,47 @@ def test_rnn(case):
     check_rnn("RNN", RNN_CASES[case])
 
 
+def _recurrence_kernels(model) -> list[str]:
+    from lepton_opt.targets.compile import lower_model
+
+    mod = lower_model(lepton_opt.load(model)).mod
+    return sorted(gv.name_hint for gv, _ in mod.functions_items() if "recurrence" in gv.name_hint)
+
+
+@pytest.mark.parametrize("op_type, cases, looped", [
+    ("LSTM", LSTM_CASES, {"forward", "reverse", "bidirectional", "initial_states", "layout1", "weights_as_inputs"}),
+    ("GRU", GRU_CASES, {"lbr0", "lbr1", "lbr1_bidirectional_initial", "layout1_no_bias", "weights_as_inputs"}),
+])
+def test_default_recurrences_run_as_one_looped_kernel(op_type, cases, looped):
+    """float32 LSTM/GRU with the default activations and full sequences run as one kernel with
+    a loop over time per direction (targets/recurrence.py); peepholes, clip, other activations
+    and sequence_lens masking stay unrolled. Numerics of every case: test_lstm / test_gru."""
+    for name, case in cases.items():
+        if name == "weights_as_inputs" and op_type == "LSTM":
+            case = {**case, "peepholes": False}
+        kernels = _recurrence_kernels(rnn_model(op_type, **case)[0])
+        assert bool(kernels) == (name in looped), (name, kernels)
+
+
+@pytest.mark.parametrize("op_type", ["LSTM", "GRU"])
+def test_long_sequence_is_not_unrolled(op_type):
+    """600 steps, bidirectional: one kernel call per direction (unrolled it was ~6000 bindings
+    and minutes of build); the result still matches onnxruntime."""
+    global SEQ
+    saved, SEQ = SEQ, 600
+    try:
+        model, feeds = rnn_model(op_type, direction="bidirectional", initial=True,
+                                 **({"linear_before_reset": 1} if op_type == "GRU" else {}))
+    finally:
+        SEQ = saved
+    from lepton_opt.targets.compile import lower_model
+
+    main = lower_model(lepton_opt.load(model)).mod["main"]
+    bindings = sum(len(block.bindings) for block in main.body.blocks)
+    assert bindings < 40, bindings
+    compare(model, feeds, atol=1e-4)
+
+
 def test_symbolic_sequence_length_asks_for_input_shape():
     model, _ = rnn_model("LSTM")
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "T"

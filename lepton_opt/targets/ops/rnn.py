@@ -186,6 +186,8 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
             return relax.const(np.ascontiguousarray(a), dtype)
         return emit(op.add(B.direction(d, lo, hi), B.direction(d, gates * H + lo, gates * H + hi)), "b")
 
+    looped = _looped(ctx, kind, dtype, batch, masks, activations, activation_alpha, activation_beta,
+                     defaults, clip, p, input_forget)
     ys_all, hs_last, cs_last = [], [], []
     for d in range(num_dir):
         reverse = direction == "reverse" or d == 1
@@ -219,6 +221,13 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
             c = (emit(op.squeeze(op.strided_slice(initial_c, [0], [d], [d + 1]), [0]), "c0")
                  if initial_c is not None else emit(op.zeros([batch, H], dtype), "c0"))
 
+        if looped:
+            y_d, h, c = _recurrence_call(ctx, emit, kind, xw, R, B, d, h, c, seq, batch, H, reverse,
+                                         bool(linear_before_reset), b is not None)
+            ys_all.append(y_d)
+            hs_last.append(h)
+            cs_last.append(c)
+            continue
         ys: list[relax.Expr] = [None] * seq
         for t in (range(seq - 1, -1, -1) if reverse else range(seq)):
             # (take with a constant index: one kernel for every step; a seq-way split is slow to build)
@@ -276,7 +285,8 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
         # [seq, num_dir, batch, H]
         # Each direction's steps concatenated on axis 0 ([seq * batch, H]) and reshaped: no
         # per-step expand_dims, which make the fused concat kernel slow to schedule.
-        per_dir = [emit(op.reshape(emit(op.concat(ys_all[d], axis=0), "Y") if seq > 1 else ys_all[d][0],
+        per_dir = [emit(op.reshape(ys_all[d] if not isinstance(ys_all[d], list) else
+                                   emit(op.concat(ys_all[d], axis=0), "Y") if seq > 1 else ys_all[d][0],
                                    [seq, 1, batch, H]), "Y") for d in range(num_dir)]
         y = emit(op.concat(per_dir, axis=1), "Y") if num_dir > 1 else per_dir[0]
         results[0] = op.permute_dims(y, [2, 0, 1, 3]) if layout else y
@@ -285,6 +295,41 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
             s = _stack(emit, finals, 0, "Yh" if k == 1 else "Yc")
             results[k] = op.permute_dims(s, [1, 0, 2]) if layout else s
     return results
+
+
+def _looped(ctx, kind, dtype, batch, masks, activations, alphas, betas, defaults, clip, p, input_forget) -> bool:
+    """Whether the recurrence runs as one looped CPU kernel (:mod:`lepton_opt.targets.recurrence`):
+    float32 LSTM/GRU with the default activations, no clip, peepholes, input_forget or
+    sequence_lens masking, a static batch, on a CPU target. Otherwise it is unrolled."""
+    names = [n.decode() if isinstance(n, bytes) else n for n in (activations or [])]
+    default = not names or [n.lower() for n in names] in (
+        [n.lower() for n in defaults], [n.lower() for n in defaults] * 2)
+    return (ctx.lowerer.target_kind == "llvm" and kind in ("LSTM", "GRU") and dtype == "float32"
+            and isinstance(batch, int) and default and not alphas and not betas and clip is None
+            and p is None and not input_forget and all(m is None for m in masks))
+
+
+def _recurrence_call(ctx, emit, kind, xw, R, B, d, h0, c0, seq, batch, H, reverse, linear_before_reset, has_b):
+    """One direction's recurrence as a call to the looped kernel: (Y [seq, batch, H], h, c)."""
+    from lepton_opt.targets import recurrence
+
+    rt = R.direction(d, transpose=True)
+    state = relax.TensorType([batch, H], "float32")
+    outputs = [relax.TensorType([seq, batch, H], "float32"), state]
+    if kind == "LSTM":
+        func = recurrence.lstm_kernel(seq, batch, H, reverse)
+        args = [xw, rt, h0, c0]
+        outputs.append(state)
+    else:
+        func = recurrence.gru_kernel(seq, batch, H, reverse, linear_before_reset)
+        # xw holds Rb_h already unless linear_before_reset (it is added inside the reset product)
+        rbh = (B.direction(d, 5 * H, 6 * H) if linear_before_reset and has_b
+               else relax.const(np.zeros(H, np.float32)))
+        args = [xw, rt, rbh, h0]
+    gv = ctx.bb.add_func(func, f"{kind.lower()}_recurrence")
+    out = emit(relax.call_tir(gv, args, outputs), "recurrence")
+    items = [emit(relax.TupleGetItem(out, k), "recurrence") for k in range(len(outputs))]
+    return items[0], items[1], (items[2] if kind == "LSTM" else None)
 
 
 def LSTM(ctx, x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None, *,
