@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from lepton_opt.errors import OptionError
-from lepton_opt.passes import simplify
+from lepton_opt.passes import contrib, simplify
 from lepton_opt.passes.base import Pass
 from lepton_opt.passes.fusion import activation, attention, batchnorm, conv, gelu, gemm, layernorm
 
 PASSES: dict[str, Callable[[], Pass]] = {
     cls.name: cls
     for cls in (
+        contrib.ExpandContribOps,
         simplify.FoldShapes,
         simplify.FoldConstants,
         simplify.FoldConstantsWithOnnxruntime,
@@ -38,6 +39,7 @@ PASSES: dict[str, Callable[[], Pass]] = {
 }
 
 SIMPLIFICATION: tuple[str, ...] = (
+    "expand-contrib-ops",  # onnxruntime's com.microsoft ops as standard ones, before anything looks at them
     "fold-shapes",  # first: Shape/Size/Reshape targets become constants the folder can use
     "fold-constants",
     "fold-constants-ort",
