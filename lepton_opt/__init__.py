@@ -28,20 +28,30 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from lepton_opt.api import (  # noqa: A004
-    OptimizeResult,
-    benchmark,
-    compile,
-    inspect_model,
-    load,
-    load_compiled,
-    optimize,
-    prune,
-    quantize,
-    tune,
-    verify,
-)
-from lepton_opt.errors import LeptonError
+# Attributes are imported on first use (PEP 562): `import lepton_opt` stays cheap, and a
+# deployment that only loads and runs artifacts (lepton_opt.load_compiled, lepton_opt.runtime)
+# never imports the compiler stack (onnx, onnx-ir, onnxscript, onnxruntime, TVM's compiler).
+_API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "prune", "quantize",
+        "tune", "verify")
 
-__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load", "load_compiled",
-           "optimize", "prune", "quantize", "tune", "verify"]
+__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load",
+           "load_compiled", "optimize", "prune", "quantize", "tune", "verify"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from lepton_opt import api
+
+        value = getattr(api, name)
+    elif name == "load_compiled":
+        from lepton_opt.runtime import load_compiled as value
+    elif name == "LeptonError":
+        from lepton_opt.errors import LeptonError as value
+    else:
+        raise AttributeError(f"module 'lepton_opt' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -305,6 +305,12 @@ def tune(
     timed alone is not timed in the cache state a model run leaves it; not with ``rpc_tracker``).
     Returns a :class:`lepton_opt.targets.tune.TuneResult`.
     """
+    import importlib.util
+
+    missing = [m for m in ("psutil", "cloudpickle") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LeptonError(f"tuning needs {' and '.join(missing)} (MetaSchedule's builder and runner pools): "
+                          "pip install 'lepton-opt[tune]'")
     from lepton_opt.targets.build import resolve_target
     from lepton_opt.targets.tune import DEFAULT_BATCH, RPCSettings, parse_budget, parse_tracker, tune_model
 

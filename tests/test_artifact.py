@@ -122,3 +122,47 @@ def test_repeated_runs_return_arrays_no_later_run_overwrites():
     for t in threads:
         t.join()
     assert not errors
+
+
+_RUNTIME_ONLY_SCRIPT = """
+import importlib.abc, json, sys
+BLOCK = {"onnx", "onnxruntime", "onnxscript", "onnx_ir", "sympy"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ImportError("blocked for the test: " + name)
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+import lepton_opt
+model = lepton_opt.load_compiled(sys.argv[1])
+out = model.run({"x": np.load(sys.argv[2])})
+np.save(sys.argv[3], out["y"])
+print(json.dumps({"imported": sorted(n for n in sys.modules if n.split(".")[0] in BLOCK or n == "lepton_opt.api"),
+                  "relax": "tvm.relax" in sys.modules}))
+"""
+
+
+def test_artifacts_run_with_the_tvm_runtime_alone(tmp_path):
+    """A serving image: onnx, onnxruntime, onnxscript, onnx-ir are not importable; loading and
+    running an artifact never needs them, with TVM's full library or its runtime library only."""
+    import subprocess
+    import sys
+
+    from tests.models import tiny_mlp
+
+    model = tiny_mlp()
+    compiled = lepton_opt.compile(model)
+    path = compiled.save(tmp_path / "m.lepton")
+    spec = compiled.inputs[0]
+    x = np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 2 for d in spec["shape"]])
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    expected = compiled.run({spec["name"]: x.astype(np.float32)})[compiled.outputs[0]["name"]]
+    script = _RUNTIME_ONLY_SCRIPT.replace('"x"', repr(spec["name"])).replace('out["y"]', f'out[{compiled.outputs[0]["name"]!r}]')
+    for runtime_lib in ("0", "1"):
+        result = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                                capture_output=True, text=True, env={**__import__("os").environ, "TVM_USE_RUNTIME_LIB": runtime_lib})
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report["imported"] == [], report
+        assert report["relax"] is (runtime_lib == "0")  # the runtime library has no compiler at all
+        np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)

@@ -338,7 +338,26 @@ def _plot_div(svg: str | None) -> str:
     return f'<div class="plot">{svg}</div>' if svg else ""
 
 
+def plots_available() -> bool:
+    """Whether matplotlib (the ``bench`` extra) is installed; without it the HTML page has no plots."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+PLOTS_NOTE = "plots need matplotlib: pip install 'lepton-opt[bench]'"
+
+
 def html_page(results: Sequence[BenchmarkResult]) -> str:
+    if not plots_available():
+        return _html_page(results, plots=False)
+    return _html_page(results, plots=True)
+
+
+def _html_page(results: Sequence[BenchmarkResult], plots: bool) -> str:
+    def plot(make, *args) -> str:
+        return _plot_div(make(*args)) if plots else ""
+
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lepton-opt benchmark report"
              f"</title><style>{_STYLE}</style></head><body>",
              "<h1>lepton-opt benchmark report</h1>",
@@ -346,9 +365,11 @@ def html_page(results: Sequence[BenchmarkResult]) -> str:
              "<p>Speed-up is how many times faster than onnxruntime a variant ran (above 1: faster), from the "
              "same interleaved run: in each round, onnxruntime's median over the variant's, then the median over rounds. Errors compare each variant's outputs with onnxruntime "
              "fp32 on the same inputs.</p>"]
+    if not plots:
+        parts.append(f"<p class='meta'>No plots: {html.escape(PLOTS_NOTE)}.</p>")
     if len(results) > 1:
         parts += ["<h2>Summary</h2>", _html_table(SUITE_COLUMNS, suite_rows(results))]
-    parts.append(f"<div class='plots'>{_plot_div(speedup_plot(results))}{_plot_div(accuracy_plot(results))}</div>")
+    parts.append(f"<div class='plots'>{plot(speedup_plot, results)}{plot(accuracy_plot, results)}</div>")
     for r in results:
         parts.append(f"<section><h2>{html.escape(r.name)}</h2><ul>"
                      + "".join(f"<li>{html.escape(line)}</li>" for line in context_lines(r)) + "</ul>")
@@ -356,7 +377,7 @@ def html_page(results: Sequence[BenchmarkResult]) -> str:
                                  ["" if v.ok else v.status for v in r.variants]))
         if len(r.batches) > 1:
             parts.append(_html_table(SWEEP_COLUMNS, sweep_rows(r)))
-        parts.append(f"<div class='plots'>{_plot_div(latency_plot(r))}{_plot_div(throughput_plot(r))}</div>")
+        parts.append(f"<div class='plots'>{plot(latency_plot, r)}{plot(throughput_plot, r)}</div>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

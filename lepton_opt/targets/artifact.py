@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm.runtime.vm import VirtualMachine
 
 from lepton_opt.errors import ArtifactError, InputError
 
@@ -43,7 +43,7 @@ class CompiledModel:
         self._executable = executable  # tvm.runtime.Executable (fresh build) or a loaded runtime Module
         self.manifest = manifest
         self._library_path = library_path
-        self._vm: relax.VirtualMachine | None = None
+        self._vm: VirtualMachine | None = None
         self._main_fn = None
         self._lock = threading.Lock()
         self._input_buffers: dict[int, tuple[Any, np.ndarray | None]] = {}  # tensor, numpy view
@@ -148,14 +148,14 @@ class CompiledModel:
     def _device(self):
         return tvm.cpu() if self.target["kind"] == "llvm" else tvm.cuda()
 
-    def _virtual_machine(self) -> relax.VirtualMachine:
+    def _virtual_machine(self) -> VirtualMachine:
         if self._vm is None:
             if self.target["kind"] == "cuda" and not cuda_available():
                 raise ArtifactError(
                     "this artifact was built for CUDA but no CUDA device is available here; "
                     "run it on a machine with an NVIDIA GPU, or compile with --target llvm"
                 )
-            self._vm = relax.VirtualMachine(self._executable, self._device())
+            self._vm = VirtualMachine(self._executable, self._device())
         return self._vm
 
     def _check_feeds(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:

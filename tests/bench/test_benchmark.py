@@ -103,6 +103,15 @@ def test_reports_markdown_html_json(cnn_result, tmp_path):
     assert markdown(again) == md and html_page(again) == page
 
 
+def test_html_report_without_matplotlib_says_why_it_has_no_plots(cnn_result, monkeypatch):
+    from lepton_opt.bench import report
+
+    monkeypatch.setattr(report, "plots_available", lambda: False)
+    page = report.html_page([cnn_result])
+    assert "<svg" not in page and "pip install &#x27;lepton-opt[bench]&#x27;" in page and ">fp32<" in page
+    assert "<table>" in page
+
+
 def test_dataset_with_labels_gives_task_accuracy_and_pads_the_last_batch(tmp_path):
     model = resnet_cnn(batch="N", num_classes=10)
     rng = np.random.default_rng(3)
