@@ -10,8 +10,9 @@ the gate equations update ``h`` (and ``c``) in place. Sigmoid and tanh use the s
 approximation as TVM's ``fast_tanh`` (Eigen's, within a few float32 ulps), written inline so
 that the gate loop vectorizes too.
 
-The kernels take float32 with the default activations, no clip, no peepholes and full-length
-sequences; anything else stays unrolled.
+The kernels take float32 with the default activations, no clip and no peepholes; ``sequence_lens``
+is honoured per batch row (a row past its length keeps its state and writes zeros). Anything
+else stays unrolled.
 """
 
 from __future__ import annotations
@@ -42,14 +43,16 @@ def _sigmoid(x):
     return T.float32(0.5) * _tanh(T.float32(0.5) * x) + T.float32(0.5)
 
 
-def lstm_kernel(seq: int, batch: int, hidden: int, reverse: bool):
-    """(xw [seq, batch, 4H] with biases, R^T [H, 4H], h0, c0 [batch, H]) -> (Y [seq, batch, H],
-    h_last, c_last); ONNX gate order i, o, f, c."""
+def lstm_kernel(seq: int, batch: int, hidden: int, reverse: bool, masked: bool = False):
+    """(xw [seq, batch, 4H] with biases, R^T [H, 4H], h0, c0 [batch, H], lens [batch]) -> (Y [seq,
+    batch, H], h_last, c_last); ONNX gate order i, o, f, c. With ``masked``, a batch row at a step
+    ``t >= lens[b]`` keeps its state and writes zeros to Y (``sequence_lens``)."""
     H, G = hidden, 4 * hidden
 
     @T.prim_func(private=True)
     def lstm_recurrence(xw: T.Buffer((seq, batch, G), "float32"), rt: T.Buffer((H, G), "float32"),
                         h0: T.Buffer((batch, H), "float32"), c0: T.Buffer((batch, H), "float32"),
+                        lens: T.Buffer((batch,), "int64"),
                         y: T.Buffer((seq, batch, H), "float32"), hn: T.Buffer((batch, H), "float32"),
                         cn: T.Buffer((batch, H), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
@@ -59,27 +62,33 @@ def lstm_kernel(seq: int, batch: int, hidden: int, reverse: bool):
             cn[b, j] = c0[b, j]
         for step in range(seq):
             for b in range(batch):
-                for j in range(G):
-                    g[j] = xw[seq - 1 - step if reverse else step, b, j]
-                for k in range(H):
+                if not masked or T.int64(seq - 1 - step if reverse else step) < lens[b]:
                     for j in range(G):
-                        g[j] = g[j] + hn[b, k] * rt[k, j]
-                for j in range(H):
-                    cn[b, j] = _sigmoid(g[2 * H + j]) * cn[b, j] + _sigmoid(g[j]) * _tanh(g[3 * H + j])
-                    hn[b, j] = _sigmoid(g[H + j]) * _tanh(cn[b, j])
-                    y[seq - 1 - step if reverse else step, b, j] = hn[b, j]
+                        g[j] = xw[seq - 1 - step if reverse else step, b, j]
+                    for k in range(H):
+                        for j in range(G):
+                            g[j] = g[j] + hn[b, k] * rt[k, j]
+                    for j in range(H):
+                        cn[b, j] = _sigmoid(g[2 * H + j]) * cn[b, j] + _sigmoid(g[j]) * _tanh(g[3 * H + j])
+                        hn[b, j] = _sigmoid(g[H + j]) * _tanh(cn[b, j])
+                        y[seq - 1 - step if reverse else step, b, j] = hn[b, j]
+                else:
+                    for j in range(H):
+                        y[seq - 1 - step if reverse else step, b, j] = T.float32(0)
 
     return lstm_recurrence
 
 
-def gru_kernel(seq: int, batch: int, hidden: int, reverse: bool, linear_before_reset: bool):
+def gru_kernel(seq: int, batch: int, hidden: int, reverse: bool, linear_before_reset: bool, masked: bool = False):
     """(xw [seq, batch, 3H] with Wb (+ Rb of z and r, and of h unless linear_before_reset),
-    R^T [H, 3H], Rb_h [H], h0 [batch, H]) -> (Y [seq, batch, H], h_last); gate order z, r, h."""
+    R^T [H, 3H], Rb_h [H], h0 [batch, H], lens [batch]) -> (Y [seq, batch, H], h_last); gate
+    order z, r, h; ``masked`` as for :func:`lstm_kernel`."""
     H, G = hidden, 3 * hidden
 
     @T.prim_func(private=True)
     def gru_recurrence(xw: T.Buffer((seq, batch, G), "float32"), rt: T.Buffer((H, G), "float32"),
                        rbh: T.Buffer((H,), "float32"), h0: T.Buffer((batch, H), "float32"),
+                       lens: T.Buffer((batch,), "int64"),
                        y: T.Buffer((seq, batch, H), "float32"), hn: T.Buffer((batch, H), "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         g = T.alloc_buffer((G,), "float32")
@@ -88,30 +97,34 @@ def gru_kernel(seq: int, batch: int, hidden: int, reverse: bool, linear_before_r
             hn[b, j] = h0[b, j]
         for step in range(seq):
             for b in range(batch):
-                for j in range(G):
-                    g[j] = xw[seq - 1 - step if reverse else step, b, j]
-                if linear_before_reset:
-                    for j in range(H):
-                        rh[j] = rbh[j]
-                    for k in range(H):
-                        for j in range(2 * H):
-                            g[j] = g[j] + hn[b, k] * rt[k, j]
+                if not masked or T.int64(seq - 1 - step if reverse else step) < lens[b]:
+                    for j in range(G):
+                        g[j] = xw[seq - 1 - step if reverse else step, b, j]
+                    if linear_before_reset:
                         for j in range(H):
-                            rh[j] = rh[j] + hn[b, k] * rt[k, 2 * H + j]
+                            rh[j] = rbh[j]
+                        for k in range(H):
+                            for j in range(2 * H):
+                                g[j] = g[j] + hn[b, k] * rt[k, j]
+                            for j in range(H):
+                                rh[j] = rh[j] + hn[b, k] * rt[k, 2 * H + j]
+                        for j in range(H):
+                            g[2 * H + j] = g[2 * H + j] + _sigmoid(g[H + j]) * rh[j]
+                    else:
+                        for k in range(H):
+                            for j in range(2 * H):
+                                g[j] = g[j] + hn[b, k] * rt[k, j]
+                        for j in range(H):
+                            rh[j] = _sigmoid(g[H + j]) * hn[b, j]
+                        for k in range(H):
+                            for j in range(H):
+                                g[2 * H + j] = g[2 * H + j] + rh[k] * rt[k, 2 * H + j]
                     for j in range(H):
-                        g[2 * H + j] = g[2 * H + j] + _sigmoid(g[H + j]) * rh[j]
+                        hh = _tanh(g[2 * H + j])
+                        hn[b, j] = hh + _sigmoid(g[j]) * (hn[b, j] - hh)
+                        y[seq - 1 - step if reverse else step, b, j] = hn[b, j]
                 else:
-                    for k in range(H):
-                        for j in range(2 * H):
-                            g[j] = g[j] + hn[b, k] * rt[k, j]
                     for j in range(H):
-                        rh[j] = _sigmoid(g[H + j]) * hn[b, j]
-                    for k in range(H):
-                        for j in range(H):
-                            g[2 * H + j] = g[2 * H + j] + rh[k] * rt[k, 2 * H + j]
-                for j in range(H):
-                    hh = _tanh(g[2 * H + j])
-                    hn[b, j] = hh + _sigmoid(g[j]) * (hn[b, j] - hh)
-                    y[seq - 1 - step if reverse else step, b, j] = hn[b, j]
+                        y[seq - 1 - step if reverse else step, b, j] = T.float32(0)
 
     return gru_recurrence

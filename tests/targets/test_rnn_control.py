@@ -154,13 +154,15 @@ def _recurrence_kernels(model) -> list[str]:
 
 
 @pytest.mark.parametrize("op_type, cases, looped", [
-    ("LSTM", LSTM_CASES, {"forward", "reverse", "bidirectional", "initial_states", "layout1", "weights_as_inputs"}),
-    ("GRU", GRU_CASES, {"lbr0", "lbr1", "lbr1_bidirectional_initial", "layout1_no_bias", "weights_as_inputs"}),
+    ("LSTM", LSTM_CASES, {"forward", "reverse", "bidirectional", "initial_states", "layout1", "weights_as_inputs",
+                          "seq_lens", "seq_lens_initial"}),
+    ("GRU", GRU_CASES, {"lbr0", "lbr1", "lbr1_bidirectional_initial", "layout1_no_bias", "weights_as_inputs",
+                        "lbr0_reverse_seq_lens"}),
 ])
 def test_default_recurrences_run_as_one_looped_kernel(op_type, cases, looped):
-    """float32 LSTM/GRU with the default activations and full sequences run as one kernel with
-    a loop over time per direction (targets/recurrence.py); peepholes, clip, other activations
-    and sequence_lens masking stay unrolled. Numerics of every case: test_lstm / test_gru."""
+    """float32 LSTM/GRU with the default activations (sequence_lens or not) run as one kernel
+    with a loop over time per direction (targets/recurrence.py); peepholes, clip and other
+    activations stay unrolled. Numerics of every case: test_lstm / test_gru."""
     for name, case in cases.items():
         if name == "weights_as_inputs" and op_type == "LSTM":
             case = {**case, "peepholes": False}

@@ -186,8 +186,11 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
             return relax.const(np.ascontiguousarray(a), dtype)
         return emit(op.add(B.direction(d, lo, hi), B.direction(d, gates * H + lo, gates * H + hi)), "b")
 
-    looped = _looped(ctx, kind, dtype, batch, masks, activations, activation_alpha, activation_beta,
+    looped = _looped(ctx, kind, dtype, batch, activations, activation_alpha, activation_beta,
                      defaults, clip, p, input_forget)
+    lens = None
+    if looped and any(m is not None for m in masks):
+        lens = emit(op.astype(sequence_lens, "int64"), "lens")
     ys_all, hs_last, cs_last = [], [], []
     for d in range(num_dir):
         reverse = direction == "reverse" or d == 1
@@ -222,7 +225,7 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
                  if initial_c is not None else emit(op.zeros([batch, H], dtype), "c0"))
 
         if looped:
-            y_d, h, c = _recurrence_call(ctx, emit, kind, xw, R, B, d, h, c, seq, batch, H, reverse,
+            y_d, h, c = _recurrence_call(ctx, emit, kind, xw, R, B, d, h, c, lens, seq, batch, H, reverse,
                                          bool(linear_before_reset), b is not None)
             ys_all.append(y_d)
             hs_last.append(h)
@@ -297,35 +300,40 @@ def _unroll(ctx, kind: str, x, w, r, b, sequence_lens, initial_h, initial_c, p, 
     return results
 
 
-def _looped(ctx, kind, dtype, batch, masks, activations, alphas, betas, defaults, clip, p, input_forget) -> bool:
+def _looped(ctx, kind, dtype, batch, activations, alphas, betas, defaults, clip, p, input_forget) -> bool:
     """Whether the recurrence runs as one looped CPU kernel (:mod:`lepton_opt.targets.recurrence`):
-    float32 LSTM/GRU with the default activations, no clip, peepholes, input_forget or
-    sequence_lens masking, a static batch, on a CPU target. Otherwise it is unrolled."""
+    float32 LSTM/GRU with the default activations, no clip, peepholes or input_forget, a static
+    batch, on a CPU target. Otherwise it is unrolled."""
     names = [n.decode() if isinstance(n, bytes) else n for n in (activations or [])]
     default = not names or [n.lower() for n in names] in (
         [n.lower() for n in defaults], [n.lower() for n in defaults] * 2)
     return (ctx.lowerer.target_kind == "llvm" and kind in ("LSTM", "GRU") and dtype == "float32"
             and isinstance(batch, int) and default and not alphas and not betas and clip is None
-            and p is None and not input_forget and all(m is None for m in masks))
+            and p is None and not input_forget)
 
 
-def _recurrence_call(ctx, emit, kind, xw, R, B, d, h0, c0, seq, batch, H, reverse, linear_before_reset, has_b):
-    """One direction's recurrence as a call to the looped kernel: (Y [seq, batch, H], h, c)."""
+def _recurrence_call(ctx, emit, kind, xw, R, B, d, h0, c0, lens, seq, batch, H, reverse, linear_before_reset,
+                     has_b):
+    """One direction's recurrence as a call to the looped kernel: (Y [seq, batch, H], h, c);
+    ``lens`` (int64 [batch]) masks the steps past each row's length, None when all are full."""
     from lepton_opt.targets import recurrence
 
+    masked = lens is not None
+    if lens is None:
+        lens = relax.const(np.full(batch, seq, np.int64), "int64")
     rt = R.direction(d, transpose=True)
     state = relax.TensorType([batch, H], "float32")
     outputs = [relax.TensorType([seq, batch, H], "float32"), state]
     if kind == "LSTM":
-        func = recurrence.lstm_kernel(seq, batch, H, reverse)
-        args = [xw, rt, h0, c0]
+        func = recurrence.lstm_kernel(seq, batch, H, reverse, masked)
+        args = [xw, rt, h0, c0, lens]
         outputs.append(state)
     else:
-        func = recurrence.gru_kernel(seq, batch, H, reverse, linear_before_reset)
+        func = recurrence.gru_kernel(seq, batch, H, reverse, linear_before_reset, masked)
         # xw holds Rb_h already unless linear_before_reset (it is added inside the reset product)
         rbh = (B.direction(d, 5 * H, 6 * H) if linear_before_reset and has_b
                else relax.const(np.zeros(H, np.float32)))
-        args = [xw, rt, rbh, h0]
+        args = [xw, rt, rbh, h0, lens]
     gv = ctx.bb.add_func(func, f"{kind.lower()}_recurrence")
     out = emit(relax.call_tir(gv, args, outputs), "recurrence")
     items = [emit(relax.TupleGetItem(out, k), "recurrence") for k in range(len(outputs))]
