@@ -95,21 +95,29 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
     proto = ir.serde.serialize_model(model)
     user_inputs = {v.name for v in model.graph.inputs}
 
-    def lower(sub: onnx.ModelProto) -> list[tuple[int, str]]:
+    def lower(sub: onnx.ModelProto) -> tuple[list[tuple[int, str]], dict[str, onnx.ValueInfoProto]]:
         sub_model = ir.serde.deserialize_model(sub)
         # Dims a segment behind onnxruntime takes are known only at run time: a node needing
         # them fixed goes to onnxruntime. Before any such segment, they are the user's to fix.
         behind = any(v.name not in user_inputs for v in sub_model.graph.inputs)
         try:
-            Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind,
-                    target_kind=spec.kind).lower()
+            lowered = Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind,
+                              target_kind=spec.kind).lower()
         except UnsupportedModelError as e:
             failures = getattr(e, "failed_nodes", None)
             if not failures:
                 raise
             positions = {id(node): j for j, node in enumerate(sub_model.graph)}
-            return [(positions[id(node)], reason) for node, reason in failures]
-        return []
+            return [(positions[id(node)], reason) for node, reason in failures], {}
+        # The lowering knows the type of every output (onnx's shape inference may not, behind a
+        # contrib op): the onnxruntime segments that take them need it.
+        types = {}
+        for name, ty in zip(lowered.output_names, lowered.mod["main"].ret_ty.fields):
+            elem = _ONNX_TYPES.get(str(ty.dtype))
+            if elem is not None:
+                dims = [d if isinstance(d, int) else f"{name}_dim{a}" for a, d in enumerate(_dims(ty))]
+                types[name] = onnx.helper.make_tensor_value_info(name, elem, dims)
+        return [], types
 
     reasons = {index[id(n)]: reason for n, reason in failed}
     while True:
@@ -189,6 +197,9 @@ def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict):
         parts.append(part)
         described.append(entry)
     return parts, described
+
+
+_ONNX_TYPES = {dtype: int(ir_type) for ir_type, dtype in DTYPES.items()}
 
 
 def _value_spec(value: ir.Value) -> dict:

@@ -220,7 +220,7 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
 
     ``failed``: node index -> reason, the nodes known not to lower. ``lower(segment_model)``
     lowers a compiled segment and returns (index in the segment, reason) for each node that does
-    not lower. ``ort_session(segment_model)`` opens an onnxruntime session on a segment, raising
+    not lower, and the value infos of its outputs when it lowered. ``ort_session(segment_model)`` opens an onnxruntime session on a segment, raising
     if onnxruntime cannot run it."""
     graph = model.graph
     reasons = dict(failed)
@@ -243,10 +243,16 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
                 if more:
                     break
                 sub = extract(model, seg, types)
-                for j, reason in lower(sub):
+                failures, known = lower(sub)
+                for j, reason in failures:
                     more[seg.nodes[j]] = reason
                 if more:
                     break
+                for name, info in known.items():
+                    if not _rank_known(types.get(name)):
+                        types[name] = info
+                _merge_value_info(model, types, seg.outputs)
+                sub = extract(model, seg, types)
             else:
                 sub = extract(model, seg, types)
                 try:

@@ -61,7 +61,7 @@ def test_optimize_levels_and_explicit_passes(tmp_path, transformer_path, args, e
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--passes", "cse,no-such-pass"], ["unknown pass 'no-such-pass'", "known passes: fold-shapes"]),
+    (["--passes", "cse,no-such-pass"], ["unknown pass 'no-such-pass'", "known passes: expand-contrib-ops, fold-shapes"]),
     (["--input-shape", "nope:1x2"], ["--input-shape names unknown input 'nope'"]),
     (["-o", "."], ["is a directory"]),
 ])

@@ -173,62 +173,66 @@ def test_if_branch_with_an_op_without_lowering_is_not_dropped(tmp_path):
     # A branch that fails to lower is dropped only when it holds nothing but lowerable ops (an
     # infeasible branch for these shapes, as silero VAD's 8 kHz one); one holding an op without
     # a lowering is a real branch: the If fails, and runs in onnxruntime.
-    conv = helper.make_graph(
-        [helper.make_node("FusedConv", ["x", "w", "b"], ["y_else"], domain="com.microsoft", activation="Relu",
-                          kernel_shape=[1, 1])],
+    fused = helper.make_graph(
+        [helper.make_node("FusedGemm", ["x", "w", "b"], ["y_else"], domain="com.microsoft", activation="Relu")],
         "else", [], [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, None)])
-    plain = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y_then"])], "then", [],
+    plain = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y_then"])], "then", [],
                               [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, None)])
     nodes = [helper.make_node("ReduceMax", ["x"], ["top"], keepdims=0),
              helper.make_node("Less", ["top", "cut"], ["small"]),
-             helper.make_node("If", ["small"], ["c"], then_branch=plain, else_branch=conv),
-             helper.make_node("Flatten", ["c"], ["f"]), helper.make_node("MatMul", ["f", "m"], ["h"]),
+             helper.make_node("If", ["small"], ["c"], then_branch=plain, else_branch=fused),
+             helper.make_node("MatMul", ["c", "m"], ["h"]),
              helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "m2"], ["y"])]
-    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
-                   {"w": RNG.standard_normal((4, 3, 1, 1)).astype(np.float32),
-                    "b": RNG.standard_normal(4).astype(np.float32), "cut": np.array(1.0, np.float32),
-                    "m": RNG.standard_normal((64, 8)).astype(np.float32),
+                   {"w": RNG.standard_normal((12, 16)).astype(np.float32),
+                    "b": RNG.standard_normal(16).astype(np.float32), "cut": np.array(1.0, np.float32),
+                    "m": RNG.standard_normal((16, 8)).astype(np.float32),
                     "m2": RNG.standard_normal((8, 8)).astype(np.float32)}, domains=["com.microsoft"])
-    compiled = _check(model, {"x": RNG.standard_normal((1, 3, 4, 4)).astype(np.float32)}, tmp_path)
+    compiled = _check(model, {"x": RNG.standard_normal((1, 12)).astype(np.float32)}, tmp_path)
     (why,) = compiled.manifest["fallback"]["nodes"].values()
-    assert "com.microsoft.FusedConv" in why
+    assert "com.microsoft.FusedGemm" in why
     for scale in (0.01, 10.0):  # both branches
-        feeds = {"x": (RNG.standard_normal((1, 3, 4, 4)) * scale).astype(np.float32)}
+        feeds = {"x": (RNG.standard_normal((1, 12)) * scale).astype(np.float32)}
         np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-4)
 
 
-def _fused_conv_model(matmuls: int) -> onnx.ModelProto:
-    """onnxruntime's contrib FusedConv (left by its graph optimizer in saved models), then
-    ``matmuls`` MatMul+Relu layers."""
-    nodes = [helper.make_node("FusedConv", ["x", "w", "b"], ["c"], domain="com.microsoft", activation="Relu",
-                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-             helper.make_node("Flatten", ["c"], ["h0"])]
-    weights = {"w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32),
-               "b": RNG.standard_normal(4).astype(np.float32)}
+def _fused_gemm_model(matmuls: int) -> onnx.ModelProto:
+    """onnxruntime's contrib FusedGemm (left by its graph optimizer in saved models; one of the
+    contrib ops expand-contrib-ops does not rewrite), then ``matmuls`` MatMul+Relu layers."""
+    nodes = [helper.make_node("FusedGemm", ["x", "w", "b"], ["h0"], domain="com.microsoft", activation="Relu")]
+    weights = {"w": RNG.standard_normal((24, 32)).astype(np.float32),
+               "b": RNG.standard_normal(32).astype(np.float32)}
     for i in range(matmuls):
         nodes += [helper.make_node("MatMul", [f"h{i}", f"m{i}"], [f"p{i}"]),
                   helper.make_node("Relu", [f"p{i}"], [f"h{i + 1}"])]
-        weights[f"m{i}"] = (RNG.standard_normal((256 if i == 0 else 32, 32)) * 0.1).astype(np.float32)
+        weights[f"m{i}"] = (RNG.standard_normal((32, 32)) * 0.1).astype(np.float32)
     nodes.append(helper.make_node("Identity", [f"h{matmuls}"], ["y"]))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 24])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(a, n) for n, a in weights.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
 def test_contrib_op_runs_in_onnxruntime(tmp_path):
-    feeds = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)}
-    compiled = _check(_fused_conv_model(matmuls=3), feeds, tmp_path)
+    feeds = {"x": RNG.standard_normal((2, 24)).astype(np.float32)}
+    compiled = _check(_fused_gemm_model(matmuls=3), feeds, tmp_path)
     assert _kinds(compiled) == ["onnxruntime", "tvm"]
-    assert "com.microsoft.FusedConv" in compiled.manifest["fallback"]["summary"]
+    assert "com.microsoft.FusedGemm" in compiled.manifest["fallback"]["summary"]
 
 
 def test_mostly_uncompiled_partition_is_refused():
-    # One conv and one matmul: onnxruntime would run half the heavy ops... the conv is 1 of 2.
-    # With no matmul at all, everything heavy would be onnxruntime's: the lowering error stands.
-    with pytest.raises(UnsupportedModelError, match=r"FusedConv.*100% of the model's convolutions"):
-        lepton_opt.compile(_fused_conv_model(matmuls=0))
+    # Two of the three matrix products would be onnxruntime's: the lowering error stands, with why.
+    model = _fused_gemm_model(matmuls=1)
+    second = helper.make_node("FusedGemm", ["h1", "w2", "b"], ["h1b"], domain="com.microsoft", activation="Relu")
+    model.graph.node.insert(len(model.graph.node) - 1, second)
+    model.graph.node[-1].input[0] = "h1b"
+    model.graph.initializer.append(numpy_helper.from_array(RNG.standard_normal((32, 32)).astype(np.float32), "w2"))
+    with pytest.raises(UnsupportedModelError, match=r"FusedGemm.*67% of the model's convolutions/matmuls uncompiled"):
+        lepton_opt.compile(model)
+    # A lone op without a lowering: nothing would be compiled, the error is the lowering's own.
+    with pytest.raises(UnsupportedModelError, match=r"unsupported op type.*com.microsoft.FusedGemm"):
+        lepton_opt.compile(_fused_gemm_model(matmuls=0))
 
 
 def test_cli_compile_warns_and_run_works(tmp_path):
