@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 import lepton_opt
 from tests.models import random_inputs, transformer_layer
@@ -166,3 +167,33 @@ def test_artifacts_run_with_the_tvm_runtime_alone(tmp_path):
         assert report["imported"] == [], report
         assert report["relax"] is (runtime_lib == "0")  # the runtime library has no compiler at all
         np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+def test_artifact_for_a_cpu_feature_this_host_lacks_is_refused(tmp_path, monkeypatch):
+    """An AVX-512 build loaded on a CPU without AVX-512 would die of SIGILL on its first run:
+    load_compiled (and the CLI, exit 2) refuse it with one line instead. The host here is made to
+    lack a feature the artifact was built for (its manifest asks for +avx2 at least)."""
+    import subprocess
+    import sys
+
+    from lepton_opt.errors import ArtifactError
+    from lepton_opt.targets import artifact
+    from tests.models import tiny_mlp
+
+    path = lepton_opt.compile(tiny_mlp()).save(tmp_path / "m.lepton")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["target"]["mattr"] = sorted({*manifest["target"].get("mattr", []), "+avx2"})
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    host = set(artifact._CPUINFO_FLAGS.values()) - {"avx2"}
+    monkeypatch.setattr(artifact, "host_cpu_flags", lambda: host)
+    with pytest.raises(ArtifactError, match="compiled for a CPU with avx2, which this CPU lacks"):
+        lepton_opt.load_compiled(path)
+    script = ("import sys; from lepton_opt.targets import artifact; "
+              f"artifact.host_cpu_flags = lambda: {sorted(host)!r}; "
+              "from lepton_opt.cli import main; sys.argv = ['lepton-opt', 'run', sys.argv[1]]; main()")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "illegal instruction" in result.stderr and "Traceback" not in result.stderr
+    monkeypatch.undo()
+    if {"avx2"} <= (artifact.host_cpu_flags() or set()):
+        lepton_opt.load_compiled(path)  # the real host has it: loads

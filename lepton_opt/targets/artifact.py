@@ -334,6 +334,7 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
     if built_with and built_with != tvm.__version__:
         raise ArtifactError(f"{root}: built with TVM {built_with}, this installation has {tvm.__version__}; "
                             "recompile the model")
+    _check_cpu_features(root, manifest)
     if "segments" in manifest:
         parts: list[CompiledModel | bytes] = []
         for seg in manifest["segments"]:
@@ -346,6 +347,47 @@ def load_compiled(path: str | os.PathLike) -> CompiledModel:
                 raise ArtifactError(f"{root}: the segment model {seg['model']} is missing; recompile the model") from None
         return PartitionedModel(parts, manifest)
     return _load_library(root, root / manifest.get("library", LIBRARY), manifest)
+
+
+# LLVM feature names -> the /proc/cpuinfo flags that say a CPU has them (x86). Only these are
+# checked: a build with them runs instructions a CPU without them dies on (SIGILL).
+_CPUINFO_FLAGS = {
+    "sse4.1": "sse4_1", "sse4.2": "sse4_2", "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
+    "avx512f": "avx512f", "avx512cd": "avx512cd", "avx512bw": "avx512bw", "avx512dq": "avx512dq",
+    "avx512vl": "avx512vl", "avx512ifma": "avx512ifma", "avx512vbmi": "avx512vbmi",
+    "avx512vbmi2": "avx512_vbmi2", "avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16",
+    "avx512fp16": "avx512_fp16", "avx512bitalg": "avx512_bitalg", "avx512vpopcntdq": "avx512_vpopcntdq",
+    "avxvnni": "avx_vnni", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16",
+}
+
+
+def host_cpu_flags() -> set[str] | None:
+    """The CPU feature flags of this host (Linux /proc/cpuinfo), or None where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def _check_cpu_features(root: Path, manifest: dict) -> None:
+    """A CPU build whose target features this host lacks is refused with one line (it would
+    die of an illegal instruction on the first run)."""
+    target = manifest.get("target", {})
+    if target.get("kind") != "llvm":
+        return
+    flags = host_cpu_flags()
+    if not flags:
+        return
+    wanted = [f[1:] for f in target.get("mattr", []) if isinstance(f, str) and f.startswith("+")]
+    missing = [f for f in wanted if f in _CPUINFO_FLAGS and _CPUINFO_FLAGS[f] not in flags]
+    if missing:
+        raise ArtifactError(
+            f"{root}: compiled for a CPU with {', '.join(missing)}, which this CPU lacks (it would stop with an "
+            f"illegal instruction); compile on this machine, or for a common CPU with --mcpu (e.g. x86-64-v3)")
 
 
 def _load_library(root: Path, lib: Path, manifest: dict) -> CompiledModel:
