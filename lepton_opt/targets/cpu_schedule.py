@@ -286,6 +286,58 @@ def _fast_sigmoid(x):
 _vectorizable_nonlinear = _mutator_pass("LeptonVectorizableNonlinear", _VectorizableNonlinear)
 
 
+def _is_constant_derived(mutator: relax.PyExprMutator, expr: relax.Expr) -> bool:
+    """A constant, or a layout op of one (the graph's weights before FoldConstant), bound to a
+    variable or not."""
+    for _ in range(8):
+        if isinstance(expr, relax.Var):
+            bound = mutator.lookup_binding(expr)
+            if bound is None:
+                return False
+            expr = bound
+        elif isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in (
+                "relax.permute_dims", "relax.astype", "relax.reshape"):
+            expr = expr.args[0]
+        else:
+            break
+    return isinstance(expr, tvm.ir.Constant)
+
+
+@relax.expr_functor.mutator
+class _PadMatmulColumns(relax.PyExprMutator):
+    """Matmuls with a constant weight whose output width has no divisor of 4 or more (a CTC
+    head over 8210 characters, 821 being prime): the weight gets zero columns up to a multiple of
+    ``lanes`` and the result is sliced back, as :class:`_PadConvChannels` does for convolutions.
+    Without it the register-tiled rule found no vector-wide tile of the output axis and did not
+    repack the weight (8210 columns: 7.5 ms against 1.7 ms for 8208)."""
+
+    def __init__(self, mod: tvm.IRModule, lanes: int):
+        super().__init__(mod)
+        self.lanes = lanes
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+            return call
+        weight = call.args[1]
+        shape = getattr(getattr(weight, "ty", None), "shape", None)
+        if shape is None or len(shape.values) != 2 or not all(isinstance(d, tirx.IntImm) for d in shape.values):
+            return call
+        columns = int(shape.values[1])
+        if columns % 4 == 0 or columns <= self.lanes or not _is_constant_derived(self, weight):
+            return call
+        padded = -(-columns // self.lanes) * self.lanes
+        wide = relax.op.nn.pad(weight, [0, 0, 0, padded - columns])
+        out = self.builder_.emit(relax.Call(call.op, [call.args[0], wide], call.attrs))
+        rank = len(call.ty.shape.values) if getattr(call.ty, "shape", None) is not None else 2
+        return relax.op.strided_slice(out, axes=[rank - 1], begin=[0], end=[columns])
+
+
+def _pad_matmul_columns_pass(target: tvm.target.Target) -> tvm.transform.Pass:
+    lanes = _lanes(target, 32)
+    return _mutator_pass("LeptonPadMatmulColumns", lambda mod: _PadMatmulColumns(mod, lanes))
+
+
 def _pad_conv_channels_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     lanes = _lanes(target, 32)
     return _mutator_pass("LeptonPadConvChannels", lambda mod: _PadConvChannels(mod, lanes))
@@ -402,6 +454,8 @@ def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         _winograd.winograd_pass,
         relax.transform.Normalize(),
         _pad_conv_channels_pass(target),
+        relax.transform.Normalize(),
+        _pad_matmul_columns_pass(target),
         relax.transform.Normalize(),
     ]
 

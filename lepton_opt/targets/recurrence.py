@@ -17,9 +17,24 @@ else stays unrolled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tvm.script import tirx as T
 
-LANES = 16  # the vector width of the accumulation loops (a multiple is split out)
+# A step's matrix-vector product of at least this many multiply-adds is split across the thread
+# pool (a 512-unit LSTM: 1M per step, its 4 MB weight streamed from L3 by one core); below it,
+# waking the pool every step costs more than it saves.
+PARALLEL_MACS = 1 << 18
+
+
+def _chunks(hidden: int, width: int) -> tuple[int, Callable]:
+    """(chunk count, loop kind) for splitting a product's ``width`` output columns across threads."""
+    if hidden * width < PARALLEL_MACS:
+        return 1, T.serial
+    for parts in (16, 8, 4, 2):
+        if width % parts == 0:
+            return parts, T.parallel
+    return 1, T.serial
 
 # Eigen's float tanh: tanh(x) = x * P(x^2) / Q(x^2) on [-9, 9] (TVM's topi.fast_tanh).
 _P = (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11, 5.12229709037114e-08,
@@ -48,6 +63,8 @@ def lstm_kernel(seq: int, batch: int, hidden: int, reverse: bool, masked: bool =
     batch, H], h_last, c_last); ONNX gate order i, o, f, c. With ``masked``, a batch row at a step
     ``t >= lens[b]`` keeps its state and writes zeros to Y (``sequence_lens``)."""
     H, G = hidden, 4 * hidden
+    P, loop = _chunks(H, G)
+    W = G // P
 
     @T.prim_func(private=True)
     def lstm_recurrence(xw: T.Buffer((seq, batch, G), "float32"), rt: T.Buffer((H, G), "float32"),
@@ -65,9 +82,10 @@ def lstm_kernel(seq: int, batch: int, hidden: int, reverse: bool, masked: bool =
                 if not masked or T.int64(seq - 1 - step if reverse else step) < lens[b]:
                     for j in range(G):
                         g[j] = xw[seq - 1 - step if reverse else step, b, j]
-                    for k in range(H):
-                        for j in range(G):
-                            g[j] = g[j] + hn[b, k] * rt[k, j]
+                    for c in loop(P):
+                        for k in range(H):
+                            for j in range(W):
+                                g[c * W + j] = g[c * W + j] + hn[b, k] * rt[k, c * W + j]
                     for j in range(H):
                         cn[b, j] = _sigmoid(g[2 * H + j]) * cn[b, j] + _sigmoid(g[j]) * _tanh(g[3 * H + j])
                         hn[b, j] = _sigmoid(g[H + j]) * _tanh(cn[b, j])
@@ -84,6 +102,10 @@ def gru_kernel(seq: int, batch: int, hidden: int, reverse: bool, linear_before_r
     R^T [H, 3H], Rb_h [H], h0 [batch, H], lens [batch]) -> (Y [seq, batch, H], h_last); gate
     order z, r, h; ``masked`` as for :func:`lstm_kernel`."""
     H, G = hidden, 3 * hidden
+    P, loop = _chunks(H, 2 * H)
+    W = 2 * H // P
+    Ph, loop_h = _chunks(H, H)
+    Wh = H // Ph
 
     @T.prim_func(private=True)
     def gru_recurrence(xw: T.Buffer((seq, batch, G), "float32"), rt: T.Buffer((H, G), "float32"),
@@ -103,22 +125,27 @@ def gru_kernel(seq: int, batch: int, hidden: int, reverse: bool, linear_before_r
                     if linear_before_reset:
                         for j in range(H):
                             rh[j] = rbh[j]
-                        for k in range(H):
-                            for j in range(2 * H):
-                                g[j] = g[j] + hn[b, k] * rt[k, j]
-                            for j in range(H):
-                                rh[j] = rh[j] + hn[b, k] * rt[k, 2 * H + j]
+                        for c in loop(P):
+                            for k in range(H):
+                                for j in range(W):
+                                    g[c * W + j] = g[c * W + j] + hn[b, k] * rt[k, c * W + j]
+                        for c in loop_h(Ph):
+                            for k in range(H):
+                                for j in range(Wh):
+                                    rh[c * Wh + j] = rh[c * Wh + j] + hn[b, k] * rt[k, 2 * H + c * Wh + j]
                         for j in range(H):
                             g[2 * H + j] = g[2 * H + j] + _sigmoid(g[H + j]) * rh[j]
                     else:
-                        for k in range(H):
-                            for j in range(2 * H):
-                                g[j] = g[j] + hn[b, k] * rt[k, j]
+                        for c in loop(P):
+                            for k in range(H):
+                                for j in range(W):
+                                    g[c * W + j] = g[c * W + j] + hn[b, k] * rt[k, c * W + j]
                         for j in range(H):
                             rh[j] = _sigmoid(g[H + j]) * hn[b, j]
-                        for k in range(H):
-                            for j in range(H):
-                                g[2 * H + j] = g[2 * H + j] + rh[k] * rt[k, 2 * H + j]
+                        for c in loop_h(Ph):
+                            for k in range(H):
+                                for j in range(Wh):
+                                    g[2 * H + c * Wh + j] = g[2 * H + c * Wh + j] + rh[k] * rt[k, 2 * H + c * Wh + j]
                     for j in range(H):
                         hh = _tanh(g[2 * H + j])
                         hn[b, j] = hh + _sigmoid(g[j]) * (hn[b, j] - hh)

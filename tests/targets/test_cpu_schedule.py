@@ -336,3 +336,28 @@ def test_grouped_convolutions_take_the_tiled_rule(groups, cin, cout, stride, dil
     x = rng.standard_normal((1, cin_total, 14, 14)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+def test_odd_output_columns_of_a_constant_weight_matmul_are_padded_to_whole_vectors():
+    """A classifier over 67 classes (a prime: a CTC head over 8210 characters has 821 in it): the
+    weight gets zero columns up to whole vectors and is repacked, the result is sliced back."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20, 96])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [20, 67])],
+        [numpy_helper.from_array(rng.standard_normal((67, 96)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(67).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
+    text = mod["main"].script()
+    assert "R.nn.pad" in text and "R.strided_slice" in text, text
+    x = rng.standard_normal((20, 96)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)

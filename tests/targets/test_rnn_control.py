@@ -386,3 +386,25 @@ def test_a_loop_with_a_run_time_trip_count_is_a_one_line_error():
     with pytest.raises(UnsupportedModelError, match="my_loop.*trip count M is computed at run time") as caught:
         lepton_opt.compile(model)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("op_type, hidden, attrs", [
+    ("LSTM", 256, {}),                          # 256 x 1024 per step: split across the thread pool
+    ("GRU", 384, {"linear_before_reset": 1}),  # z/r product split, the h product not
+    ("GRU", 384, {"linear_before_reset": 0}),
+])
+def test_wide_recurrences_split_the_step_product_across_threads(op_type, hidden, attrs):
+    from lepton_opt.targets import recurrence
+
+    gates = 4 if op_type == "LSTM" else 2
+    assert hidden * gates * hidden >= recurrence.PARALLEL_MACS  # the parallel path is the one tested
+    global HID
+    saved, HID = HID, hidden
+    try:
+        model, feeds = rnn_model(op_type, direction="bidirectional", initial=True, seq_lens=[4, 3, 1], **attrs)
+    finally:
+        HID = saved
+    kernel = recurrence.lstm_kernel(4, 3, hidden, False) if op_type == "LSTM" else \
+        recurrence.gru_kernel(4, 3, hidden, False, bool(attrs["linear_before_reset"]))
+    assert "T.parallel" in kernel.script()
+    compare(model, feeds, atol=1e-4)
