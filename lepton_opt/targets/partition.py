@@ -261,8 +261,10 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
                     names = ", ".join(f"{_op(graph.node[i])} node {graph.node[i].name or '?'!r}"
                                       for i in seg.nodes if i in reasons)
                     raise OnnxruntimeRefused(f"onnxruntime cannot run {names} either ({_first_line(e)})") from None
-                for name, info in ort_output_types(sub, session).items():
-                    if not _rank_known(types.get(name)) or name not in types:
+                inferred = ort_output_types(sub, session)
+                inferred.update(_sampled_static_types(sub, session, inferred))
+                for name, info in inferred.items():
+                    if not _static(types.get(name)):
                         types[name] = info
                 # Outputs typed by onnxruntime become known to the later segments.
                 _merge_value_info(model, types, seg.outputs)
@@ -273,6 +275,54 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
     raise UnsupportedModelError(f"{source}: the compiled/onnxruntime partition did not settle in {MAX_ROUNDS} rounds")
 
 
+# Ops whose output shape may follow the *values* of their inputs: a segment holding one keeps the
+# dims onnxruntime could not infer symbolic.
+_VALUE_SHAPED_OPS = frozenset({
+    "NonZero", "NonMaxSuppression", "Unique", "Compress", "TopK", "Range", "ConstantOfShape", "Expand",
+    "Reshape", "Tile", "Resize", "Upsample", "Slice", "Pad", "OneHot", "Loop", "If", "Scan", "Split",
+    "Squeeze", "Unsqueeze", "StringSplit", "RoiAlign", "CenterCropPad", "Col2Im", "DFT", "STFT",
+})
+
+
+def _static(info: onnx.ValueInfoProto | None) -> bool:
+    return _rank_known(info) and all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)
+
+
+def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict) -> dict[str, onnx.ValueInfoProto]:
+    """Output types with every dim fixed, where onnxruntime's inference left dims open but the
+    shapes follow from the input shapes alone (no op in ``_VALUE_SHAPED_OPS``, static inputs):
+    the segment runs on two sets of random inputs and the dims both runs agree on are taken
+    (a contrib DynamicQuantizeLSTM: its output left symbolic made the compiled segment behind it
+    dynamic and 7x slower)."""
+    import numpy as np
+
+    if any(n.op_type in _VALUE_SHAPED_OPS for n in model.graph.node) or \
+            not all(_static(i) for i in model.graph.input) or all(_static(v) for v in inferred.values()):
+        return {}
+    shapes = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        feeds = {}
+        for i in model.graph.input:
+            dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+            feeds[i.name] = (rng.standard_normal(dims).astype(dtype) if np.dtype(dtype).kind == "f"
+                             else np.zeros(dims, dtype))
+        try:
+            outs = session.run(None, feeds)
+        except Exception:  # noqa: BLE001 - not runnable on made-up inputs: keep the dims open
+            return {}
+        shapes.append([o.shape for o in outs])
+    if shapes[0] != shapes[1]:
+        return {}
+    result = {}
+    for out, shape in zip(session.get_outputs(), shapes[0]):
+        elem = _ORT_TYPES.get(out.type)
+        if elem is not None:
+            result[out.name] = onnx.helper.make_tensor_value_info(out.name, elem, list(shape))
+    return result
+
+
 def _merge_value_info(model: onnx.ModelProto, types: dict[str, onnx.ValueInfoProto], names: Iterable[str]) -> None:
     graph = model.graph
     declared = {v.name: v for v in graph.value_info}
@@ -281,7 +331,7 @@ def _merge_value_info(model: onnx.ModelProto, types: dict[str, onnx.ValueInfoPro
         if info is None or any(o.name == name for o in graph.output):
             continue
         if name in declared:
-            if _rank_known(declared[name]):
+            if _static(declared[name]) or not _static(info) and _rank_known(declared[name]):
                 continue
             declared[name].CopyFrom(info)
         else:

@@ -250,3 +250,20 @@ def test_cli_compile_warns_and_run_works(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     assert_user_error(lepton("compile", path, "-o", tmp_path / "strict.lepton", "--no-fallback"), "TopK")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_onnxruntime_segment_output_dims_are_sampled_only_when_shapes_follow_input_shapes():
+    """onnxruntime leaves the output dims of some contrib ops open (DynamicQuantizeLSTM): the
+    compiled segment behind would be built dynamic. Where no op's output shape can follow the
+    input *values*, two runs on random inputs fix them; a TopK (k from data) keeps them open."""
+    from lepton_opt.targets import partition
+    from lepton_opt.targets.artifact import onnxruntime_session
+
+    relu = _model([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {})
+    open_dims = {"y": helper.make_tensor_value_info("y", TensorProto.FLOAT, ["a", "b"])}
+    fixed = partition._sampled_static_types(relu, onnxruntime_session(relu.SerializeToString()), open_dims)
+    assert [d.dim_value for d in fixed["y"].type.tensor_type.shape.dim] == [2, 5]
+    topk = topk_model()
+    session = onnxruntime_session(topk.SerializeToString())
+    assert partition._sampled_static_types(topk, session, {"y": open_dims["y"]}) == {}
