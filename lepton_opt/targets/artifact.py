@@ -7,8 +7,13 @@ An artifact is a directory::
       manifest.json    inputs/outputs (names, shapes, dtypes), target, passes run,
                        source model sha256, lepton-opt / TVM / onnx versions
 
+A model some of whose nodes run in onnxruntime (:class:`PartitionedModel`, see
+:mod:`lepton_opt.targets.partition`) has ``segmentK.so`` / ``segmentK.onnx`` files in run order
+instead of ``model.so``, listed in ``manifest["segments"]``.
+
 It is written to a temporary directory beside the destination and renamed into place, so an
-interrupted save never leaves a half-written artifact.
+interrupted save never leaves a half-written artifact. Loading checks the format version, the
+TVM version and that this CPU has the instruction sets the build uses.
 """
 
 from __future__ import annotations
