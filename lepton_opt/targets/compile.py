@@ -94,6 +94,7 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
     index = {id(node): i for i, node in enumerate(nodes)}
     proto = ir.serde.serialize_model(model)
     user_inputs = {v.name for v in model.graph.inputs}
+    lowerings: dict[tuple[str, ...], LoweredModule] = {}
 
     def lower(sub: onnx.ModelProto) -> tuple[list[tuple[int, str]], dict[str, onnx.ValueInfoProto]]:
         sub_model = ir.serde.deserialize_model(sub)
@@ -103,6 +104,7 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
         try:
             lowered = Lowerer(sub_model, converter_table(), source, partial=True, shape_errors_fail_nodes=behind,
                               target_kind=spec.kind).lower()
+            lowerings[_segment_key(sub)] = lowered  # the build takes it, rather than lowering again
         except UnsupportedModelError as e:
             failures = getattr(e, "failed_nodes", None)
             if not failures:
@@ -122,15 +124,16 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
     reasons = {index[id(n)]: reason for n, reason in failed}
     while True:
         try:
+            notes: list[str] = []
             plan = partition.plan(proto, reasons, lower, lambda sub: onnxruntime_session(sub.SerializeToString()),
-                                  source)
+                                  source, notes)
         except partition.OnnxruntimeRefused as e:
             raise _refused(model, source, first_error, str(e)) from None
         if plan.uncompiled_share() > MAX_UNCOMPILED_SHARE:
             raise _refused(model, source, first_error, f"running these nodes in onnxruntime would leave "
                            f"{plan.uncompiled_share():.0%} of the model's convolutions/matmuls uncompiled")
         try:
-            parts, described = _build_segments(plan, spec, source, warn, options)
+            parts, described = _build_segments(plan, spec, source, warn, options, lowerings)
             break
         except _SegmentBuildError as e:
             # A compiled segment that lowered but did not build: its data-dependent ops (see
@@ -156,7 +159,8 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
                   for i, node in zip(sorted(plan.reasons), plan.fallback_nodes())},
     }
     if warn is not None:
-        warn(plan.summary())
+        for note in [plan.summary(), *dict.fromkeys(notes)]:
+            warn(note)
     return PartitionedModel(parts, manifest)
 
 
@@ -177,7 +181,12 @@ class _SegmentBuildError(Exception):
         self.segment, self.error = segment, error
 
 
-def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict):
+def _segment_key(sub: onnx.ModelProto) -> tuple[str, ...]:
+    return tuple(o for node in sub.graph.node for o in node.output)
+
+
+def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict,
+                    lowerings: dict[tuple[str, ...], LoweredModule]):
     from lepton_opt.targets import partition
 
     parts: list[CompiledModel | bytes] = []
@@ -187,7 +196,7 @@ def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict):
         if seg.kind == partition.TVM:
             try:
                 part = compile_model(ir.serde.deserialize_model(sub), spec, source=f"{source} (segment {k})",
-                                     warn=warn, **options)
+                                     warn=warn, lowered=lowerings.get(_segment_key(sub)), **options)
             except BuildError as e:
                 raise _SegmentBuildError(seg, e) from None
             entry.update(library=f"segment{k}.so", manifest=part.manifest)

@@ -200,10 +200,19 @@ class _PadConvChannels(relax.PyExprMutator):
         out_channels = int(shape.values[3])
         if out_channels % 4 == 0 or out_channels <= self.lanes:
             return call
-        padded = -(-out_channels // self.lanes) * self.lanes
-        weight = relax.op.nn.pad(call.args[1], [0, 0, 0, 0, 0, 0, 0, padded - out_channels])
-        conv = self.builder_.emit(relax.Call(call.op, [call.args[0], weight], attrs))
-        return relax.op.strided_slice(conv, axes=[3], begin=[0], end=[out_channels])
+        return _with_padded_weight(self.builder_, call, out_channels, self.lanes, out_axis=3)
+
+
+def _with_padded_weight(builder: relax.BlockBuilder, call: relax.Call, width: int, lanes: int,
+                        out_axis: int) -> relax.Expr:
+    """``call`` (a conv2d or matmul) with its weight's last axis zero-padded from ``width`` to a
+    multiple of ``lanes``, the result sliced back to ``width`` along ``out_axis``."""
+    weight = call.args[1]
+    rank = len(weight.ty.shape.values)
+    padded = -(-width // lanes) * lanes
+    wide = relax.op.nn.pad(weight, [0] * (2 * rank - 1) + [padded - width])
+    out = builder.emit(relax.Call(call.op, [call.args[0], wide, *call.args[2:]], call.attrs))
+    return relax.op.strided_slice(out, axes=[out_axis], begin=[0], end=[width])
 
 
 _WIDENED_OPS = frozenset({"relax.matmul", "relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d",
@@ -326,11 +335,8 @@ class _PadMatmulColumns(relax.PyExprMutator):
         columns = int(shape.values[1])
         if columns % 4 == 0 or columns <= self.lanes or not _is_constant_derived(self, weight):
             return call
-        padded = -(-columns // self.lanes) * self.lanes
-        wide = relax.op.nn.pad(weight, [0, 0, 0, padded - columns])
-        out = self.builder_.emit(relax.Call(call.op, [call.args[0], wide], call.attrs))
         rank = len(call.ty.shape.values) if getattr(call.ty, "shape", None) is not None else 2
-        return relax.op.strided_slice(out, axes=[rank - 1], begin=[0], end=[columns])
+        return _with_padded_weight(self.builder_, call, columns, self.lanes, out_axis=rank - 1)
 
 
 def _pad_matmul_columns_pass(target: tvm.target.Target) -> tvm.transform.Pass:

@@ -215,13 +215,15 @@ def _op(node: onnx.NodeProto) -> str:
 
 def plan(model: onnx.ModelProto, failed: dict[int, str],
          lower: Callable[[onnx.ModelProto], list[tuple[int, str]]],
-         ort_session: Callable[[onnx.ModelProto], object], source: str) -> Plan:
+         ort_session: Callable[[onnx.ModelProto], object], source: str,
+         notes: list[str] | None = None) -> Plan:
     """Partition ``model`` so that every compiled segment lowers.
 
     ``failed``: node index -> reason, the nodes known not to lower. ``lower(segment_model)``
     lowers a compiled segment and returns (index in the segment, reason) for each node that does
     not lower, and the value infos of its outputs when it lowered. ``ort_session(segment_model)`` opens an onnxruntime session on a segment, raising
-    if onnxruntime cannot run it."""
+    if onnxruntime cannot run it. ``notes`` hears what the partition could not settle (output
+    dims left dynamic)."""
     graph = model.graph
     reasons = dict(failed)
     for _ in range(MAX_ROUNDS):
@@ -262,7 +264,7 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
                                       for i in seg.nodes if i in reasons)
                     raise OnnxruntimeRefused(f"onnxruntime cannot run {names} either ({_first_line(e)})") from None
                 inferred = ort_output_types(sub, session)
-                inferred.update(_sampled_static_types(sub, session, inferred))
+                inferred.update(_sampled_static_types(sub, session, inferred, notes))
                 for name, info in inferred.items():
                     if not _static(types.get(name)):
                         types[name] = info
@@ -288,12 +290,13 @@ def _static(info: onnx.ValueInfoProto | None) -> bool:
     return _rank_known(info) and all(d.HasField("dim_value") for d in info.type.tensor_type.shape.dim)
 
 
-def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict) -> dict[str, onnx.ValueInfoProto]:
+def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict,
+                          notes: list[str] | None = None) -> dict[str, onnx.ValueInfoProto]:
     """Output types with every dim fixed, where onnxruntime's inference left dims open but the
     shapes follow from the input shapes alone (no op in ``_VALUE_SHAPED_OPS``, static inputs):
     the segment runs on two sets of random inputs and the dims both runs agree on are taken
     (a contrib DynamicQuantizeLSTM: its output left symbolic made the compiled segment behind it
-    dynamic and 7x slower)."""
+    dynamic and 7x slower). Why dims stay open, when the sample runs fail, goes to ``notes``."""
     import numpy as np
 
     if any(n.op_type in _VALUE_SHAPED_OPS for n in model.graph.node) or \
@@ -310,7 +313,11 @@ def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict) -> di
                              else np.zeros(dims, dtype))
         try:
             outs = session.run(None, feeds)
-        except Exception:  # noqa: BLE001 - not runnable on made-up inputs: keep the dims open
+        except Exception as e:  # noqa: BLE001 - not runnable on made-up inputs: dims stay open, said in notes
+            if notes is not None:
+                names = ", ".join(o.name for o in model.graph.output)
+                notes.append(f"onnxruntime segment outputs {names} stay dynamic in the compiled code behind "
+                             f"them: a sample run to fix their shapes failed ({_first_line(e)})")
             return {}
         shapes.append([o.shape for o in outs])
     if shapes[0] != shapes[1]:
