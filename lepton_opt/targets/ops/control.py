@@ -1,10 +1,14 @@
 """Control flow: ``If`` and ``Loop``.
 
 A condition known at compile time (folded shape checks, as exporters emit for dynamic axes)
-lowers only the taken branch, inline. A run-time condition lowers both branches inline and
-selects each output with ``where``; this needs both branches to give outputs of the same shape
-and dtype. (A Relax ``If`` cannot live in the dataflow block the lowering emits into, and the
-reference importer's ``If`` also computes both branches eagerly.)
+lowers only the taken branch, inline. A run-time condition whose branches hold compute-heavy
+ops (convolutions, matmuls, recurrences: ``torch.cond`` gating a block) runs only the branch
+taken: each branch becomes a Relax function of its own (with its own dataflow block, so its
+ops fuse as anywhere else) and a third function holds the Relax ``If`` that calls one of them;
+the main function's dataflow block calls that one (a Relax ``If`` cannot live in a dataflow
+block). Cheap branches, and models with dynamic dimensions, lower both branches inline and
+select each output with ``where`` (what the reference importer does for every ``If``). Either
+way both branches must give outputs of the same shape and dtype.
 
 A ``Loop`` whose trip count is known at compile time (a constant ``M``, or a condition the
 lowering can evaluate every iteration: tf2onnx's while loops over a fixed sequence length) is
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import relax
+from tvm import tirx as tir
 from tvm.sym import Analyzer
 
 from lepton_opt.errors import UnsupportedModelError
@@ -34,6 +39,10 @@ def If(ctx, cond, *, then_branch, else_branch):
     if dtype_of(cond) != "bool":
         cond = op.astype(cond, "bool")
     cond = ctx.emit(op.reshape(cond, []), lowerer.unique_name(f"{ctx.node.name or 'if'}_cond", "cond"))
+    if _worth_branching(lowerer, then_branch, else_branch):
+        taken = _branching_if(ctx, cond, then_branch, else_branch)
+        if taken is not None:
+            return taken
     branches = {}
     for name, graph in (("then", then_branch), ("else", else_branch)):
         try:
@@ -71,6 +80,92 @@ def If(ctx, cond, *, then_branch, else_branch):
                 "condition needs same-shaped branch outputs (fold the condition with static input shapes)")
         results.append(op.where(cond, a, b))
     return results
+
+
+# Branches holding one of these run only when taken; others are cheap enough to compute both.
+_BRANCH_WORTHY = ("Conv", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "RNN", "Einsum", "Loop", "If")
+
+
+def _worth_branching(lowerer, *graphs) -> bool:
+    import onnx_ir as ir
+
+    if lowerer._sym_vars:
+        return False  # symbolic dims would have to be passed into the branch functions
+    return any(any(word in node.op_type for word in _BRANCH_WORTHY)
+               for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph))
+
+
+def _captured(lowerer, graphs) -> list:
+    """Outer values the branches read that exist at run time (known values stay constants)."""
+    import onnx_ir as ir
+
+    defined, used = set(), []
+    for graph in graphs:
+        defined.update(graph.initializers.values())
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            defined.update(node.outputs)
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.GRAPH:
+                    defined.update(attr.value.inputs)
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    for g in attr.value:
+                        defined.update(g.inputs)
+            used.extend(v for v in node.inputs if v is not None)
+        used.extend(graph.outputs)
+    seen, captured = set(), []
+    for value in used:
+        if value not in defined and value not in seen and value in lowerer.exprs:
+            seen.add(value)
+            captured.append(value)
+    return captured
+
+
+def _branching_if(ctx, cond, then_branch, else_branch) -> list | None:
+    """Lower a run-time ``If`` to real control flow; ``None`` when a branch does not lower
+    here (the caller's inline path then decides, with its messages)."""
+    lowerer = ctx.lowerer
+    bb = lowerer.bb
+    captured = _captured(lowerer, (then_branch, else_branch))
+    outer = [lowerer.exprs[v] for v in captured]
+    if not all(isinstance(e.ty, relax.TensorType) and e.ty.shape is not None
+               and all(isinstance(d, tir.IntImm) for d in e.ty.shape.values) for e in outer):
+        return None
+    base = lowerer.unique_name(ctx.node.name or "if", "if")
+    functions, types = [], []
+    for name, graph in (("then", then_branch), ("else", else_branch)):
+        saved_exprs, saved_warnings = dict(lowerer.exprs), list(lowerer.warnings)
+        params = [relax.Var(lowerer.unique_name(v.name, "p"), e.ty) for v, e in zip(captured, outer)]
+        error = None
+        with bb.function(f"{base}_{name}", params=params, private=True):
+            with bb.dataflow():
+                for value, param in zip(captured, params):
+                    lowerer.exprs[value] = param
+                try:
+                    outputs = _exprs(lowerer, graph, lowerer.lower_subgraph(graph))
+                except Exception as e:  # noqa: BLE001 - handed to the inline path, which reports it
+                    error, outputs = e, []
+                result = bb.emit_output(relax.Tuple(outputs))
+            gv = bb.emit_func_output(result)
+        lowerer.exprs.clear()
+        lowerer.exprs.update(saved_exprs)
+        if error is not None:
+            lowerer.warnings[:] = saved_warnings
+            _forget(lowerer, graph)
+            return None
+        functions.append(gv)
+        types.append(bb.get()[gv].ret_ty)
+    then_types, else_types = (t.fields for t in types)
+    for a, b in zip(then_types, else_types):
+        if a.dtype != b.dtype or len(a.shape.values) != len(b.shape.values) or not all(
+                _analyzer.can_prove_equal(x, y) for x, y in zip(a.shape.values, b.shape.values)):
+            return None  # the inline path names the mismatch
+    cond_param = relax.Var("cond", relax.TensorType([], "bool"))
+    params = [relax.Var(lowerer.unique_name(v.name, "p"), e.ty) for v, e in zip(captured, outer)]
+    with bb.function(f"{base}_select", params=[cond_param, *params], private=True):
+        chosen = bb.emit(relax.If(cond_param, relax.Call(functions[0], params), relax.Call(functions[1], params)))
+        gv = bb.emit_func_output(chosen)
+    result = ctx.emit(relax.Call(gv, [cond, *outer]), base)
+    return [ctx.emit(relax.TupleGetItem(result, k)) for k in range(len(then_types))]
 
 
 def _unlowerable_ops(lowerer, graph) -> set[str]:
