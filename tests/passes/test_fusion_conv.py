@@ -96,3 +96,37 @@ def test_refuses_when_the_pad_output_has_another_use():
     model = pad_model([0, 0, 1, 0, 0, 0, 1, 0], extra="z = Relu(t)", extra_out=", float[1,3,10,8] z")
     assert fuse(model, "fuse-conv")[1] == 0
     assert any("other uses" in r for r in refusals(model, "fuse-conv"))
+
+
+def conv_attrs(model) -> list[dict]:
+    import onnx
+
+    return [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            for n in model.graph.node if n.op_type == "Conv"]
+
+
+def test_taps_that_read_only_padding_are_dropped():
+    """DeepLabV3's ASPP: a 3x3 conv dilated 24 on a 16x16 map only ever reads its centre tap."""
+    model = parse(f"""{header()}
+    g (float[1,8,16,16] x) => (float[1,4,16,16] y, float[1,4,16,16] z) {{
+        y = Conv <pads = [24, 24, 24, 24], dilations = [24, 24]> (x, w, b)
+        z = Conv <pads = [4, 4, 4, 4], dilations = [4, 4]> (x, w, b)
+    }}""", [weight("w", [4, 8, 3, 3]), weight("b", [4])])
+    after, rewrites = fuse(model, "fuse-conv")
+    assert rewrites == 1
+    dropped, kept = conv_attrs(after)
+    assert dropped["kernel_shape"] == [1, 1] and dropped["pads"] == [0, 0, 0, 0] and dropped["dilations"] == [1, 1]
+    assert kept.get("kernel_shape", [3, 3]) == [3, 3] and kept["pads"] == [4, 4, 4, 4]  # every tap reads the input
+
+
+def test_dead_taps_on_one_side_only():
+    """A 1-D conv with 5 taps on a 2-long input, padded 4 left and 0 right: the first taps
+    reach only into the left padding for some positions, the last ones always read the input."""
+    model = parse(f"""{header()}
+    g (float[1,3,2] x) => (float[1,2,2] y) {{
+        y = Conv <pads = [4, 0]> (x, w)
+    }}""", [weight("w", [2, 3, 5])])
+    after, rewrites = fuse(model, "fuse-conv")
+    assert rewrites == 1
+    (attrs,) = conv_attrs(after)
+    assert attrs["kernel_shape"] == [2] and attrs["pads"] == [1, 0]
