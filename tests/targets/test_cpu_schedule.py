@@ -361,3 +361,38 @@ def test_odd_output_columns_of_a_constant_weight_matmul_are_padded_to_whole_vect
     x = rng.standard_normal((20, 96)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel, pads, cin, cout", [
+    (2, [0, 0, 0, 0], 16, 8),   # PP-OCR's DB head / a U-Net: 2x2 stride 2
+    (4, [1, 2, 1, 0], 8, 3),    # 4x4 stride 4, cropped unevenly
+    (3, [0, 0, 0, 0], 5, 1),    # one output channel (the DB head's probability map)
+])
+def test_transposed_convolutions_with_kernel_equal_to_stride_are_1x1_convolutions(kernel, pads, cin, cout):
+    """Each output pixel comes from one input pixel: a 1x1 NHWC convolution and a depth-to-space
+    reshuffle, scheduled by the tiled rule, instead of TVM's zero-dilated direct convolution."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(kernel)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w0"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"]),
+         helper.make_node("ConvTranspose", ["r", "w", "b"], ["t"], strides=[kernel, kernel], pads=pads),
+         helper.make_node("Sigmoid", ["t"], ["y"])],
+        "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((cin, 3, 3, 3)).astype(np.float32), "w0"),
+         numpy_helper.from_array(rng.standard_normal((cin, cout, kernel, kernel)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        graph_mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(
+            lower_model(lepton_opt.load(model)).mod)
+    text = graph_mod["main"].script()
+    assert "conv2d_transpose" not in text and text.count('data_layout="NHWC"') == 2, text
+    x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-5)
