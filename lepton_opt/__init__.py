@@ -22,6 +22,9 @@ Public API::
 
     bench = lepton_opt.benchmark("model.onnx", variants="ort,fp32", report_dir="report")
     bench.speedup("fp32")                # onnxruntime median / lepton-opt median, same run
+
+    report = lepton_opt.debug("model.onnx", precision="fp16")   # or passes=, artifact=, compile=True
+    report.first_divergent               # the first value beyond tolerance, in graph order (or None)
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ __version__ = "0.1.0"
 _API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "prune", "quantize",
         "tune", "verify")
 
-__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "inspect_model", "load",
+__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "debug", "inspect_model", "load",
            "load_compiled", "optimize", "prune", "quantize", "tune", "verify"]
 
 
@@ -45,6 +48,8 @@ def __getattr__(name: str):
         value = getattr(api, name)
     elif name == "load_compiled":
         from lepton_opt.runtime import load_compiled as value
+    elif name == "debug":
+        from lepton_opt.debugging import debug as value
     elif name == "LeptonError":
         from lepton_opt.errors import LeptonError as value
     else:

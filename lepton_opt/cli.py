@@ -369,6 +369,91 @@ def _save_model_atomically(model, output: Path, source: Path) -> None:
 _SINGLE_FILE_LIMIT = 1_800_000_000
 
 
+@main.command("debug")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--precision", type=click.Choice(["fp16", "bf16", "int8"]),
+              help="Candidate: lepton-opt's mixed-precision conversion (fp16/bf16, emulated as its build computes) "
+                   "or int8 quantization (QDQ in onnxruntime); with --compile, a build in that precision.")
+@click.option("--passes", metavar="A,B,...", help="Candidate: the model after exactly these lepton-opt passes.")
+@click.option("--artifact", type=click.Path(path_type=Path), metavar="DIR",
+              help="Candidate: a rebuild of this artifact (its CPU, precision and pipeline) with the values as "
+                   "outputs; the artifact itself is run and checked too.")
+@click.option("--compile", "build", is_flag=True,
+              help="Candidate: a lepton-opt build for this CPU with the values as extra outputs.")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Inputs (.npz, one array per input, samples on axis 0): the first batch is compared; int8 "
+                   "calibrates on all of it [default: seeded random inputs].")
+@click.option("--samples", type=int, help="int8: seeded calibration inputs when --data is not given [default: 32].")
+@input_shape_option
+@click.option("--atol", type=float, help="Absolute tolerance per value [default: 1e-4; fp16 1e-2; bf16 and int8 5e-2].")
+@click.option("--rtol", type=float, help="Relative tolerance per value [default: as --atol].")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--max-values", default=64, show_default=True,
+              help="--compile/--artifact: values marked as build outputs at most (evenly spaced).")
+@click.option("--rows", "max_rows", default=10, show_default=True, help="Rows of each table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the tables.")
+@_handle_errors
+def debug_cmd(model, precision, passes, artifact, build, data, samples, input_shapes, atol, rtol, seed, max_values,
+              max_rows, as_json):
+    """Find where MODEL's outputs first go wrong: every intermediate value against onnxruntime fp32.
+
+    Exits 0 when every compared value is within tolerance, 1 when one is not.
+    """
+    import json
+
+    import lepton_opt
+
+    with err.status(f"debugging {model.name}…") as status:
+        report = lepton_opt.debug(model, precision=precision, passes=passes, artifact=artifact, compile=build,
+                                  data=data, samples=samples, input_shapes=_input_shapes(input_shapes), atol=atol,
+                                  rtol=rtol, seed=seed, max_values=max_values,
+                                  progress=lambda msg: status.update(f"debugging {model.name}: {msg}…"))
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        _print_debug(report, max_rows)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _fmt_error(value: float, fmt: str = ".3g") -> str:
+    return "inf" if value == float("inf") else ("nan" if value != value else f"{value:{fmt}}")
+
+
+def _print_debug(report, max_rows: int) -> None:
+    out.print(f"reference: {report.reference}; candidate: {report.candidate}; inputs: {report.inputs}",
+              highlight=False, soft_wrap=True)
+    out.print(f"{len(report.rows)} of {report.values} values compared"
+              + (f" ({len(report.unmatched)} without a counterpart in the candidate)" if report.unmatched else "")
+              + f", {len(report.divergent)} beyond atol={report.atol:g}, rtol={report.rtol:g}",
+              highlight=False, soft_wrap=True)
+
+    def table(title: str, rows, added: bool) -> None:
+        t = Table(title=title)
+        for col in ("node", "op", "output", "max abs err", "max rel err", "cosine", "non-finite",
+                    *(("err added",) if added else ())):
+            t.add_column(col, justify="left" if col in ("node", "op", "output") else "right", overflow="fold")
+        for r in rows[:max_rows]:
+            extra = (("non-finite" if r.added == float("inf") else f"{r.added:+.3g}"),) if added else ()
+            t.add_row(r.node, r.op_type, r.value, _fmt_error(r.max_abs), _fmt_error(r.max_rel),
+                      _fmt_error(r.cosine, ".6f"), str(r.nonfinite), *extra)
+        if len(rows) > max_rows:
+            t.add_row(f"... and {len(rows) - max_rows} more", "", "", "", "", "", "", *(("",) if added else ()))
+        out.print(t)
+
+    int8 = report.precision == "int8"
+    if report.divergent:
+        table("first diverging values, in graph order", report.divergent, int8)
+    if int8:
+        ranked = sorted((r for r in report.rows if r.added > 0), key=lambda r: -r.added)
+        table("error added per node, largest first",
+              ranked, True)
+    for line in report.notes:
+        out.print(f"note: {line}", highlight=False, soft_wrap=True)
+    style = "bold green" if report.ok else "bold red"
+    out.print(f"[{style}]{'OK' if report.ok else 'DIVERGES'}:[/] {report.verdict}", highlight=False, soft_wrap=True)
+
+
 @main.command("run")
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy",

@@ -154,6 +154,9 @@ class PrecisionResult:
     guard: GuardReport | None
     ops_before: dict[str, int]
     ops_after: dict[str, int]
+    # The float32 model the plan was made for (nodes named, opset raised for bfloat16): with
+    # ``apply_plan(planned, plan, emulate=True)`` it gives the emulation the guard scores.
+    planned: ir.Model | None = dataclasses.field(default=None, repr=False)
 
     @property
     def warnings(self) -> list[str]:
@@ -724,4 +727,4 @@ def convert_precision(
             plan.warnings.append(f"the accuracy budget is not met: {metric} {final:.4g} against {budget:g}")
     converted, casts, weights, weights_kept = apply_plan(ir_model, plan, keep_io_types=keep_io_types)
     return PrecisionResult(converted, plan, casts, weights, weights_kept, guard,
-                           dict(op_histogram(ir_model)), dict(op_histogram(converted)))
+                           dict(op_histogram(ir_model)), dict(op_histogram(converted)), ir_model)
