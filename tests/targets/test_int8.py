@@ -165,6 +165,64 @@ def test_dynamic_quantization_matmul_integer(tmp_path):
     assert _calls(text, "int8_dense") == sum(n.op_type == "MatMulInteger" for n in qdyn.graph.node) == 6
 
 
+@pytest.mark.parametrize("weight_zero_point", [128, 200, 3])
+def test_matmul_integer_with_asymmetric_uint8_weights_is_exact_on_the_int8_kernel(weight_zero_point):
+    """onnxruntime's older quantize_dynamic made asymmetric uint8 weights (ddddocr's 8210-class
+    head): centered, they do not fit int8, so the kernel takes ``b - 128`` and a per-column
+    correction; the int32 result must equal onnxruntime's exactly."""
+    rng = np.random.default_rng(weight_zero_point)
+    b = rng.integers(0, 256, (64, 40), dtype=np.uint8)
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b", "za", "zb"], ["y"])], "mmi",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 5, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(b, "b"), numpy_helper.from_array(np.array(117, np.uint8), "za"),
+         numpy_helper.from_array(np.array(weight_zero_point, np.uint8), "zb")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    feeds = {"a": rng.integers(0, 256, (3, 5, 64), dtype=np.uint8)}
+    np.testing.assert_array_equal(lepton_opt.compile(model).run(feeds)["y"], ort_run(model, feeds)["y"])
+    assert _calls(_lowered_text(model), "int8_dense") == 1
+
+
+@pytest.mark.parametrize("weight_zero_point", [3, 128])
+@pytest.mark.parametrize("dynamic_input", [True, False])
+def test_conv_integer_with_uint8_weights_and_run_time_zero_point(weight_zero_point, dynamic_input):
+    """ddddocr's dynamically quantized CNN: DynamicQuantizeLinear computes the data's zero point
+    at run time and ConvInteger reads it, with asymmetric uint8 weights; the packed kernel pads
+    with the run-time zero point and corrects for the weight's shift, exactly."""
+    rng = np.random.default_rng(weight_zero_point)
+    w = rng.integers(0, 256, (12, 5, 3, 3), dtype=np.uint8)
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(weight_zero_point, np.uint8), "zw")]
+    if dynamic_input:
+        nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "sx", "zx"]),
+                 helper.make_node("ConvInteger", ["xq", "w", "zx", "zw"], ["y"], pads=[1, 2, 1, 0], strides=[1, 2])]
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 9, 11])]
+        feeds = {"x": rng.standard_normal((1, 5, 9, 11)).astype(np.float32)}
+    else:
+        inits.append(numpy_helper.from_array(np.array(77, np.uint8), "zx"))
+        nodes = [helper.make_node("ConvInteger", ["xq", "w", "zx", "zw"], ["y"], pads=[1, 1, 1, 1])]
+        inputs = [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 5, 9, 11])]
+        feeds = {"xq": rng.integers(0, 256, (1, 5, 9, 11), dtype=np.uint8)}
+    graph = helper.make_graph(nodes, "convint", inputs, [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    np.testing.assert_array_equal(lepton_opt.compile(model).run(feeds)["y"], ort_run(model, feeds)["y"])
+    assert _calls(_lowered_text(model), "int8_conv") == 1
+
+
+def test_dynamic_quantization_with_uint8_weights(tmp_path):
+    model = transformer_layer()
+    src, dst = tmp_path / "float.onnx", tmp_path / "dyn.onnx"
+    onnx.save(model, src)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"])
+    qdyn = onnx.load(dst)
+    feeds = random_inputs(qdyn, seed=0)
+    expected, got = ort_run(qdyn, feeds), lepton_opt.compile(qdyn).run(feeds)
+    for name, ref in expected.items():
+        np.testing.assert_allclose(got[name], ref, rtol=1e-4, atol=1e-4)
+    assert _calls(_lowered_text(qdyn), "int8_dense") == sum(n.op_type == "MatMulInteger" for n in qdyn.graph.node)
+
+
 def _qat_model(weight_zero_point: int, weight_type=TensorProto.INT8) -> onnx.ModelProto:
     """A QAT-style export: float weight -> QuantizeLinear -> DequantizeLinear in the graph."""
     rng = np.random.default_rng(2)

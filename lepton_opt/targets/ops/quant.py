@@ -225,12 +225,14 @@ def _dense_acc(ctx, xq: relax.Expr, dtype: str, zx, w_nk: np.ndarray) -> _Acc:
     return _Acc(acc, -1)
 
 
-def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> _Acc:
-    """The int32 convolution of ``x - zx`` with the weight ``wq`` (OIHW).
+def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict, channel_shift: np.ndarray | None = None) -> _Acc:
+    """The int32 convolution of ``x - zx`` with the weight ``wq`` (OIHW), plus
+    ``channel_shift[co] * conv(x - zx, ones)`` when given (see :func:`_shifted_uint8_weight`).
 
-    ``wq`` is a constant int8 array or a run-time int32 tensor. 2-D, ungrouped, with constant
-    weight and zero point: the packed NHWC dot-product kernel, padded with the zero point.
-    Otherwise (grouped, 1-D/3-D, run-time values): TVM's convolution in int32 on
+    ``wq`` is a constant int8 array or a run-time int32 tensor. 2-D, ungrouped, with a constant
+    weight, static spatial dims and a per-tensor zero point (constant, or computed at run time
+    by DynamicQuantizeLinear): the packed NHWC dot-product kernel, padded with the zero point.
+    Otherwise (grouped, 1-D/3-D, run-time weights): TVM's convolution in int32 on
     zero-point-corrected integers, NCHW.
     """
     from lepton_opt.targets.ops.nn import _CONV, _window
@@ -240,23 +242,51 @@ def _conv_acc(ctx, xq: relax.Expr, dtype: str, zx, wq, attrs: dict) -> _Acc:
     strides, pads, dilations = _window(xq, kernel, attrs.get("strides"), attrs.get("pads"), attrs.get("dilations"),
                                        attrs.get("auto_pad", "NOTSET"), "Conv with auto_pad")
     group = attrs.get("group", 1)
-    if rank != 4 or group != 1 or not isinstance(zx, int) or isinstance(wq, relax.Expr):
+    runtime_zx = isinstance(zx, relax.Expr) and len(shape_of(zx)) == 0
+    # A run-time zero point is written into the border through a mask of the padded size.
+    border_known = not (runtime_zx and any(pads)) or all(isinstance(d, int) for d in shape_of(xq)[2:])
+    if (rank != 4 or group != 1 or not (isinstance(zx, int) or runtime_zx) or isinstance(wq, relax.Expr)
+            or not border_known):
         fn, layout, kernel_layout = _CONV[rank - 2]
-        w32 = wq if isinstance(wq, relax.Expr) else relax.const(wq.astype(np.int32))
+        if isinstance(wq, relax.Expr):
+            w32 = wq
+        else:
+            shift = 0 if channel_shift is None else channel_shift.reshape([-1] + [1] * (wq.ndim - 1))
+            w32 = relax.const(wq.astype(np.int32) + shift)
         return _Acc(ctx.emit(fn(_minus_zero_point(ctx, xq, zx), w32, strides=strides,
                                 padding=pads, dilation=dilations, groups=group, data_layout=layout,
                                 kernel_layout=kernel_layout, out_dtype="int32")), 1)
+    channels = wq.shape[0]
+    if channel_shift is not None:  # one more output channel, all ones: the window sums of x
+        wq = np.concatenate([wq, np.ones((1, *wq.shape[1:]), np.int8)])
     x_u8, z_u8 = _as_uint8(ctx, xq, dtype, zx)
-    ci, channels = int(shape_of(xq)[1]), wq.shape[0]
+    ci = int(shape_of(xq)[1])
     nhwc = op.permute_dims(x_u8, [0, 2, 3, 1])
-    padded = ctx.emit(op.nn.pad(nhwc, [0, 0, pads[0], pads[2], pads[1], pads[3], 0, int8.pad_to(ci, int8.GROUP) - ci],
-                                pad_value=float(z_u8)))
+    width = [0, 0, pads[0], pads[2], pads[1], pads[3], 0, int8.pad_to(ci, int8.GROUP) - ci]
+    if isinstance(z_u8, int):
+        padded = ctx.emit(op.nn.pad(nhwc, width, pad_value=float(z_u8)))
+    else:
+        # A run-time zero point: pad with 0, then add it on the border (a constant 0/1 mask).
+        padded = ctx.emit(op.nn.pad(nhwc, width))
+        if any(pads):
+            hp, wp = (int(d) for d in shape_of(padded)[1:3])
+            border = np.ones((1, hp, wp, 1), np.uint8)
+            border[:, pads[0]:hp - pads[2], pads[1]:wp - pads[3], :] = 0
+            padded = ctx.emit(op.add(padded, op.multiply(op.astype(z_u8, "uint8"), relax.const(border))))
     acc = ctx.bb.emit_te(int8.conv_compute, padded, relax.const(int8.pack_conv(wq)), strides, dilations,
                          primfunc_name_hint="int8_conv")
-    correction = np.zeros(int8.pad_to(channels, int8.LANES), np.int64)
-    correction[:channels] = z_u8 * wq.astype(np.int64).sum(axis=(1, 2, 3))
-    acc = ctx.emit(op.subtract(acc, relax.const(correction.astype(np.int32))))
-    if int8.pad_to(channels, int8.LANES) != channels:
+    total = wq.shape[0]
+    colsum = np.zeros(int8.pad_to(total, int8.LANES), np.int64)
+    colsum[:total] = wq.astype(np.int64).sum(axis=(1, 2, 3))
+    if isinstance(z_u8, int):
+        acc = ctx.emit(op.subtract(acc, relax.const((z_u8 * colsum).astype(np.int32))))
+    else:
+        acc = ctx.emit(op.subtract(acc, op.multiply(z_u8, relax.const(colsum.astype(np.int32)))))
+    if channel_shift is not None:
+        window_sums = ctx.emit(op.strided_slice(acc, axes=[3], begin=[channels], end=[channels + 1]))
+        main = ctx.emit(op.strided_slice(acc, axes=[3], begin=[0], end=[channels]))
+        acc = ctx.emit(op.add(main, op.multiply(window_sums, relax.const(channel_shift.astype(np.int32)))))
+    elif int8.pad_to(channels, int8.LANES) != channels:
         acc = ctx.emit(op.strided_slice(acc, axes=[3], begin=[0], end=[channels]))
     return _Acc(acc, -1, lambda e: op.permute_dims(e, [0, 3, 1, 2]))
 
@@ -397,6 +427,22 @@ def _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, weight: np.ndarray | None) -> rela
     return ctx.emit(op.matmul(_minus_zero_point(ctx, a, a_zp), _minus_zero_point(ctx, b, b_zp), out_dtype="int32"))
 
 
+def _shifted_uint8_weight(ctx, index: int, w_zp, channel_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """A constant uint8 weight whose centered values do not fit int8 (onnxruntime's older
+    ``quantize_dynamic`` made asymmetric uint8 weights: zero point 130 leaves -130..125):
+    ``w - zp = (w - 128) + (128 - zp)``, the first term int8 for the integer kernels, the second
+    a constant per output channel ``c`` (int32) that adds ``c * sum(x - zx)`` over the row (a
+    matmul) or the window (a convolution). Exact."""
+    values = _const(ctx, ctx.node.inputs[index])
+    if values is None or values.dtype != np.uint8 or not isinstance(w_zp, (int, np.ndarray)):
+        return None
+    channels = values.shape[channel_axis]
+    zp = np.asarray(w_zp, np.int32).reshape(-1)
+    if zp.size not in (1, channels):
+        return None
+    return (values.astype(np.int32) - 128).astype(np.int8), (128 - np.broadcast_to(zp, (channels,))).astype(np.int32)
+
+
 def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
     dtype = _check_integer(a, "MatMulInteger input A")
     _check_integer(b, "MatMulInteger input B")
@@ -404,7 +450,14 @@ def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
     if isinstance(a_zp, np.ndarray):
         # Per-row zero points of A (allowed by the spec): subtract before the generic matmul.
         a_zp = relax.const(a_zp.reshape(-1, 1))
-    return _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, _int_weight(ctx, 1, b_zp))
+    weight = _int_weight(ctx, 1, b_zp)
+    shifted = _shifted_uint8_weight(ctx, 1, b_zp, channel_axis=1) if weight is None and len(shape_of(b)) == 2 else None
+    if shifted is None:
+        return _matmul_acc(ctx, a, dtype, a_zp, b, b_zp, weight)
+    weight, column_shift = shifted
+    acc = ctx.emit(_dense_acc(ctx, a, dtype, a_zp, weight.T).onnx(ctx))
+    rows = ctx.emit(op.sum(_minus_zero_point(ctx, a, a_zp), axis=-1, keepdims=True))
+    return op.add(acc, op.multiply(rows, relax.const(column_shift)))  # column_shift: [N]
 
 
 def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
@@ -423,29 +476,35 @@ def _requantize(ctx, real: relax.Expr, index: int, y_scale, y_zero_point) -> rel
 
 
 def _conv_operand(ctx, index: int, w, w_zp):
-    """A convolution weight: centered int8 values when constant, else the run-time tensor
-    minus its zero point (int32, for the generic convolution)."""
+    """A convolution weight and its per-channel shift: centered int8 values when constant (with
+    the shift of :func:`_shifted_uint8_weight` when they do not fit int8), else the run-time
+    tensor minus its zero point (int32, for the generic convolution)."""
     weight = _int_weight(ctx, index, w_zp)
     if weight is not None:
-        return weight
+        return weight, None
+    shifted = _shifted_uint8_weight(ctx, index, w_zp, channel_axis=0)
+    if shifted is not None:
+        return shifted
     per_channel = [-1] + [1] * (len(shape_of(w)) - 1)  # a zero point per output channel
     if isinstance(w_zp, np.ndarray):
         w_zp = w_zp.reshape(per_channel)
     elif isinstance(w_zp, relax.Expr) and len(shape_of(w_zp)) == 1:
         w_zp = op.reshape(w_zp, per_channel)
-    return _minus_zero_point(ctx, w, w_zp)
+    return _minus_zero_point(ctx, w, w_zp), None
 
 
 def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None, **attrs):
     dtype = _check_integer(x, "ConvInteger input x")
     x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 3, w_zero_point)
-    return _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 1, w, w_zp), attrs).onnx(ctx)
+    weight, shift = _conv_operand(ctx, 1, w, w_zp)
+    return _conv_acc(ctx, x, dtype, x_zp, weight, attrs, shift).onnx(ctx)
 
 
 def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B=None, **attrs):
     dtype = _check_integer(x, "QLinearConv input x")
     x_zp, w_zp = _zero_point(ctx, 2, x_zero_point), _zero_point(ctx, 5, w_zero_point)
-    acc = _conv_acc(ctx, x, dtype, x_zp, _conv_operand(ctx, 3, w, w_zp), attrs).onnx(ctx)
+    weight, shift = _conv_operand(ctx, 3, w, w_zp)
+    acc = _conv_acc(ctx, x, dtype, x_zp, weight, attrs, shift).onnx(ctx)
     shape = [1, -1] + [1] * (len(shape_of(acc)) - 2)
     if B is not None:
         acc = ctx.emit(op.add(acc, op.reshape(B, shape)))
