@@ -81,28 +81,40 @@ def test_odd_extents_are_padded_into_the_tiled_micro_kernel():
     onnx.checker.check_model(model)
 
 
-def test_odd_output_channels_of_a_convolution_are_padded_to_whole_vectors():
-    """45 output channels (a pruned layer): the NHWC convolution computes 48 and slices 45, so its
-    micro-kernel gets full vectors; the result still equals onnxruntime's."""
+@pytest.mark.parametrize("channels, groups", [
+    (45, 1),     # a pruned layer: no vector width divides 45
+    (116, 1),    # ShuffleNetV2: 4-wide vectors only
+    (58, 58),    # ShuffleNetV2's depthwise convolutions
+])
+def test_odd_output_channels_of_a_convolution_are_padded_to_whole_vectors(channels, groups):
+    """The NHWC convolution computes a whole number of vectors of channels and slices the rest
+    away, so its micro-kernel gets full vectors; the result still equals onnxruntime's."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     from tests.models import ort_run
 
     rng = np.random.default_rng(1)
+    cin = 8 if groups == 1 else channels
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
-        "odd_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 45, 12, 12])],
-        [numpy_helper.from_array(rng.standard_normal((45, 8, 3, 3)).astype(np.float32), "w"),
-         numpy_helper.from_array(rng.standard_normal(45).astype(np.float32), "b")])
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=groups),
+         helper.make_node("Relu", ["c"], ["y"])],
+        "odd_conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 12, 12])],
+        [numpy_helper.from_array(rng.standard_normal((channels, cin // groups, 3, 3)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     target = resolve_target("llvm").tvm_target()
+    lanes = cpu_schedule._lanes(target, 32)
     with target:
         mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
     text = mod["main"].script()
-    assert "R.strided_slice" in text and "R.nn.pad" in text, text
-    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
+    padded = -(-channels // lanes) * lanes
+    if channels > lanes and channels % lanes:
+        assert "R.strided_slice" in text and "R.nn.pad" in text, text
+        if groups > 1:
+            assert f"groups={padded}" in text, text
+    x = rng.standard_normal((1, cin, 12, 12)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
 
