@@ -408,3 +408,13 @@ def test_transposed_convolutions_with_kernel_equal_to_stride_are_1x1_convolution
     x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_padded_channel_count_gives_the_micro_kernel_a_wider_tile():
+    """SqueezeNet's 1000-class 1x1 conv on a 13-wide map: 63 vectors (1008) only tile 13 x 1, a
+    broadcast load per FMA; 64 (1024) tile 13 x 2. Counts that tile well keep the next vector."""
+    assert cpu_schedule._register_tile(13, 63, 32) == (13, 1)
+    assert cpu_schedule._register_tile(13, 64, 32) == (13, 2)
+    assert cpu_schedule._tile_friendly_width(1000, 16, 13, 32) == 1024
+    assert cpu_schedule._tile_friendly_width(45, 16, 12, 32) == 48
+    assert cpu_schedule._tile_friendly_width(116, 16, 14, 32) == 128
