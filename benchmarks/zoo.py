@@ -208,7 +208,37 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
         timing = compare_latency(compiled, model_bytes, feeds, threads=threads, repeat=repeat,
                                  warmup=max(2, repeat // 10))
         row.update(lepton_ms=timing.lepton_best_ms, ort_ms=timing.ort_best_ms, ratio=timing.ratio, runs=repeat)
+        if timing.ratio > 1.0:
+            row["top_kernels"] = top_kernels(compiled, feeds)
     return row
+
+
+def top_kernels(compiled, feeds: dict, count: int = 3) -> list[list]:
+    """The ``count`` kernels (or VM builtins) taking most of a run, with their share of it, from
+    TVM's VM profiler; a partitioned model's onnxruntime segments count as one entry each."""
+    from lepton_opt.targets.artifact import CompiledModel, PartitionedModel, profile_kernels
+
+    times: dict[str, float] = {}
+    if isinstance(compiled, PartitionedModel):
+        env = dict(feeds)
+        for index, (seg, part) in enumerate(zip(compiled.manifest["segments"], compiled.parts)):
+            args = {name: env[name] for name in seg["inputs"]}
+            if isinstance(part, CompiledModel):
+                env.update(part.run(args))
+                for name, (seconds, _) in profile_kernels([part], args, runs=5)[0].items():
+                    times[name] = times.get(name, 0.0) + seconds
+            else:
+                session = compiled._session(index)
+                start = time.perf_counter()
+                for _ in range(5):
+                    outputs = session.run(seg["outputs"], args)
+                times[f"onnxruntime segment {index}"] = (time.perf_counter() - start) / 5
+                env.update(zip(seg["outputs"], outputs))
+    else:
+        times = {name: seconds for name, (seconds, _) in profile_kernels([compiled], feeds, runs=5)[0].items()}
+    total = sum(times.values()) or 1.0
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:count]
+    return [[name, round(100 * seconds / total, 1)] for name, seconds in ranked]
 
 
 def _has_external_data(proto) -> bool:
@@ -259,6 +289,17 @@ def table(rows: list[dict]) -> str:
             _num(r.get("compile_s"), "{:.1f}"), _num(r.get("max_abs"), "{:.1e}"), _num(r.get("cosine"), "{:.6f}"),
             _num(r.get("lepton_ms"), "{:.3f}"), _num(r.get("ort_ms"), "{:.3f}"), _num(r.get("ratio"), "{:.2f}"),
         ]) + " |")
+    return "\n".join(lines)
+
+
+def slow_table(rows: list[dict]) -> str:
+    """Where the time goes in every model slower than onnxruntime: its three heaviest kernels."""
+    slow = sorted((r for r in rows if r.get("ratio") and r["ratio"] > 1.0 and r.get("top_kernels")),
+                  key=lambda r: -r["ratio"])
+    lines = ["| model | ratio | heaviest kernels (share of the run, VM profiler) |", "|---|---:|---|"]
+    for r in slow:
+        kernels = "; ".join(f"`{name}` {share:.0f}%" for name, share in r["top_kernels"])
+        lines.append(f"| {r['name']} | {r['ratio']:.2f} | {kernels} |")
     return "\n".join(lines)
 
 
@@ -329,6 +370,8 @@ def main(argv=None) -> int:
               + (f", ratio {row['ratio']:.2f}" if row.get("ratio") else ""), flush=True)
     (RESULTS / "results.json").write_text(json.dumps(rows, indent=1))
     text = table(rows) + "\n\n" + summary(rows)
+    if any(r.get("top_kernels") for r in rows):
+        text += "\n\nSlower than onnxruntime, where the time goes:\n\n" + slow_table(rows)
     print(text)
     if args.update_readme:
         update_readme(text)
