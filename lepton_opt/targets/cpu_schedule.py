@@ -182,6 +182,9 @@ class _PadConvChannels(relax.PyExprMutator):
     :func:`_rule_tiled_reduction`), and without this it runs with the largest vector width that
     divides the count: scalar for 179 or 45 (a ResNet-50 pruned to such counts ran 3.6x slower
     than unpruned), 4 lanes for ShuffleNetV2's 116 (29 FMAs per pixel where 8 padded ones do).
+    Fewer than 4 channels are padded to a whole vector too: one output channel left the kernel to
+    the row-reduction rule, a scalar dot-product chain per pixel (basic-pitch's 1-channel heads:
+    48 -> 13 ms of kernel time over the model, 16x the multiplications notwithstanding).
     Depthwise convolutions get zero channels on data and weight alike
     (:meth:`_padded_depthwise`). Convolutions are not einsums, so ``pad_einsum`` cannot do it."""
 
@@ -203,7 +206,7 @@ class _PadConvChannels(relax.PyExprMutator):
             return call
         out_channels, groups = int(shape.values[3]), int(attrs.groups)
         if groups == 1:
-            if out_channels % self.lanes == 0 or out_channels <= self.lanes:
+            if out_channels % self.lanes == 0 or 4 <= out_channels <= self.lanes:
                 return call
             out_width = getattr(call.ty, "shape", None)
             rows = out_width.values[2] if out_width is not None else None
