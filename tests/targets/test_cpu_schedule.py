@@ -419,3 +419,32 @@ def test_padded_channel_count_gives_the_micro_kernel_a_wider_tile():
     assert cpu_schedule._tile_friendly_width(1000, 16, 13, 32) == 1024
     assert cpu_schedule._tile_friendly_width(45, 16, 12, 32) == 48
     assert cpu_schedule._tile_friendly_width(116, 16, 14, 32) == 128
+
+
+def test_prime_output_widths_are_computed_wider_for_the_register_tile():
+    """tf2onnx's 'same'-padded stride-2 convolutions make 65 -> 33 -> 17 columns: 17 only tiles
+    1 x 2 at two vectors of channels, so the convolution computes 18 columns (one more of right
+    padding) and slices 17; the result still equals onnxruntime's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    assert cpu_schedule._tile_friendly_rows(17, 2, 32) == 18
+    assert cpu_schedule._tile_friendly_rows(14, 4, 32) == 14  # widths that tile well stay
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[2, 2, 2, 2], strides=[2, 2])],
+        "strided", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 33, 33])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 17, 17])],
+        [numpy_helper.from_array(rng.standard_normal((32, 16, 5, 5)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
+    text = mod["main"].script()
+    if cpu_schedule._lanes(target, 32) == 16:
+        assert "padding=[2, 2, 2, 4]" in text and "R.strided_slice" in text, text
+    x = rng.standard_normal((1, 16, 33, 33)).astype(np.float32)
+    np.testing.assert_allclose(lepton_opt.compile(model).run({"x": x})["y"], ort_run(model, {"x": x})["y"],
+                               rtol=1e-4, atol=1e-4)
