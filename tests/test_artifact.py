@@ -30,7 +30,7 @@ def test_save_load_run_round_trip(tmp_path):
 
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest == loaded.manifest
-    assert manifest["format"] == "lepton-opt-artifact" and manifest["format_version"] == 1
+    assert manifest["format"] == "lepton-opt-artifact" and manifest["format_version"] == 2
     assert manifest["inputs"] == [{"name": "x", "shape": ["N", 16, 64], "dtype": "float32"},
                                   {"name": "attention_mask", "shape": ["N", 16], "dtype": "int64"}]
     assert manifest["outputs"] == [{"name": "y", "shape": ["N", 16, 64], "dtype": "float32"}]
