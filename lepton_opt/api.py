@@ -390,10 +390,33 @@ def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | No
         dims = _symbol_values(compiled.inputs, input_shapes or {})
         feeds = random_feeds(compiled.inputs, seed=seed, dims=dims)
     loaded = load_model(model)
-    session = ort_session(ir.serde.serialize_model(loaded.model))
-    names = [o.name for o in session.get_outputs()]
-    reference = dict(zip(names, session.run(names, dict(feeds))))
+    try:
+        session = ort_session(ir.serde.serialize_model(loaded.model))
+        names = [o.name for o in session.get_outputs()]
+        reference = dict(zip(names, session.run(names, _ort_feeds(session, feeds))))
+    except Exception as e:  # noqa: BLE001 - onnxruntime refuses a model lepton-opt compiled
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LeptonError(f"{loaded.source}: onnxruntime cannot run the model to verify against ({first[:300]}); "
+                          "compile without --verify") from None
     return compare(reference, compiled.run(feeds), atol=atol, rtol=rtol)
+
+
+def _ort_feeds(session, feeds: Mapping[str, np.ndarray]) -> dict:
+    """``feeds`` as onnxruntime takes them: numpy cannot hand it a bfloat16 array (ml_dtypes),
+    so those become float32 for a float input and an OrtValue for a bfloat16 one."""
+    import onnxruntime as ort
+
+    types = {i.name: i.type for i in session.get_inputs()}
+    out = {}
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        if value.dtype.name == "bfloat16":
+            if types.get(name) == "tensor(bfloat16)":
+                value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(value.view(np.uint16), 16)
+            else:
+                value = value.astype(np.float32)
+        out[name] = value
+    return out
 
 
 def _symbol_values(inputs: list[dict], input_shapes: Mapping[str, Any]) -> dict[str, int]:

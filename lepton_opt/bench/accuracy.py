@@ -67,7 +67,12 @@ def random_feeds(inputs: Sequence[Mapping], seed: int = 0,
     feeds = {}
     for spec in inputs:
         shape = [d if isinstance(d, int) else dims.get(d, 1) for d in spec["shape"]]
-        dtype = np.dtype(spec["dtype"]) if spec["dtype"] != "bfloat16" else np.float32
+        if spec["dtype"] == "bfloat16":  # what CompiledModel.run takes for a bfloat16 input
+            import ml_dtypes
+
+            feeds[spec["name"]] = rng.standard_normal(shape).astype(ml_dtypes.bfloat16)
+            continue
+        dtype = np.dtype(spec["dtype"])
         if dtype.kind == "f":
             feeds[spec["name"]] = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind == "b":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 import onnx
@@ -241,7 +244,8 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
             database = None
     stats: dict = {}
     try:
-        executable = build(lowered.mod, spec, database, stats)
+        with _native_stderr_held():
+            executable = build(lowered.mod, spec, database, stats)
     except LeptonError:
         raise
     except Exception as e:
@@ -265,6 +269,51 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
             tuning["kernels"] = stats["kernels"]
         manifest["tuning"] = tuning
     return CompiledModel(executable, manifest)
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """TVM's C++ code writes its warnings straight to file descriptor 2; when a build fails on a
+    model, it adds "Warning: BlockBuilder destroyed with remaining blocks!" as the exception
+    leaves a pass. Those lines are held while the build runs: dropped when it fails (the error
+    raised says what failed, in one line), written out after it when it succeeds. Python's own
+    writes to stderr (a progress spinner) go on as before. LEPTON_OPT_DEBUG=1 holds nothing."""
+    if os.environ.get("LEPTON_OPT_DEBUG"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no file descriptor 2 to hold
+        yield
+        return
+    held = tempfile.TemporaryFile()
+    python_stderr = sys.stderr
+    try:
+        sys.stderr = open(os.dup(saved), "w", encoding=getattr(python_stderr, "encoding", None) or "utf-8",  # noqa: SIM115
+                          errors="replace", buffering=1)
+    except OSError:
+        python_stderr = None
+    os.dup2(held.fileno(), 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if python_stderr is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+                sys.stderr.close()
+            sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        if not failed:
+            held.seek(0)
+            with contextlib.suppress(OSError):
+                data = held.read()
+                if data:
+                    os.write(2, data)
+        held.close()
 
 
 def _target_json(spec: TargetSpec) -> dict | str:

@@ -33,7 +33,7 @@ from tvm.ir import expr as ir_expr
 from tvm import tirx as tir
 from tvm.ir.prim import expr as prim
 
-from lepton_opt.errors import ShapeError, UnsupportedModelError
+from lepton_opt.errors import ModelLoadError, ShapeError, UnsupportedModelError
 
 # ONNX element types the lowering accepts, as TVM dtype strings.
 DTYPES: dict[ir.DataType, str] = {
@@ -209,6 +209,7 @@ class Lowerer:
 
     # ---------------------------------------------------------------- entry point
     def lower(self) -> LoweredModule:
+        check_input_types(self.graph, self.opset, self.source)
         if not self.partial:
             self.check_supported()
         params = [self._input_var(v) for v in self.graph.inputs if not v.is_initializer()]
@@ -296,7 +297,13 @@ class Lowerer:
         tensor = value.const_value
         if tensor is None:
             return  # an initializer that is also a graph input without data: a runtime input
-        array = tensor.numpy()
+        try:
+            array = tensor.numpy()
+        except Exception as e:  # noqa: BLE001 - data that does not fit its type or shape
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"{self.source}: initializer {value.name!r} holds data that does not fit its "
+                                 f"type {tensor.dtype} and shape {tensor.shape} ({first}); the model is malformed: "
+                                 "re-export it") from None
         dtype = _tvm_dtype(value.dtype, f"initializer {value.name!r}", self.source)
         if array.size <= KNOWN_EVAL_LIMIT:
             self.known[value] = Known(array, dtype)
@@ -448,6 +455,48 @@ def _signature(fn: Converter) -> inspect.Signature:
     if fn not in _SIGNATURES:
         _SIGNATURES[fn] = inspect.signature(fn)
     return _SIGNATURES[fn]
+
+
+def check_input_types(graph: ir.Graph, opset: int, source: str) -> None:
+    """Every node of the ``ai.onnx`` domain reads inputs of types its ONNX schema allows, and
+    the inputs that share a type variable have one type between them (onnxruntime refuses such
+    a model as well). An ill-typed model (a Pow of uint8, a MatMul of float by uint8) would
+    otherwise reach TVM, whose build fails on it with C++ warnings on stderr, if not worse."""
+    import onnx
+
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            continue  # no such op at this opset: check_supported / the converters say so
+        constraints = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
+        formals = schema.inputs
+        bound: dict[str, tuple[str, str]] = {}
+        for i, value in enumerate(node.inputs):
+            if value is None or not formals:
+                continue
+            formal = formals[min(i, len(formals) - 1)]
+            if i >= len(formals) and formal.option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+                break  # more inputs than the schema has: not a type question
+            if not isinstance(value.type, ir.TensorType) or value.dtype is None:
+                continue
+            got = f"tensor({value.dtype.name.lower()})"
+            allowed = constraints.get(formal.type_str, {formal.type_str})
+            if not any(a.startswith("tensor(") for a in allowed):
+                continue  # a sequence or optional input: onnx-ir's type of it is not to be relied on here
+            where = f"{source}: node {node.name or node.op_type!r} ({node.op_type})"
+            if got not in allowed:
+                raise ModelLoadError(f"{where} reads {value.name!r} of type {value.dtype.name} as its input "
+                                     f"{formal.name!r}, which takes {', '.join(sorted(allowed))}; the model is "
+                                     "malformed: re-export it")
+            if formal.type_str in constraints and formal.is_homogeneous:
+                first = bound.setdefault(formal.type_str, (got, value.name))
+                if first[0] != got:
+                    raise ModelLoadError(f"{where} reads {first[1]!r} of {first[0]} and {value.name!r} of {got}, "
+                                         f"which must have one type ({formal.type_str}); the model is malformed: "
+                                         "re-export it")
 
 
 def op_key(node: ir.Node) -> str:
