@@ -57,6 +57,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
     except Exception as e:
         raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
     _check_defined(model, name)
+    _initializers_are_not_inputs(model)
     _unknown_dims_to_symbolic(model)
     if input_shapes:
         apply_input_shapes(model, input_shapes, name)
@@ -87,6 +88,7 @@ def _read(source: ModelSource) -> tuple[onnx.ModelProto, str, str]:
     data = path.read_bytes()
     proto = _parse(data, str(path))
     if _uses_external_data(proto):
+        _check_external_locations(proto, path)
         try:
             onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as e:
@@ -127,6 +129,21 @@ def _external_locations(proto: onnx.ModelProto) -> set[str]:
             if location:
                 locations.add(location)
     return locations
+
+
+def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
+    """External data must lie in the model's folder: a location that is absolute, climbs out
+    with ``..`` or is a symlink to a file elsewhere (``../../etc/passwd``) is refused before
+    anything is read (onnx refuses them too, in the versions that check)."""
+    folder = path.parent.resolve()
+    for location in sorted(_external_locations(proto)):
+        target = (folder / location).resolve() if "\0" not in location else None
+        if (os.path.isabs(location) or ".." in Path(location).parts or target is None
+                or not target.is_relative_to(folder)):
+            raise ModelLoadError(
+                f"{path}: external data location {location!r} lies outside the model's folder; "
+                "lepton-opt reads external data only from files beside the model"
+            )
 
 
 def _check_versions(proto: onnx.ModelProto, name: str) -> None:
@@ -208,6 +225,20 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
                 )
 
 
+def _initializers_are_not_inputs(model: ir.Model) -> None:
+    """Graph inputs that are also initializers (every weight, in models written before ONNX IR
+    version 4: onnx's own "light" test models, old Caffe2 and CNTK exports) become plain
+    initializers, as onnxruntime's remove_initializer_from_input tool makes them. lepton-opt
+    compiles weights as constants either way, but constant folding leaves a graph input alone:
+    the weights such a model computes from them would be computed at run time."""
+    graph = model.graph
+    weights = [v for v in graph.inputs if v.is_initializer()]
+    for value in weights:
+        graph.inputs.remove(value)
+    if weights and model.ir_version < 4:
+        model.ir_version = 4  # the first version in which an initializer need not be an input
+
+
 def _check_defined(model: ir.Model, source: str) -> None:
     """Every node input is a graph input, an initializer or some node's output (of this graph or
     an enclosing one); onnx-ir reads a dangling name as a value defined nowhere."""
@@ -218,6 +249,10 @@ def _check_defined(model: ir.Model, source: str) -> None:
                 raise ModelLoadError(f"{source}: node {node.name or node.op_type!r} ({node.op_type}) reads "
                                      f"{value.name!r}, which no node, input or initializer defines; "
                                      "the model is malformed: re-export it")
+    for value in model.graph.outputs:
+        if value.producer() is None and not value.is_graph_input() and not value.is_initializer():
+            raise ModelLoadError(f"{source}: graph output {value.name!r} is computed by no node and is no input "
+                                 "or initializer; the model is malformed: re-export it")
 
 
 # Value.meta key: the value's shape is the exporter's declaration alone (inference found none).

@@ -72,11 +72,21 @@ def _opset(model: ir.Model) -> int:
 
 # --------------------------------------------------------------------------------- folding
 class _CountingFolder(_constant_folding.FoldConstantsPass):
-    """onnxscript's folder, counting the nodes it replaces."""
+    """onnxscript's folder, counting the nodes it replaces; a node ``should_fold`` insists on
+    (a weight, see :data:`_WEIGHT_INPUTS`) is folded past the output size limit too."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.replaced = 0
+
+    def _prepare_folded_tensor(self, node, output_name, output_array):
+        if not self.should_fold(node):
+            return super()._prepare_folded_tensor(node, output_name, output_array)
+        limit, self.output_size_limit = self.output_size_limit, 1 << 62
+        try:
+            return super()._prepare_folded_tensor(node, output_name, output_array)
+        finally:
+            self.output_size_limit = limit
 
     def replace_node(self, node, replacement, root):
         super().replace_node(node, replacement, root)
@@ -99,20 +109,65 @@ class FoldConstants(Pass):
             output_size_limit=self.output_size_limit,
             should_fold=self._should_fold,
         )
+        # The folder's shape inference sets the type its schema infers, None where the schema
+        # infers none (ai.onnx.preview.training's Gradient), over the type the model declares: a
+        # graph output would then be written without a type, which onnx.checker rejects.
+        types = {value: value.type for node in _nodes(model) for value in node.outputs if value.type is not None}
         folder(model)
+        for value, known in types.items():
+            if value.type is None:
+                value.type = known
         return PassResult(model, folder.replaced > 0, folder.replaced)
 
     def _should_fold(self, node: ir.Node) -> bool | None:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
+            return None
         # onnxscript keeps every ConstantOfShape (a zeros tensor can be large); a small one is
         # usually part of a shape or padding computation (torch's F.pad export) that must fold.
-        if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+        if node.op_type == "ConstantOfShape":
             shape = _const(node.inputs[0]) if node.inputs and node.inputs[0] is not None else None
             if shape is not None and int(np.prod(shape, dtype=np.int64)) <= _SMALL_CONSTANT_OF_SHAPE:
                 return True
+        if node.outputs and all(_feeds_weights(value) for value in node.outputs):
+            return True  # whatever its size: see _WEIGHT_INPUTS
         return None
 
 
 _SMALL_CONSTANT_OF_SHAPE = 1024
+
+# Inputs that hold a model's weights. Constants computed for them (a float16 weight Cast to
+# float32, a transposed or scaled weight, the ConstantOfShape weights of onnx's "light" test
+# models) are folded whatever their size: computed at run time they cost every inference, and
+# they hide the weight from what needs it constant (batch-norm folding, weight prepacking,
+# Winograd); onnxruntime folds them when it loads a model.
+_WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "PRelu": (1,),
+    "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2),
+    "LSTM": (1, 2, 3), "GRU": (1, 2, 3), "RNN": (1, 2, 3), "Gather": (0,),
+}
+# Ops that prepare a weight on its way to one of those inputs.
+_WEIGHT_PREPARATION = frozenset({
+    "Cast", "Transpose", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Mul", "Div", "Add", "Sub",
+    "Neg", "Sqrt", "Reciprocal", "Pow", "Concat", "Slice", "Expand", "Tile",
+})
+
+
+def _feeds_weights(value: ir.Value, depth: int = 0) -> bool:
+    """Every use of ``value`` is a weight input, directly or through a few weight-preparing ops."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output():
+        return False
+    for use in uses:
+        node = use.node
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        if use.idx in _WEIGHT_INPUTS.get(node.op_type, ()):
+            continue
+        if depth < 4 and node.op_type in _WEIGHT_PREPARATION and all(
+                _feeds_weights(out, depth + 1) for out in node.outputs):
+            continue
+        return False
+    return True
 
 
 class FoldConstantsWithOnnxruntime(Pass):
