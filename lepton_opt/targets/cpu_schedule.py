@@ -13,7 +13,14 @@ Design, and why:
   depthwise convolutions alike over channels, whatever the spatial size (7x7 and 14x14 maps do
   not split into 16 lanes, channel counts do). Scalar 0-d constants in binary ops (``Clip``
   imported as maximum/minimum) are reshaped to rank 4 beforehand, because layout inference
-  gives up on 0-d operands and would wrap every ReLU6 in a pair of transposes.
+  gives up on 0-d operands and would wrap every ReLU6 in a pair of transposes. Transposed
+  convolutions whose kernel equals their stride become 1x1 convolutions and a depth-to-space
+  reshuffle first (:class:`_NonOverlappingConvTranspose`). Afterwards convolutions are shaped
+  for the micro-kernel below: grouped ones split per group (:class:`_SplitGroupedConv`), output
+  channel counts that are not whole vectors (and fewer than 4) padded to ones that tile well,
+  depthwise ones too, and output widths that tile badly (a prime longer than the tile) computed
+  a few columns wider (:class:`_PadConvChannels`); the extra channels and columns are sliced
+  off in the kernel's epilogue.
 * **Register-tiled reductions** (:func:`_rule_tiled_reduction`): one rule for every function
   whose main block is a reduction whose output's innermost axis is a spatial iterator read
   contiguously (or not at all) by every input: dense/batch matmul with constant weights,
@@ -148,6 +155,28 @@ class _ScalarConstToRank(relax.PyExprMutator):
 
 
 _scalar_const_to_rank = _mutator_pass("LeptonScalarConstToRank", _ScalarConstToRank)
+
+
+@relax.expr_functor.mutator
+class _NanKeepingRelu(relax.PyExprMutator):
+    """``relu(x)`` as ``maximum(0, x)``: TVM computes ``max(a, b)`` as ``a >= b ? a : b``, so
+    relu's ``max(x, 0)`` turns a NaN into 0 where onnxruntime's Relu passes it on (and a NaN
+    would then hide from ``--verify``); with the operands swapped the NaN stays. Runs after the
+    layout conversion, which places relu with its convolution and would not place the swapped
+    form (a constant first operand)."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.relu"):
+            return call
+        ty = getattr(call.args[0], "ty", None)
+        if not isinstance(ty, relax.TensorType) or ty.ndim < 0 or not str(ty.dtype).startswith(("float", "bfloat")):
+            return call
+        zero = relax.const(np.zeros((1,) * ty.ndim, str(ty.dtype)), str(ty.dtype))
+        return relax.op.maximum(zero, call.args[0])
+
+
+_nan_keeping_relu = _mutator_pass("LeptonNanKeepingRelu", _NanKeepingRelu)
 
 
 @tvm.transform.module_pass(opt_level=0, name="LeptonConvertConvLayout")
@@ -579,6 +608,7 @@ def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         relax.transform.Normalize(),
         _convert_conv_layout,
         relax.transform.Normalize(),
+        _nan_keeping_relu,
         # After the layout conversion, which knows relax ops but not the kernels this emits.
         _vectorizable_nonlinear,
         _split_grouped_conv,

@@ -532,3 +532,16 @@ def test_max_unpool(output_shape):
     assert got.shape == ref.shape == ((1, 1, 5, 5) if output_shape else (1, 1, 4, 4))
     np.testing.assert_array_equal(got, ref)
 
+
+
+def test_relu_keeps_nan_as_onnxruntime_does():
+    """max(x, 0) in LLVM drops a NaN (maxnum); onnxruntime's Relu passes it through, and a NaN
+    turned into 0 would hide a broken input or weight from --verify."""
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", F, [64])], [helper.make_tensor_value_info("y", F, [64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.linspace(-2, 2, 64).astype(np.float32)
+    x[[3, 40]] = np.nan
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_array_equal(got, ort_run(model, {"x": x})["y"])
+    assert np.isnan(got[[3, 40]]).all()

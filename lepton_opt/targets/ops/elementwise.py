@@ -112,6 +112,7 @@ def Mean(ctx, *xs):
 
 
 def Relu(ctx, x):
+    # The CPU pipeline makes a float relu keep NaN, as onnxruntime's does (see cpu_schedule).
     return op.nn.relu(x) if _is_float(x) else op.maximum(x, scalar(x, 0))
 
 
