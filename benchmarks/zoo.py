@@ -196,9 +196,23 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
     # has a cosine made of rounding noise: there the absolute error decides.
     close = row["cosine"] >= MIN_COSINE or row["max_abs"] <= ABS_FLOOR
     ok = not row["shape_mismatch"] and row["int_mismatch"] == 0 and row["nonfinite_mismatch"] == 0 and close
-    row["status"] = "ok" if ok else "mismatch"
     if ok and row["cosine"] < MIN_COSINE:
         row["note"] = f"outputs near 0: max abs error {row['max_abs']:.1e} <= {ABS_FLOOR:g}"
+    if not ok and not row["shape_mismatch"] and row["nonfinite_mismatch"] == 0:
+        # Is the reference itself well defined? onnxruntime without graph optimizations, on one
+        # thread, is a second reference: where the two disagree (TopK/NMS over scores that tie to
+        # the 7th digit), the bar is their disagreement (no more integer elements off, a cosine
+        # distance at most twice theirs), and the row says so.
+        plain = ort_session(str(path), threads=1, optimize=False)
+        spread = compare_outputs(reference, dict(zip(names, plain.run(names, feeds))))
+        if spread["int_mismatch"] or spread["cosine"] < MIN_COSINE:
+            row["reference_spread"] = spread
+            ok = (row["int_mismatch"] <= spread["int_mismatch"]
+                  and 1 - row["cosine"] <= 2 * max(1 - spread["cosine"], 1 - MIN_COSINE))
+            if ok:
+                row["note"] = (f"onnxruntime disagrees with itself as much: optimized vs unoptimized "
+                               f"{spread['int_mismatch']} int elements, cosine {spread['cosine']:.6f}")
+    row["status"] = "ok" if ok else "mismatch"
     if latency and ok:
         model_bytes = path.read_bytes() if not _has_external_data(proto) else str(path)
         start = time.perf_counter()
