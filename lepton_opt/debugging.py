@@ -50,6 +50,7 @@ import onnx_ir as ir
 from lepton_opt.bench.accuracy import compare, ort_session
 from lepton_opt.errors import InputError, LeptonError, OptionError, VerificationError
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
+from lepton_opt.passes.precision import name_nodes
 
 SCHEMA_VERSION = 1
 # Default tolerance per precision (None: a float32 candidate), as compile --verify's for fp16/bf16;
@@ -220,14 +221,14 @@ def debug(
 
     loaded = load_model(model, input_shapes)
     reference_model = loaded.model
-    _name_nodes(reference_model.graph)
+    name_nodes(reference_model.graph)
     proto = ir.serde.serialize_model(reference_model)
     run_feeds, inputs = _feeds(reference_model, feeds, data, seed, loaded.source)
     if mode in ("compiled", "artifact") and not _static(reference_model):
         # One input is compared: build for its shapes (dynamic dims would build other kernels).
         shapes = {**{k: list(np.shape(v)) for k, v in run_feeds.items()}, **dict(input_shapes or {})}
         reference_model = load_model(model, shapes).model
-        _name_nodes(reference_model.graph)
+        name_nodes(reference_model.graph)
         proto = ir.serde.serialize_model(reference_model)
     values = _computed_values(proto)  # name -> (node name, op type, input names, elem type), in order
     notes: list[str] = []
@@ -285,19 +286,6 @@ def _mode(precision, passes, artifact, build) -> str:
     if given == ["precision"]:
         return precision
     return {"passes": "passes", "artifact": "artifact", "compile": "compiled"}[given[0]]
-
-
-def _name_nodes(graph: ir.Graph) -> None:
-    """Unique node names (reports name nodes), as the precision planner gives them."""
-    seen: set[str] = set()
-    for i, node in enumerate(graph):
-        if not node.name or node.name in seen:
-            base = node.name or f"{node.op_type}_{i}"
-            name, k = base, 1
-            while name in seen:
-                name, k = f"{base}_{k}", k + 1
-            node.name = name
-        seen.add(node.name)
 
 
 def _feeds(model: ir.Model, feeds, data, seed: int, source: str) -> tuple[dict[str, np.ndarray], str]:

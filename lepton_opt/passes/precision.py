@@ -220,7 +220,7 @@ def _binding(node: ir.Node, opset: int, precision: str) -> _Binding:
     return _Binding(lowered_in, lowered_out, either, refusal)
 
 
-def _name_nodes(graph: ir.Graph) -> None:
+def name_nodes(graph: ir.Graph) -> None:
     """Give every node a unique name (reports and block lists refer to nodes by name)."""
     seen: set[str] = set()
     for i, node in enumerate(graph):
@@ -273,7 +273,7 @@ def plan_precision(model: ir.Model, precision: str = "fp16", *, op_block_list: I
     if precision not in PRECISIONS:
         raise OptionError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     graph = model.graph
-    _name_nodes(graph)
+    name_nodes(graph)
     opset = model.opset_imports.get("", 1)
     blocked_ops = dict(DEFAULT_OP_BLOCK_LIST) if use_default_block_list else {}
     for op in op_block_list or ():

@@ -19,6 +19,14 @@ from lepton_opt.targets.compile import lower_model
 from tests.models import mobilenet_block_cnn, resnet_cnn, transformer_layer
 
 
+def _graph_passes_text(model) -> str:
+    """The main function after the CPU pipeline's graph-level passes, as TVMScript."""
+    target = resolve_target("llvm").tvm_target()
+    with target:
+        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
+    return mod["main"].script()
+
+
 def _legalized(model):
     target = resolve_target("llvm").tvm_target()
     with target:
@@ -332,17 +340,13 @@ def test_grouped_convolutions_take_the_tiled_rule(groups, cin, cout, stride, dil
         [numpy_helper.from_array(rng.standard_normal((cout_total, cin, 3, 3)).astype(np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(cout_total).astype(np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    target = resolve_target("llvm").tvm_target()
-    with target:
-        graph_mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(
-            lower_model(lepton_opt.load(model)).mod)
-    text = graph_mod["main"].script()
+    text = _graph_passes_text(model)
     assert f"groups={groups}" not in text, text
     if groups <= cpu_schedule.MAX_SPLIT_GROUPS:
         assert text.count("R.nn.conv2d(") + text.count("winograd_output") == groups
     else:
         assert "grouped_conv2d" in text and "R.take" in text
-    mod, _ = _legalized(model)
+    mod, target = _legalized(model)
     conv_rules = {gv.name_hint: cpu_schedule.schedule_prim_func(f, target)[1]
                   for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "conv2d" in gv.name_hint}
     assert conv_rules and set(conv_rules.values()) <= {"tiled_reduction", "winograd"}, conv_rules
@@ -366,10 +370,7 @@ def test_odd_output_columns_of_a_constant_weight_matmul_are_padded_to_whole_vect
         [numpy_helper.from_array(rng.standard_normal((67, 96)).astype(np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(67).astype(np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    target = resolve_target("llvm").tvm_target()
-    with target:
-        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
-    text = mod["main"].script()
+    text = _graph_passes_text(model)
     assert "R.nn.pad" in text and "R.strided_slice" in text, text
     x = rng.standard_normal((20, 96)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
@@ -400,11 +401,7 @@ def test_transposed_convolutions_with_kernel_equal_to_stride_are_1x1_convolution
          numpy_helper.from_array(rng.standard_normal((cin, cout, kernel, kernel)).astype(np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    target = resolve_target("llvm").tvm_target()
-    with target:
-        graph_mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(
-            lower_model(lepton_opt.load(model)).mod)
-    text = graph_mod["main"].script()
+    text = _graph_passes_text(model)
     assert "conv2d_transpose" not in text and text.count('data_layout="NHWC"') == 2, text
     x = rng.standard_normal((1, 3, 10, 12)).astype(np.float32)
     got = lepton_opt.compile(model).run({"x": x})["y"]
@@ -439,11 +436,8 @@ def test_prime_output_widths_are_computed_wider_for_the_register_tile():
         [numpy_helper.from_array(rng.standard_normal((32, 16, 5, 5)).astype(np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    target = resolve_target("llvm").tvm_target()
-    with target:
-        mod = tvm.transform.Sequential(cpu_schedule.cpu_graph_passes(target))(lower_model(lepton_opt.load(model)).mod)
-    text = mod["main"].script()
-    if cpu_schedule._lanes(target, 32) == 16:
+    text = _graph_passes_text(model)
+    if cpu_schedule._lanes(resolve_target("llvm").tvm_target(), 32) == 16:
         assert "padding=[2, 2, 2, 4]" in text and "R.strided_slice" in text, text
     x = rng.standard_normal((1, 16, 33, 33)).astype(np.float32)
     np.testing.assert_allclose(lepton_opt.compile(model).run({"x": x})["y"], ort_run(model, {"x": x})["y"],
