@@ -404,3 +404,61 @@ def test_a_conv1d_feeding_an_instance_norm_keeps_the_norm_on_contiguous_rows():
     kernels = _cpu_kernels(model)
     assert [rule for name, rule in kernels.items() if "instance_norm" in name] == ["rows"], kernels
     _assert_matches(model, {"x": rng.standard_normal((1, 1, 400)).astype(np.float32)}, atol=1e-4)
+
+
+def test_a_size_check_on_a_data_dependent_tensor_runs_with_the_nonzero_in_onnxruntime():
+    """torchvision's detectors export `if boxes.numel() == 0` as Equal(ReduceProd(Shape(...)), 0)
+    behind a NonZero: the element count is a size known only at run time (Faster R-CNN failed
+    with "depends on a dynamic dimension" although every input was static)."""
+    rng = np.random.default_rng(0)
+    c = lambda name, v, dt=np.int64: numpy_helper.from_array(np.array(v, dt), name)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "minus1"], ["flat"]),
+             helper.make_node("Greater", ["flat", "zero_f"], ["pos"]),
+             helper.make_node("NonZero", ["pos"], ["nz"]),
+             helper.make_node("Squeeze", ["nz", "zero_axis"], ["idx"]),
+             helper.make_node("Gather", ["flat", "idx"], ["kept"], axis=0),
+             helper.make_node("Shape", ["kept"], ["shape"]),
+             helper.make_node("ReduceProd", ["shape"], ["numel"], keepdims=0),
+             helper.make_node("Equal", ["numel", "zero_i"], ["empty"]),
+             helper.make_node("ReduceSum", ["kept"], ["total"], keepdims=0)]
+    graph = helper.make_graph(nodes, "numel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("empty", TensorProto.BOOL, []),
+                               helper.make_tensor_value_info("total", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(_weights(rng, 4, 3, 3, 3), "w"), c("zero_f", 0, np.float32),
+                               c("zero_i", 0), c("zero_axis", [0]), c("minus1", [-1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    compiled = lepton_opt.compile(model)
+    empties = set()
+    for scale in (1.0, 0.0):  # some kept values, then none (the empty branch of the check)
+        x = (rng.standard_normal((1, 3, 8, 8)) * scale).astype(np.float32)
+        expected, got = ort_run(model, {"x": x}), compiled.run({"x": x})
+        assert got["empty"] == expected["empty"]
+        np.testing.assert_allclose(got["total"], expected["total"], rtol=1e-5, atol=1e-5)
+        empties.add(bool(expected["empty"]))
+    assert empties == {True, False}
+
+
+def test_a_range_over_a_dynamic_dim_is_a_symbolic_range():
+    """A decoder step's positions, Range(past, past + 1), with the past length left dynamic."""
+    c = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["past"], ["shape"]),
+             helper.make_node("Gather", ["shape", "two"], ["n"], axis=0),
+             helper.make_node("Add", ["n", "one"], ["limit"]),
+             helper.make_node("Range", ["n", "limit", "one"], ["positions"]),
+             helper.make_node("Cast", ["positions"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(nodes, "range", [helper.make_tensor_value_info("past", TensorProto.FLOAT,
+                                                                             [1, 2, "past_sequence", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], [c("two", 2), c("one", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    compiled = lepton_opt.compile(model)  # the past length stays dynamic
+    for length in (3, 9):
+        feeds = {"past": np.zeros((1, 2, length, 4), np.float32)}
+        np.testing.assert_array_equal(compiled.run(feeds)["y"], ort_run(model, feeds)["y"])
+
+
+def test_an_input_shape_with_a_name_in_it_is_a_one_line_error():
+    from lepton_opt.errors import ShapeError
+
+    with pytest.raises(ShapeError, match="give whole numbers"):
+        lepton_opt.load(_paddle_style_cnn(), input_shapes={"x": [1, 3, "h", 32]})

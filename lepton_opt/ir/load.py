@@ -188,7 +188,11 @@ def apply_input_shapes(model: ir.Model, input_shapes: InputShapes, source: str) 
     symbols: dict[str, int] = {}
     ambiguous: set[str] = set()
     for name, dims in input_shapes.items():
-        dims = [int(d) for d in dims]
+        try:
+            dims = [int(d) for d in dims]
+        except (TypeError, ValueError):
+            raise ShapeError(f"{source}: the shape given for input {name!r} is {dims!r}; give whole numbers, "
+                             "as in [1, 3, 224, 224] (to keep its dimensions dynamic, leave the input out)") from None
         if any(d < 0 for d in dims):
             raise ShapeError(f"{source}: --input-shape for {name!r} has a negative dimension {dims}")
         value = inputs[name]

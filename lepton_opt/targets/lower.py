@@ -318,11 +318,13 @@ class Lowerer:
         if known is None:
             raise LoweringError(f"{what} {value.name!r} has no lowered definition")
         if known.is_symbolic:
-            if known.array.ndim != 1:
+            if known.array.ndim > 1:
                 raise self.symbolic_error(known.array, f"{what} {value.name!r}")
             shape = relax.ShapeExpr([x if isinstance(x, prim.Expr) else tir.IntImm("int64", x)
-                                     for x in known.array.tolist()])
+                                     for x in known.array.reshape(-1).tolist()])
             expr = self.bb.emit(relax.op.shape_to_tensor(shape))
+            if known.array.ndim == 0:  # a scalar: a size computed from a shape (numel() == 0 checks)
+                expr = self.bb.emit(relax.op.reshape(expr, []))
             if known.dtype != "int64":
                 expr = self.bb.emit(relax.op.astype(expr, known.dtype))
         else:
@@ -334,7 +336,8 @@ class Lowerer:
         names = _free_vars(array)
         origins = [self.symbols[n] for n in names if n in self.symbols]
         if not origins:
-            return ShapeError(f"{self.source}: {what} depends on a dynamic dimension; give static input shapes")
+            return ShapeError(f"{self.source}: {what} depends on a size computed at run time (the output of a "
+                              "data-dependent op such as NonZero), which this use cannot take")
         flags = " ".join(f"--input-shape {o.input_name}:DIMS" for o in _unique_inputs(origins))
         dims = ", ".join(f"input {o.input_name!r} dim {o.axis} ({o.label})" for o in origins)
         return ShapeError(

@@ -146,6 +146,14 @@ def test_conv_transpose(attrs):
     check(node_model("ConvTranspose", [("x", F, [1, 4, 5, 5])], Y, attrs, inits), atol=1e-4)
 
 
+def test_conv_transpose_3d():
+    """A 3-D U-Net's upsampling (unet3d in the zoo ran it in onnxruntime before)."""
+    rng = np.random.default_rng(4)
+    inits = {"w": rng.standard_normal((4, 3, 2, 2, 2)).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
+    check(node_model("ConvTranspose", [("x", F, [1, 4, 3, 4, 5])], Y, {"strides": [2, 2, 2], "pads": [0, 1, 0, 0, 1, 0]},
+                     inits), atol=1e-4)
+
+
 @pytest.mark.parametrize("op_type,attrs", [
     ("MaxPool", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     ("MaxPool", {"kernel_shape": [2, 2], "ceil_mode": 1, "strides": [2, 2]}),
@@ -545,3 +553,32 @@ def test_relu_keeps_nan_as_onnxruntime_does():
     got = lepton_opt.compile(model).run({"x": x})["y"]
     np.testing.assert_array_equal(got, ort_run(model, {"x": x})["y"])
     assert np.isnan(got[[3, 40]]).all()
+
+
+@pytest.mark.parametrize("parts, window, onesided", [(1, "hann", 1), (1, None, 0), (2, "ones", 1)])
+def test_stft_as_framed_matmul(parts, window, onesided):
+    """torch.stft under the dynamo exporter: frames by one gather, a DFT basis with the window
+    folded in, one matmul; against onnxruntime's FFT."""
+    rng = np.random.default_rng(parts)
+    size, step, length = 16, 4, 70
+    inits = {"step": np.array(step, np.int64)}
+    inputs = ["x", "step"]
+    if window == "hann":
+        inits["w"] = np.hanning(size).astype(np.float32)
+        inputs.append("w")
+    elif window == "ones":
+        inits["w"] = np.ones(size, np.float32)
+        inputs.append("w")
+    else:
+        inits["n"] = np.array(size, np.int64)
+        inputs += ["", "n"]
+    graph = helper.make_graph([helper.make_node("STFT", inputs, ["y"], onesided=onesided)], "stft",
+                              [helper.make_tensor_value_info("x", F, [2, length, parts])],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.standard_normal((2, length, parts)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    ref = ort_run(model, {"x": x})["y"]
+    assert got.shape == ref.shape == (2, (length - size) // step + 1, size // 2 + 1 if onesided else size, 2)
+    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)

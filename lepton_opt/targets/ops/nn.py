@@ -14,7 +14,8 @@ from lepton_opt.targets.ops.elementwise import LOW_FLOATS, in_float32, scalar
 op = relax.op
 
 _CONV = {1: (op.nn.conv1d, "NCW", "OIW"), 2: (op.nn.conv2d, "NCHW", "OIHW"), 3: (op.nn.conv3d, "NCDHW", "OIDHW")}
-_CONV_T = {1: (op.nn.conv1d_transpose, "NCW", "IOW"), 2: (op.nn.conv2d_transpose, "NCHW", "IOHW")}
+_CONV_T = {1: (op.nn.conv1d_transpose, "NCW", "IOW"), 2: (op.nn.conv2d_transpose, "NCHW", "IOHW"),
+           3: (op.nn.conv3d_transpose, "NCDHW", "IODHW")}
 
 
 def _wide(ctx, x: relax.Expr, make) -> relax.Expr:
@@ -108,7 +109,7 @@ def ConvTranspose(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group
     rank = len(shape_of(x))
     n = rank - 2
     if n not in _CONV_T:
-        raise LoweringError(f"ConvTranspose with {n} spatial dimensions is not supported (1-2 are)")
+        raise LoweringError(f"ConvTranspose with {n} spatial dimensions is not supported (1-3 are)")
     kernel = list(kernel_shape or shape_of(w)[2:])
     strides = list(strides or [1] * n)
     dilations = list(dilations or [1] * n)

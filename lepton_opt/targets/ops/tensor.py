@@ -470,6 +470,14 @@ def Range(ctx, start, limit, delta):
         dtype = dtype_of(start)
         steps = op.arange(0, count, 1, dtype)
         return op.add(op.multiply(steps, _scalar_of(delta)), _scalar_of(start))
+    knowns = [ctx.known(i) for i in range(3)]
+    if any(k.is_symbolic for k in knowns) and not knowns[2].is_symbolic and dtype_of(start).startswith("int"):
+        # Bounds from a dynamic dim (a decoder's past length: Range(past, past + 1)): a symbolic arange.
+        a, b, c = (k.array.reshape(-1)[0] for k in knowns)
+        step = int(c)
+        if step == 0:
+            raise LoweringError("Range's delta is 0")
+        return op.arange(a, b, step, dtype_of(start))
     values = [ctx.static(i, "Range's bounds") for i in range(3)]
     a, b, c = (v.reshape(-1)[0].item() for v in values)
     return relax.const(np.arange(a, b, c, dtype=values[0].dtype), dtype_of(start))
