@@ -321,6 +321,218 @@ class TextDirectionCls(nn.Layer):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# PP-LCNet (PaddleClas ppcls/arch/backbone/legendary_models/pp_lcnet.py) and a PicoDet-style detector
+# (PaddleDetection: LCNet backbone, lite CSP-PAN-like neck, GFL head with a distribution-focal integral,
+# anchor-free decoding, multiclass_nms3)
+# ---------------------------------------------------------------------------------------------------------
+
+LCNET_CFG = {  # k, in_c, out_c, stride, use_se (x1.0 widths)
+    "blocks2": [[3, 16, 32, 1, False]],
+    "blocks3": [[3, 32, 64, 2, False], [3, 64, 64, 1, False]],
+    "blocks4": [[3, 64, 128, 2, False], [3, 128, 128, 1, False]],
+    "blocks5": [[3, 128, 256, 2, False]] + [[5, 256, 256, 1, False]] * 5,
+    "blocks6": [[5, 256, 512, 2, True], [5, 512, 512, 1, True]],
+}
+
+
+def kaiming_init(model: nn.Layer) -> nn.Layer:
+    """PaddleClas / PaddleDetection build these nets with KaimingNormal conv weights (paddle's default init makes
+    the hardswish stacks' activations vanish: 1e-18 at stride 32, every output the same) and trained BatchNorm
+    statistics; seeded stand-ins for both."""
+    for layer in model.sublayers():
+        if isinstance(layer, nn.Conv2D):
+            w = layer.weight
+            fan_in = w.shape[1] * w.shape[2] * w.shape[3]
+            layer.weight.set_value(paddle.randn(w.shape) * (2.0 / fan_in) ** 0.5)
+        elif isinstance(layer, nn.BatchNorm2D):
+            c = layer.weight.shape[0]
+            layer.weight.set_value(paddle.rand([c]) + 0.5)
+            layer.bias.set_value(paddle.rand([c]) * 0.4 - 0.2)
+            layer._mean.set_value(paddle.rand([c]) * 0.4 - 0.2)
+            layer._variance.set_value(paddle.rand([c]) * 1.5 + 0.5)
+    return model
+
+
+class LCNetSE(nn.Layer):
+    def __init__(self, c, reduction=4):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2D(1)
+        self.conv1 = nn.Conv2D(c, c // reduction, 1)
+        self.conv2 = nn.Conv2D(c // reduction, c, 1)
+
+    def forward(self, x):
+        s = F.relu(self.conv1(self.pool(x)))
+        return x * F.hardsigmoid(self.conv2(s))
+
+
+class DepthwiseSeparable(nn.Layer):
+    def __init__(self, in_c, out_c, k, stride, use_se):
+        super().__init__()
+        self.dw = ConvBNLayer(in_c, in_c, k, stride, groups=in_c, act="hardswish")
+        self.se = LCNetSE(in_c) if use_se else None
+        self.pw = ConvBNLayer(in_c, out_c, 1, 1, act="hardswish")
+
+    def forward(self, x):
+        x = self.dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        return self.pw(x)
+
+
+class PPLCNet(nn.Layer):
+    """PP-LCNet: a stem conv, depthwise-separable blocks (3x3 then 5x5, SE only in the last stage), hardswish
+    everywhere; with ``num_classes`` the classification head (pool, 1x1 conv to 1280, hardswish, dropout, fc),
+    without it the stride-8/16/32 feature maps for a detector."""
+
+    def __init__(self, scale=0.5, num_classes=None):
+        super().__init__()
+        w = lambda c: make_divisible(c * scale)  # noqa: E731
+        self.stem = ConvBNLayer(3, w(16), 3, 2, act="hardswish")
+        self.stages = nn.LayerList([
+            nn.Sequential(*[DepthwiseSeparable(w(i), w(o), k, s, se) for k, i, o, s, se in LCNET_CFG[name]])
+            for name in ("blocks2", "blocks3", "blocks4", "blocks5", "blocks6")])
+        self.out_channels = [w(LCNET_CFG[name][-1][2]) for name in ("blocks4", "blocks5", "blocks6")]
+        self.num_classes = num_classes
+        if num_classes:
+            self.pool = nn.AdaptiveAvgPool2D(1)
+            self.last_conv = nn.Conv2D(w(512), 1280, 1, bias_attr=False)
+            self.dropout = nn.Dropout(0.2, mode="downscale_in_infer")
+            self.fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= 2:
+                feats.append(x)
+        if not self.num_classes:
+            return feats
+        x = F.hardswish(self.last_conv(self.pool(x)))
+        return F.softmax(self.fc(paddle.flatten(self.dropout(x), 1)), axis=-1)
+
+
+class PicoDetLike(nn.Layer):
+    """PicoDet-S style: LCNet x0.75 features at strides 8/16/32, a lite PAN (1x1 reduce, nearest top-down,
+    depthwise stride-2 bottom-up), a shared-conv GFL head per level (sigmoid class scores, 4 x (reg_max + 1)
+    distance bins), the distribution-focal integral (softmax over the bins, matmul with 0..reg_max), anchor-point
+    decoding to x1y1x2y2 and multiclass_nms3 (what PaddleDetection exports with post-processing on)."""
+
+    def __init__(self, num_classes=10, ch=64, reg_max=7, strides=(8, 16, 32)):
+        super().__init__()
+        self.backbone = kaiming_init(PPLCNet(0.75))
+        self.reduce = nn.LayerList([ConvBNLayer(c, ch, 1, 1, act="hardswish") for c in self.backbone.out_channels])
+        self.down = nn.LayerList([ConvBNLayer(ch, ch, 3, 2, groups=ch, act="hardswish") for _ in strides[1:]])
+        self.head_convs = nn.LayerList([nn.Sequential(ConvBNLayer(ch, ch, 5, 1, groups=ch, act="hardswish"),
+                                                      ConvBNLayer(ch, ch, 1, 1, act="hardswish"))
+                                        for _ in strides])
+        kaiming_init(self.reduce), kaiming_init(self.down), kaiming_init(self.head_convs)
+        self.gfl = nn.LayerList([nn.Conv2D(ch, num_classes + 4 * (reg_max + 1), 1) for _ in strides])
+        # spread the random head's outputs as training does: with the default init every class score is
+        # sigmoid(~0) = 0.5 and NMS would choose among exact ties
+        for conv in self.gfl:
+            conv.weight.set_value(paddle.randn(conv.weight.shape) * 0.03)
+            conv.bias.set_value(paddle.randn(conv.bias.shape) * 0.5 - 2.0)
+        self.num_classes, self.reg_max, self.strides = num_classes, reg_max, strides
+        self.register_buffer("project", paddle.arange(reg_max + 1, dtype="float32").reshape([-1, 1]))
+
+    def forward(self, x):
+        c3, c4, c5 = [r(f) for r, f in zip(self.reduce, self.backbone(x))]
+        # top-down
+        p4 = c4 + F.upsample(c5, scale_factor=2, mode="nearest")
+        p3 = c3 + F.upsample(p4, scale_factor=2, mode="nearest")
+        # bottom-up
+        n4 = p4 + self.down[0](p3)
+        n5 = c5 + self.down[1](n4)
+        boxes, scores = [], []
+        for feat, conv, gfl, stride in zip((p3, n4, n5), self.head_convs, self.gfl, self.strides):
+            out = gfl(conv(feat))
+            h, w = feat.shape[2], feat.shape[3]
+            cls, reg = paddle.split(out, [self.num_classes, 4 * (self.reg_max + 1)], axis=1)
+            cls = F.sigmoid(cls).flatten(2)  # [B, C, HW]
+            reg = reg.flatten(2).transpose([0, 2, 1]).reshape([-1, h * w, 4, self.reg_max + 1])
+            dist = paddle.matmul(F.softmax(reg, axis=-1), self.project).squeeze(-1) * stride  # [B, HW, 4]
+            ys, xs = paddle.meshgrid(paddle.arange(h, dtype="float32"), paddle.arange(w, dtype="float32"))
+            centers = (paddle.stack([xs, ys], axis=-1).reshape([1, -1, 2]) + 0.5) * stride
+            boxes.append(paddle.concat([centers - dist[:, :, :2], centers + dist[:, :, 2:]], axis=-1))
+            scores.append(cls)
+        boxes, scores = paddle.concat(boxes, axis=1), paddle.concat(scores, axis=2)
+        # PaddleDetection's ppdet.modeling.ops.multiclass_nms (dygraph branch)
+        out, _, num = paddle._C_ops.multiclass_nms3(boxes, scores, None, 0.025, 1000, 100, 0.6, True, 1.0, -1)
+        return out, num
+
+
+class PPYOLOTinyLike(nn.Layer):
+    """PP-YOLO-Tiny style detector: LCNet x0.5 features at strides 16/32, a 1x1+depthwise head per level with
+    3 anchors x (5 + classes) channels, ``paddle.vision.ops.yolo_box`` decoding (sigmoid, anchor scaling, clip to
+    the image) and ``multiclass_nms3`` (PaddleDetection's YOLOv3Head + YOLOBox + MultiClassNMS at export)."""
+
+    ANCHORS = [[10, 15, 24, 36, 72, 42], [35, 87, 102, 96, 60, 170]]  # per level: 3 (w, h) pairs
+
+    def __init__(self, num_classes=8, size=320):
+        super().__init__()
+        self.backbone = kaiming_init(PPLCNet(0.5))
+        chans = self.backbone.out_channels[1:]
+        self.heads = nn.LayerList([nn.Sequential(ConvBNLayer(c, 64, 1, 1, act="relu"),
+                                                 ConvBNLayer(64, 64, 5, 1, groups=64, act="relu"))
+                                   for c in chans])
+        kaiming_init(self.heads)
+        self.outs = nn.LayerList([nn.Conv2D(64, 3 * (5 + num_classes), 1) for _ in chans])
+        for conv in self.outs:  # spread the random scores (no ties for NMS to order by rounding)
+            conv.weight.set_value(paddle.randn(conv.weight.shape) * 0.05)
+            conv.bias.set_value(paddle.randn(conv.bias.shape) * 0.5)
+        self.num_classes, self.size = num_classes, size
+
+    def forward(self, x):
+        feats = self.backbone(x)[1:]
+        im_size = paddle.full([1, 2], self.size, dtype="int32")
+        boxes, scores = [], []
+        for feat, head, out, anchors, stride in zip(feats, self.heads, self.outs, self.ANCHORS, (16, 32)):
+            b, s = paddle.vision.ops.yolo_box(out(head(feat)), im_size, anchors, self.num_classes, 0.005, stride,
+                                              clip_bbox=True, scale_x_y=1.05)
+            boxes.append(b)
+            scores.append(s)
+        boxes = paddle.concat(boxes, axis=1)
+        scores = paddle.concat(scores, axis=1).transpose([0, 2, 1])
+        out, _, num = paddle._C_ops.multiclass_nms3(boxes, scores, None, 0.01, 1000, 100, 0.45, False, 1.0, -1)
+        return out, num
+
+
+class SRNetOps(nn.Layer):
+    """Restoration-style net with the image ops paddle2onnx maps one by one: reflect Pad2D, InstanceNorm2D,
+    GroupNorm, channel-last LayerNorm + GELU, an affine warp (grid from meshgrid @ theta) + grid_sample,
+    pixel_shuffle x2 and a bicubic interpolate."""
+
+    def __init__(self, ch=32):
+        super().__init__()
+        self.pad = nn.Pad2D(2, mode="reflect")
+        self.head = nn.Conv2D(3, ch, 5)
+        self.inorm = nn.InstanceNorm2D(ch)
+        self.body = nn.Conv2D(ch, ch, 3, padding=1)
+        self.gnorm = nn.GroupNorm(8, ch)
+        self.lnorm = nn.LayerNorm(ch)
+        self.theta = nn.Linear(ch, 6)
+        self.up = nn.Conv2D(ch, 3 * 4, 3, padding=1)
+
+    def forward(self, x):
+        h = F.relu(self.inorm(self.head(self.pad(x))))
+        h = h + F.silu(self.gnorm(self.body(h)))
+        h = F.gelu(self.lnorm(h.transpose([0, 2, 3, 1]))).transpose([0, 3, 1, 2])
+        # a small learned warp around the identity
+        base = paddle.to_tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).unsqueeze(0)
+        theta = base + 0.05 * paddle.tanh(self.theta(h.mean(axis=[2, 3]))).reshape([-1, 2, 3])
+        # F.affine_grid spelled out: paddle2onnx 2.1 has no affine_grid mapping (it aborts the conversion)
+        hh, ww = h.shape[2], h.shape[3]
+        ys, xs = paddle.meshgrid(paddle.linspace(-1 + 1 / hh, 1 - 1 / hh, hh),
+                                 paddle.linspace(-1 + 1 / ww, 1 - 1 / ww, ww))
+        base_grid = paddle.stack([xs, ys, paddle.ones_like(xs)], axis=-1).reshape([1, hh * ww, 3])
+        grid = paddle.matmul(base_grid, theta.transpose([0, 2, 1])).reshape([-1, hh, ww, 2])
+        h = F.grid_sample(h, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        sr = F.pixel_shuffle(self.up(h), 2)
+        return sr + F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # registry
 # ---------------------------------------------------------------------------------------------------------
 
@@ -360,6 +572,19 @@ MODELS = {
     "paddle_ppocr_cls": (TextDirectionCls, "PP-OCR text-direction classifier (paddle.vision MobileNetV3Small "
                          "x0.35 + softmax head)", "classification", [None, 3, 48, 192], DEFAULT,
                          [1, 3, 48, 192], PPOCR),
+    "paddle_pplcnet_x0_5": (lambda: kaiming_init(PPLCNet(0.5, num_classes=1000)),
+                            "PP-LCNet x0.5 (PaddleClas; depthwise 3x3/5x5, hardswish, SE with hardsigmoid, "
+                            "1x1-conv head)", "classification", [None, 3, 224, 224], DEFAULT, [1, 3, 224, 224],
+                            (-2.0, 2.5)),
+    "paddle_picodet_like_op11": (PicoDetLike, "PicoDet-S style detector (LCNet x0.75, lite PAN, GFL head, "
+                                 "distribution-focal integral, anchor-point decoding, multiclass_nms3)",
+                                 "detection", [1, 3, 320, 320], 11, [1, 3, 320, 320], (-2.0, 2.5)),
+    "paddle_ppyolo_tiny_like_op11": (PPYOLOTinyLike, "PP-YOLO-Tiny style detector (LCNet x0.5, depthwise head, "
+                                     "yolo_box decoding, multiclass_nms3)", "detection", [1, 3, 320, 320], 11,
+                                     [1, 3, 320, 320], (-2.0, 2.5)),
+    "paddle_sr_ops": (lambda: kaiming_init(SRNetOps()), "restoration net: reflect pad, InstanceNorm, GroupNorm, "
+                      "LayerNorm+GELU, affine warp + grid_sample, pixel_shuffle, bicubic interpolate",
+                      "image-to-image", [1, 3, 64, 64], DEFAULT, [1, 3, 64, 64], (-1.0, 1.0)),
 }
 
 

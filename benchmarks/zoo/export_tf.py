@@ -34,6 +34,28 @@ L = tf.keras.layers
 apps = tf.keras.applications
 
 
+def liven(build):
+    """Seeded stand-ins for trained BatchNormalization statistics (gamma, beta, moving mean / variance) for a
+    ``build()``-er. Fresh Keras BN layers are the identity, and through Xception / EfficientNetV2 / DeepLab their
+    softmax comes out uniform to 1e-8 (std 2e-8 around 0.001): a cosine against onnxruntime is then 1.0 for any
+    near-uniform answer, right or wrong. With these the outputs spread (cosine with their own mean 0.98-0.99)."""
+    import numpy as np
+
+    def built():
+        model = build()
+        rng = np.random.default_rng(0)
+        ranges = {"gamma": (0.5, 1.5), "beta": (-0.2, 0.2), "moving_mean": (-0.2, 0.2), "moving_variance": (0.5, 2.0)}
+        for layer in model.layers:
+            if isinstance(layer, L.BatchNormalization):
+                for w in layer.weights:
+                    low, high = ranges[w.name.split("/")[-1].split(":")[0]]
+                    w.assign(rng.uniform(low, high, w.shape).astype(w.dtype.as_numpy_dtype))
+        return model
+
+    built.livened = True
+    return built
+
+
 def strided_cnn():
     """A small CNN of 'same'-padded stride-2 convolutions on an odd-sized input: TF's SAME padding is
     asymmetric (extra pixel at the end), which tf2onnx must express as explicit pads."""
@@ -91,6 +113,33 @@ def transformer_encoder(vocab=1000, dim=64, heads=4, ff=128, layers=2, max_len=1
     return tf.keras.Model(x_in, out, name="transformer_encoder")
 
 
+def deeplabv3plus(size=128, classes=6):
+    """DeepLabV3+ as in the Keras semantic-segmentation example, on a small hand-built backbone: atrous
+    (dilated) convolutions and an ASPP with rates 6/12/18 (tf2onnx must fold TF's SpaceToBatchND /
+    BatchToSpaceND dilation pattern back into Conv dilations), image pooling upsampled with tf.image.resize
+    (bilinear), a Conv2DTranspose x2 and a bilinear UpSampling2D in the decoder, softmax over classes."""
+    def cbr(x, filters, k=3, s=1, d=1, sep=False):
+        conv = L.SeparableConv2D if sep else L.Conv2D
+        x = conv(filters, k, strides=s, dilation_rate=d, padding="same", use_bias=False)(x)
+        return L.ReLU()(L.BatchNormalization()(x))
+
+    inp = L.Input((size, size, 3))
+    x = cbr(inp, 24, s=2)
+    low = cbr(cbr(x, 32, s=2), 32)                  # 1/4
+    x = cbr(cbr(low, 64, s=2), 64, sep=True)         # 1/8
+    x = cbr(x, 96, d=2, sep=True)                    # atrous backbone tail, output stride 8
+    pool = L.GlobalAveragePooling2D(keepdims=True)(x)
+    pool = cbr(pool, 64, k=1)
+    pool = L.Lambda(lambda t: tf.image.resize(t[0], tf.shape(t[1])[1:3], method="bilinear"))([pool, x])
+    branches = [cbr(x, 64, k=1)] + [cbr(x, 64, d=r, sep=True) for r in (6, 12, 18)] + [pool]
+    x = cbr(L.Concatenate()(branches), 64, k=1)
+    x = L.Conv2DTranspose(64, 3, strides=2, padding="same")(x)  # 1/8 -> 1/4
+    x = cbr(L.Concatenate()([x, cbr(low, 24, k=1)]), 64, sep=True)
+    x = L.UpSampling2D(4, interpolation="bilinear")(x)
+    out = L.Softmax()(L.Conv2D(classes, 1)(x))
+    return tf.keras.Model(inp, out, name="deeplabv3plus")
+
+
 def _f32(shape, low, high):
     return {"shape": shape, "dtype": "float32", "low": low, "high": high}
 
@@ -112,6 +161,24 @@ MODELS = {
     "tf_densenet121_96": (lambda: apps.DenseNet121(input_shape=(96, 96, 3), weights=None),
                           "keras.applications DenseNet121 (96x96 input)", "classification", 14,
                           _f32([1, 96, 96, 3], -2.0, 2.5)),
+    # more keras.applications families (ops the four above lack), with seeded BatchNormalization statistics
+    "tf_xception_128": (liven(lambda: apps.Xception(input_shape=(128, 128, 3), weights=None)),
+                        "keras.applications Xception (SeparableConv2D, 128x128 input)", "classification", 13,
+                        _f32([1, 128, 128, 3], -1.0, 1.0)),
+    "tf_inceptionv3_139": (liven(lambda: apps.InceptionV3(input_shape=(139, 139, 3), weights=None)),
+                           "keras.applications InceptionV3 (asymmetric 1x7/7x1 convolutions, 'valid' pooling, "
+                           "139x139 input)", "classification", 15, _f32([1, 139, 139, 3], -1.0, 1.0)),
+    "tf_nasnetmobile": (liven(lambda: apps.NASNetMobile(input_shape=(224, 224, 3), weights=None)),
+                        "keras.applications NASNetMobile (cropping, ZeroPadding, separable convs, avg/max pool "
+                        "cells)", "classification", 13, _f32([1, 224, 224, 3], -1.0, 1.0)),
+    "tf_efficientnetv2b0": (liven(lambda: apps.EfficientNetV2B0(input_shape=(160, 160, 3), weights=None)),
+                            "keras.applications EfficientNetV2B0 (fused MBConv, Rescaling/Normalization "
+                            "preprocessing, 160x160 input)", "classification", 17, _f32([1, 160, 160, 3], 0.0, 255.0)),
+    # no keras.applications ConvNeXt: its depthwise convolutions are Conv2D(groups=C), which tf2onnx 1.17 leaves
+    # as 18 TF 'PartitionedCall' nodes in the ONNX graph ("Unsupported ops"): onnxruntime cannot load the model
+    "tf_deeplabv3plus_128": (liven(deeplabv3plus), "Keras DeepLabV3+ (atrous separable convs, ASPP rates 6/12/18, "
+                             "image pooling + tf.image.resize, Conv2DTranspose, bilinear UpSampling2D)",
+                             "segmentation", 15, _f32([1, 128, 128, 3], -1.0, 1.0)),
     "tf_strided_cnn": (strided_cnn, "Keras CNN: 'same'-padded stride-2 Conv2D/DepthwiseConv2D on 65x65",
                        "classification", 16, _f32([1, 65, 65, 3], 0.0, 1.0)),
     "tf_conv1d_lstm_gru": (conv1d_rnn, "Keras Conv1D + Bidirectional LSTM + GRU sequence classifier",
@@ -141,7 +208,9 @@ def export_one(name: str, out: Path, force: bool) -> None:
     in_name = model_proto.graph.input[0].name
     real_opset = next(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
     notes = [f"tf2onnx.convert.from_keras(input_signature=TensorSpec({list(k_in.shape)}), opset={opset})",
-             "NHWC input as Keras has it" if len(k_in.shape) == 4 else "", dims_note(model_proto),
+             "NHWC input as Keras has it" if len(k_in.shape) == 4 else "",
+             "BatchNormalization statistics randomised (seeded), see liven()" if getattr(build, "livened", False)
+             else "", dims_note(model_proto),
              f"export took {time.time() - t0:.1f} s"]
     meta = {"name": name, "producer": "tf2onnx",
             "producer_version": f"tensorflow {tf.__version__}, tf2onnx {tf2onnx.__version__}",

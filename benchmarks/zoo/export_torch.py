@@ -214,9 +214,209 @@ def ssdlite():
         weights=None, weights_backbone=None, score_thresh=0.001)))
 
 
+class LastFlow(nn.Module):
+    """torchvision's RAFT returns the list of every refinement's flow; deployments keep the last one and fix
+    the number of refinement steps (4 here instead of 12: the same graph, unrolled fewer times)."""
+
+    def __init__(self, raft: nn.Module, updates: int = 4):
+        super().__init__()
+        self.raft, self.updates = raft, updates
+
+    def forward(self, image1, image2):
+        return self.raft(image1, image2, num_flow_updates=self.updates)[-1]
+
+
+def raft_small():
+    import torchvision
+
+    return LastFlow(liven(torchvision.models.optical_flow.raft_small(weights=None)))
+
+
+def fasterrcnn_mbv3():
+    import torchvision
+
+    # the low score threshold keeps boxes coming out of the random detector (as for SSDlite)
+    model = liven(torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.001))
+    # torchvision initialises the RPN and box-predictor layers with std 0.01 / 0.001: every objectness is ~0.5
+    # and every class score ~1/91, so TopK / NMS would pick among near-ties that float rounding reorders (the
+    # SSDlite row's mismatch). Spread them, as training does, so that the comparison means something.
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer, scale in ((model.rpn.head.cls_logits, 1.0), (model.rpn.head.bbox_pred, 0.1),
+                             (model.roi_heads.box_predictor.cls_score, 3.0),
+                             (model.roi_heads.box_predictor.bbox_pred, 0.05)):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * scale)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * scale)
+    return SingleImageDetector(model)
+
+
+class StyleSR(nn.Module):
+    """Image-to-image net in the style of fast neural style transfer and ESPCN/ESRGAN-type super-resolution:
+    reflection padding, InstanceNorm2d (affine), residual blocks with GroupNorm, a bilinear (align_corners)
+    resize, PixelShuffle x2 upsampling and a nearest upsample, tanh output."""
+
+    def __init__(self, ch=32):
+        super().__init__()
+
+        def conv(i, o, k, s=1):
+            return nn.Sequential(nn.ReflectionPad2d(k // 2), nn.Conv2d(i, o, k, s))
+
+        self.head = nn.Sequential(conv(3, ch, 9), nn.InstanceNorm2d(ch, affine=True), nn.ReLU(),
+                                  conv(ch, ch * 2, 3, 2), nn.InstanceNorm2d(ch * 2, affine=True), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(conv(ch * 2, ch * 2, 3), nn.GroupNorm(8, ch * 2), nn.SiLU(), conv(ch * 2, ch * 2, 3),
+                          nn.GroupNorm(8, ch * 2)) for _ in range(2))
+        self.shuffle = nn.Sequential(nn.Conv2d(ch * 2, ch * 4, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(ch))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.tail = nn.Sequential(conv(ch, 16, 3), nn.LeakyReLU(0.2), conv(16, 3, 9))
+
+    def forward(self, x):
+        h = self.head(x)
+        for block in self.blocks:
+            h = h + block(h)
+        h = h + nn.functional.interpolate(h.mean(1, keepdim=True), size=h.shape[-2:], mode="bilinear",
+                                          align_corners=True)
+        h = self.shuffle(h)  # back to the input resolution
+        return torch.tanh(self.tail(self.up(h)))  # x2 super-resolved
+
+
+def style_sr():
+    g = torch.Generator().manual_seed(0)
+    model = StyleSR()
+    with torch.no_grad():  # affine norms away from their identity init, as trained ones are
+        for m in model.modules():
+            if isinstance(m, (nn.InstanceNorm2d, nn.GroupNorm)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+    return model
+
+
+class STN(nn.Module):
+    """Spatial transformer network (the PyTorch tutorial's MNIST model): a localisation CNN regresses a 2x3
+    affine matrix, F.affine_grid + F.grid_sample resample the input, then a small classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.loc = nn.Sequential(nn.Conv2d(1, 8, 7), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(8, 10, 5),
+                                 nn.MaxPool2d(2), nn.ReLU())
+        self.fc_loc = nn.Sequential(nn.Linear(10 * 3 * 3, 32), nn.ReLU(), nn.Linear(32, 6))
+        with torch.no_grad():  # near the identity transform, as the tutorial initialises it
+            self.fc_loc[2].weight.mul_(0.1)
+            self.fc_loc[2].bias.copy_(torch.tensor([1.0, 0.1, 0.05, -0.1, 0.9, 0.0]))
+        self.cls = nn.Sequential(nn.Conv2d(1, 10, 5), nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(10, 20, 5),
+                                 nn.MaxPool2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(320, 10))
+
+    def forward(self, x):
+        theta = self.fc_loc(self.loc(x).flatten(1)).view(-1, 2, 3)
+        grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        x = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # the warped image too: the random classifier's log-probabilities alone are nearly uniform
+        return self.cls(x).log_softmax(-1), x
+
+
+class MelCNN(nn.Module):
+    """Audio classifier with its feature extraction in the graph: torch.stft (Hann window, 25 ms / 10 ms at
+    16 kHz), power spectrum, a mel filterbank matmul, log, then a small CNN."""
+
+    def __init__(self, n_fft=400, hop=160, mels=40, classes=10):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft))
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("mel", torch.rand(n_fft // 2 + 1, mels, generator=g) / n_fft)
+        self.net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes))
+
+    def forward(self, wave):  # [B, samples]
+        spec = torch.stft(wave, self.n_fft, self.hop, window=self.window, center=True, return_complex=True)
+        power = spec.abs().pow(2).transpose(1, 2)  # [B, frames, bins]
+        logmel = torch.log(power @ self.mel + 1e-6)
+        return self.net(logmel.unsqueeze(1))
+
+
+class UNet3D(nn.Module):
+    """A small 3-D U-Net as in volumetric segmentation (MONAI/nnU-Net style): Conv3d + InstanceNorm3d +
+    LeakyReLU blocks, MaxPool3d down, ConvTranspose3d and trilinear Upsample up, skip concatenations."""
+
+    def __init__(self, ch=8, classes=3):
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv3d(i, o, 3, padding=1), nn.InstanceNorm3d(o, affine=True),
+                                 nn.LeakyReLU(0.01), nn.Conv3d(o, o, 3, padding=1),
+                                 nn.InstanceNorm3d(o, affine=True), nn.LeakyReLU(0.01))
+
+        self.enc1, self.enc2, self.enc3 = block(1, ch), block(ch, ch * 2), block(ch * 2, ch * 4)
+        self.pool = nn.MaxPool3d(2)
+        self.up2 = nn.ConvTranspose3d(ch * 4, ch * 2, 2, stride=2)
+        self.dec2 = block(ch * 4, ch * 2)
+        self.up1 = nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)
+        self.dec1 = block(ch * 3, ch)
+        self.out = nn.Conv3d(ch, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.out(d1).softmax(1)
+
+
+def unet3d():
+    g = torch.Generator().manual_seed(0)
+    model = UNet3D()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.InstanceNorm3d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+    return model
+
+
+VOCAB = 1000
+LLAMA = dict(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128, use_cache=False, pad_token_id=0)
+LLAMA_KV_HEADS, LLAMA_HEAD_DIM = 2, 128 // 4
+
+
+class DecoderWithPast(nn.Module):
+    """One decoding step of a causal LM with its KV cache as graph inputs and outputs, the way optimum /
+    onnxruntime-genai export decoders ("decoder_with_past"): input_ids [B, S], attention_mask [B, P+S],
+    position_ids [B, S], past key/value [B, kv_heads, P, head_dim] per layer -> logits and the present
+    key/values [B, kv_heads, P+S, head_dim]. Two layers, so the arguments are spelled out (torch.export
+    takes no *args)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_0, past_value_0, past_key_1, past_value_1):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=[(past_key_0, past_value_0), (past_key_1, past_value_1)],
+                             config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        presents = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *presents)
+
+
+def llama_with_past():
+    return DecoderWithPast(hf("LlamaForCausalLM", "LlamaConfig", **{**LLAMA, "use_cache": True})())
+
+
+PAST = 16  # cached tokens
+KV = f32([1, LLAMA_KV_HEADS, PAST, LLAMA_HEAD_DIM], -1.0, 1.0)
+WITH_PAST_IN = {"input_ids": ids([1, 1], VOCAB),
+                "attention_mask": {"shape": [1, PAST + 1], "dtype": "int64", "low": 1, "high": 2},
+                "position_ids": {"shape": [1, 1], "dtype": "int64", "low": PAST, "high": PAST + 1},
+                "past_key_0": KV, "past_value_0": KV, "past_key_1": KV, "past_value_1": KV}
+WITH_PAST_OUT = ["logits", "present_key_0", "present_value_0", "present_key_1", "present_value_1"]
 IMG = {"x": f32([1, 3, 224, 224])}
 BATCH = {"x": {0: "batch"}}
-VOCAB = 1000
 BERT = dict(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
             max_position_embeddings=128)
 TEXT_IN = {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32]),
@@ -345,6 +545,135 @@ MODELS: dict[str, Model] = {
         "transformers CLIPVisionModelWithProjection (quick_gelu, pre-LN), 112 px, 2 layers d=128",
         "image embedding", {"pixel_values": f32([1, 3, 112, 112])}, {"pixel_values": {0: "batch"}}, hf=True,
         outputs=["image_embeds", "last_hidden_state"]),
+    # ---------------------------------------------------------------- more architectures (new op classes)
+    # decoder-only LM in the LLaMA style: rotary embeddings, RMSNorm, SiLU-gated MLP, grouped-query attention
+    "llama_dynamo": Model("dynamo", hf("LlamaForCausalLM", "LlamaConfig", **LLAMA),
+                          "transformers LlamaForCausalLM (rotary, RMSNorm, GQA 4/2 heads), 2 layers d=128, no KV cache",
+                          "causal LM", {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32])},
+                          TEXT_DYN, hf=True, outputs=["logits"]),
+    "llama_ts17": Model("torchscript", hf("LlamaForCausalLM", "LlamaConfig", **LLAMA),
+                        "transformers LlamaForCausalLM (rotary, RMSNorm, GQA 4/2 heads), 2 layers d=128, no KV cache",
+                        "causal LM", {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32])},
+                        TEXT_DYN, opset=17, hf=True, outputs=["logits"]),
+    "bart_ts14": Model(
+        "torchscript", hf("BartForConditionalGeneration", "BartConfig", vocab_size=VOCAB, d_model=128,
+                          encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                          encoder_ffn_dim=256, decoder_ffn_dim=256, max_position_embeddings=128, use_cache=False),
+        "transformers BartForConditionalGeneration (learned positions, encoder-decoder, cross-attention), "
+        "2+2 layers d=128", "seq2seq",
+        {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32]), "decoder_input_ids": ids([1, 8], VOCAB)},
+        TEXT_DYN, opset=14, hf=True, outputs=["logits", "encoder_last_hidden_state"],
+        notes="one full forward, no KV cache"),
+    "w2v2_conformer_ts17": Model(
+        "torchscript", hf("Wav2Vec2ConformerForCTC", "Wav2Vec2ConformerConfig", vocab_size=32, hidden_size=64,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7,
+                          position_embeddings_type="rotary", conv_depthwise_kernel_size=15,
+                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+        "transformers Wav2Vec2ConformerForCTC (rotary self-attention, GLU + depthwise Conv1d + BatchNorm conformer "
+        "module), 2 layers d=64", "speech recognition (CTC)", {"input_values": f32([1, 8000], -1.0, 1.0)},
+        {"input_values": {0: "batch", 1: "samples"}}, opset=17, hf=True, outputs=["logits"]),
+    "segformer_dynamo": Model(
+        "dynamo", hf("SegformerForSemanticSegmentation", "SegformerConfig", depths=[1, 1, 1, 1],
+                     hidden_sizes=[16, 32, 64, 128], num_attention_heads=[1, 2, 4, 8], decoder_hidden_size=64,
+                     num_labels=5),
+        "transformers SegformerForSemanticSegmentation (overlapping patch embeds, spatial-reduction attention, "
+        "Mix-FFN depthwise conv, bilinear all-MLP decoder), MiT widths 16-128", "segmentation",
+        {"pixel_values": f32([1, 3, 128, 128])}, {"pixel_values": {0: "batch"}}, hf=True, outputs=["logits"]),
+    "swin_dynamo": Model(
+        "dynamo", hf("SwinForImageClassification", "SwinConfig", "eager", image_size=112, patch_size=4, embed_dim=32,
+                     depths=[2, 2, 2], num_heads=[2, 4, 8], window_size=7, num_labels=10),
+        "transformers SwinForImageClassification (shifted windows: roll + window partition, relative position "
+        "bias, patch merging), 112 px, window 7, 3 stages d=32", "classification",
+        {"pixel_values": f32([1, 3, 112, 112])}, {"pixel_values": {0: "batch"}}, hf=True, outputs=["logits"],
+        notes="eager attention: with SDPA torch 2.14's dynamo exporter stops in the decomposition (ConversionError: "
+              "cannot view a [16, 49, 2, 16] tensor with its strides as [16, 49, 32])"),
+    "yolos_ts14": Model(
+        "torchscript", hf("YolosForObjectDetection", "YolosConfig", hidden_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=192, image_size=[96, 128], patch_size=16,
+                          num_detection_tokens=10, num_labels=5),
+        "transformers YolosForObjectDetection (ViT with detection tokens, bicubic position-embedding "
+        "interpolation, box MLP head), 96x128, 2 layers d=96", "detection",
+        {"pixel_values": f32([1, 3, 96, 128])}, {"pixel_values": {0: "batch"}}, opset=14, hf=True,
+        outputs=["logits", "pred_boxes"]),
+    "cvt_ts14": Model(
+        "torchscript", hf("CvtForImageClassification", "CvtConfig", embed_dim=[16, 32, 64], num_heads=[1, 2, 4],
+                          depth=[1, 2, 3], num_labels=10),
+        "transformers CvtForImageClassification (convolutional token embedding, depthwise-conv+BatchNorm q/k/v "
+        "projections, einsum attention, cls token in the last stage), widths 16-64", "classification",
+        {"pixel_values": f32([1, 3, 96, 96])}, {"pixel_values": {0: "batch"}}, opset=14, hf=True,
+        outputs=["logits"]),
+    "fasterrcnn_mbv3_320_ts11": Model(
+        "torchscript", fasterrcnn_mbv3,
+        "torchvision fasterrcnn_mobilenet_v3_large_320_fpn (RPN + RoIAlign MultiScaleRoIAlign + box head + NMS)",
+        "detection", {"images": f32([3, 240, 320], 0.0, 1.0)}, opset=11, outputs=["boxes", "scores", "labels"],
+        notes="input is one CHW image (wrapped); transform (resize to 320, normalize), RPN proposals (TopK, NMS), "
+              "RoiAlign and per-class NMS are in the graph; box_score_thresh=0.001"),
+    "r3d_18_dynamo": Model("dynamo", tv("r3d_18"), "torchvision video r3d_18 (3-D convolutions, 3-D pooling)",
+                           "video classification", {"x": f32([1, 3, 8, 64, 64])}, BATCH,
+                           notes="8 frames of 64x64"),
+    "raft_small_ts16": Model(
+        "torchscript", raft_small,
+        "torchvision raft_small (correlation pyramid, GridSample lookups, ConvGRU updates, convex upsampling "
+        "with unfold), 4 refinement steps", "optical flow",
+        {"image1": f32([1, 3, 128, 128], -1.0, 1.0), "image2": f32([1, 3, 128, 128], -1.0, 1.0)}, opset=16,
+        outputs=["flow"], notes="num_flow_updates=4 (12 by default): the last flow is the output"),
+    "timm_levit_128s_dynamo": Model(
+        "dynamo", timm_model("levit_128s"), "timm levit_128s (BN-folded linear attention with learned biases "
+        "gathered by index, strided-subsample attention, hard-swish)", "classification", IMG, BATCH),
+    "timm_hrnet_w18_small_ts13": Model(
+        "torchscript", timm_model("hrnet_w18_small"), "timm hrnet_w18_small (parallel multi-resolution branches, "
+        "nearest upsample fusion)", "classification", IMG, BATCH, opset=13),
+    "style_sr_ts13": Model(
+        "torchscript", style_sr, "fast-style / super-resolution net: ReflectionPad2d, InstanceNorm2d, GroupNorm, "
+        "bilinear align_corners resize, PixelShuffle, nearest Upsample, PReLU", "image-to-image",
+        {"x": f32([1, 3, 96, 96], -1.0, 1.0)}, {"x": {0: "batch"}}, opset=13),
+    "style_sr_dynamo": Model(
+        "dynamo", style_sr, "fast-style / super-resolution net: ReflectionPad2d, InstanceNorm2d, GroupNorm, "
+        "bilinear align_corners resize, PixelShuffle, nearest Upsample, PReLU", "image-to-image",
+        {"x": f32([1, 3, 96, 96], -1.0, 1.0)}, {"x": {0: "batch"}}),
+    # opset 23: the dynamo exporter's RMSNormalization / RotaryEmbedding / Attention ops where it emits them
+    "llama_dynamo_op23": Model("dynamo", hf("LlamaForCausalLM", "LlamaConfig", **LLAMA),
+                               "transformers LlamaForCausalLM (rotary, RMSNorm, GQA 4/2 heads), 2 layers d=128, "
+                               "no KV cache", "causal LM",
+                               {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32])}, TEXT_DYN,
+                               opset=23, hf=True, outputs=["logits"]),
+    # XLM-R (the e5 / bge-m3 / multilingual sentence-transformers base): positions from a CumSum over the
+    # padding mask of the input ids
+    "xlm_roberta_ts14": Model(
+        "torchscript", hf("XLMRobertaModel", "XLMRobertaConfig", vocab_size=VOCAB, hidden_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                          max_position_embeddings=130, pad_token_id=1),
+        "transformers XLMRobertaModel (CumSum position ids from the padding mask), 2 layers d=128",
+        "text encoder", {"input_ids": ids([1, 32], VOCAB), "attention_mask": mask([1, 32])}, TEXT_DYN,
+        opset=14, hf=True, outputs=["last_hidden_state", "pooler_output"]),
+    "stn_dynamo": Model("dynamo", STN, "spatial transformer network (affine_grid + grid_sample) + CNN classifier",
+                        "classification", {"x": f32([1, 1, 28, 28], 0.0, 1.0)}, BATCH,
+                        outputs=["log_probs", "warped"]),
+    "stn_ts20": Model("torchscript", STN, "spatial transformer network (affine_grid + grid_sample) + CNN "
+                      "classifier", "classification", {"x": f32([1, 1, 28, 28], 0.0, 1.0)}, BATCH, opset=20,
+                      outputs=["log_probs", "warped"],
+                      notes="opset 20: the TorchScript exporter has affine_grid (AffineGrid) from opset 20 only"),
+    "mel_cnn_dynamo": Model("dynamo", MelCNN, "torch.stft + mel filterbank + log front end, 2-layer CNN",
+                            "audio classification", {"wave": f32([1, 16000], -1.0, 1.0)}, {"wave": {0: "batch"}},
+                            notes="STFT in the graph (1 s at 16 kHz, n_fft=400, hop=160)"),
+    "unet3d_ts17": Model("torchscript", unet3d, "3-D U-Net (Conv3d, InstanceNorm3d, MaxPool3d, ConvTranspose3d, "
+                         "trilinear Upsample, skip concat)", "volumetric segmentation",
+                         {"x": f32([1, 1, 16, 32, 32])}, BATCH, opset=17),
+    # a decode step with the KV cache in and out (optimum's decoder_with_past layout): Concat of past and
+    # new keys, positions given, mask over past + new tokens
+    "llama_with_past_ts17": Model(
+        "torchscript", llama_with_past, "transformers LlamaForCausalLM decode step with past key/values as inputs "
+        "and outputs (GQA 4/2 heads), 2 layers d=128", "causal LM (decode step, KV cache)", WITH_PAST_IN,
+        {"input_ids": {0: "batch"}, "attention_mask": {0: "batch", 1: "total_sequence"}, "position_ids": {0: "batch"},
+         **{f"past_{kv}_{i}": {0: "batch", 2: "past_sequence"} for kv in ("key", "value") for i in (0, 1)}},
+        opset=17, outputs=WITH_PAST_OUT,
+        notes=f"one new token after {PAST} cached ones (the new-token axis static: the exporter's example would "
+              "otherwise be 2 new tokens against a mask of 17)"),
+    "llama_with_past_dynamo": Model(
+        "dynamo", llama_with_past, "transformers LlamaForCausalLM decode step with past key/values as inputs "
+        "and outputs (GQA 4/2 heads), 2 layers d=128", "causal LM (decode step, KV cache)", WITH_PAST_IN,
+        outputs=WITH_PAST_OUT, notes=f"one new token after {PAST} cached ones; static shapes (torch.export "
+        "wants the mask length tied to past + new as a derived dim)"),
     # ---------------------------------------------------------------- recurrent / control flow
     "kws_lstm_ts13": Model(
         "torchscript", KeywordSpotter, "Conv1d front end + 2-layer nn.LSTM with h0/c0 state in/out + Linear",
