@@ -39,8 +39,9 @@ def If(ctx, cond, *, then_branch, else_branch):
     if dtype_of(cond) != "bool":
         cond = op.astype(cond, "bool")
     cond = ctx.emit(op.reshape(cond, []), lowerer.unique_name(f"{ctx.node.name or 'if'}_cond", "cond"))
+    branching_failure = None
     if _worth_branching(lowerer, then_branch, else_branch):
-        taken = _branching_if(ctx, cond, then_branch, else_branch)
+        taken, branching_failure = _branching_if(ctx, cond, then_branch, else_branch)
         if taken is not None:
             return taken
     branches = {}
@@ -69,6 +70,9 @@ def If(ctx, cond, *, then_branch, else_branch):
             f"{'else' if bad == 'then' else 'then'} branch")
         return branches["else" if bad == "then" else "then"]
     then_out, else_out = branches["then"], branches["else"]
+    if branching_failure:
+        lowerer.warnings.append(f"If node {ctx.node.name or '?'!r}: {branching_failure}; both branches are "
+                                "computed and one is selected")
     results = []
     for k, (a, b) in enumerate(zip(then_out, else_out)):
         if dtype_of(a) != dtype_of(b):
@@ -120,16 +124,17 @@ def _captured(lowerer, graphs) -> list:
     return captured
 
 
-def _branching_if(ctx, cond, then_branch, else_branch) -> list | None:
-    """Lower a run-time ``If`` to real control flow; ``None`` when a branch does not lower
-    here (the caller's inline path then decides, with its messages)."""
+def _branching_if(ctx, cond, then_branch, else_branch) -> tuple[list | None, str | None]:
+    """Lower a run-time ``If`` to real control flow: (outputs, None), or (None, why not) when a
+    branch does not lower as a function of its own (the caller's inline path then decides, and
+    says why if it ends up computing both branches)."""
     lowerer = ctx.lowerer
     bb = lowerer.bb
     captured = _captured(lowerer, (then_branch, else_branch))
     outer = [lowerer.exprs[v] for v in captured]
     if not all(isinstance(e.ty, relax.TensorType) and e.ty.shape is not None
                and all(isinstance(d, tir.IntImm) for d in e.ty.shape.values) for e in outer):
-        return None
+        return None, None  # symbolic shapes: the inline path
     base = lowerer.unique_name(ctx.node.name or "if", "if")
     functions, types = [], []
     for name, graph in (("then", then_branch), ("else", else_branch)):
@@ -151,21 +156,22 @@ def _branching_if(ctx, cond, then_branch, else_branch) -> list | None:
         if error is not None:
             lowerer.warnings[:] = saved_warnings
             _forget(lowerer, graph)
-            return None
+            return None, (f"its {name} branch does not compile as a function of its own "
+                          f"({str(error).splitlines()[0][:200] if str(error) else type(error).__name__})")
         functions.append(gv)
         types.append(bb.get()[gv].ret_ty)
     then_types, else_types = (t.fields for t in types)
     for a, b in zip(then_types, else_types):
         if a.dtype != b.dtype or len(a.shape.values) != len(b.shape.values) or not all(
                 _analyzer.can_prove_equal(x, y) for x, y in zip(a.shape.values, b.shape.values)):
-            return None  # the inline path names the mismatch
+            return None, None  # the inline path names the mismatch
     cond_param = relax.Var("cond", relax.TensorType([], "bool"))
     params = [relax.Var(lowerer.unique_name(v.name, "p"), e.ty) for v, e in zip(captured, outer)]
     with bb.function(f"{base}_select", params=[cond_param, *params], private=True):
         chosen = bb.emit(relax.If(cond_param, relax.Call(functions[0], params), relax.Call(functions[1], params)))
         gv = bb.emit_func_output(chosen)
     result = ctx.emit(relax.Call(gv, [cond, *outer]), base)
-    return [ctx.emit(relax.TupleGetItem(result, k)) for k in range(len(then_types))]
+    return [ctx.emit(relax.TupleGetItem(result, k)) for k in range(len(then_types))], None
 
 
 def _unlowerable_ops(lowerer, graph) -> set[str]:
