@@ -64,16 +64,17 @@ class ConvBNLayer(nn.Layer):
 
 
 class SEModule(nn.Layer):
-    def __init__(self, c, reduction=4):
+    def __init__(self, c, reduction=4, slope=0.2):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2D(1)
         self.conv1 = nn.Conv2D(c, c // reduction, 1)
         self.conv2 = nn.Conv2D(c // reduction, c, 1)
+        self.slope = slope
 
     def forward(self, x):
         s = F.relu(self.conv1(self.pool(x)))
         # PaddleOCR's SE gate: hardsigmoid with slope 0.2 / offset 0.5 (not the 1/6 of torch's)
-        s = F.hardsigmoid(self.conv2(s), slope=0.2, offset=0.5)
+        s = F.hardsigmoid(self.conv2(s), slope=self.slope, offset=0.5)
         return x * s
 
 
@@ -353,16 +354,11 @@ def kaiming_init(model: nn.Layer) -> nn.Layer:
     return model
 
 
-class LCNetSE(nn.Layer):
-    def __init__(self, c, reduction=4):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2D(1)
-        self.conv1 = nn.Conv2D(c, c // reduction, 1)
-        self.conv2 = nn.Conv2D(c // reduction, c, 1)
+class LCNetSE(SEModule):
+    """PP-LCNet's SE gate: paddle's default hardsigmoid (slope 1/6), not PaddleOCR's 0.2."""
 
-    def forward(self, x):
-        s = F.relu(self.conv1(self.pool(x)))
-        return x * F.hardsigmoid(self.conv2(s))
+    def __init__(self, c, reduction=4):
+        super().__init__(c, reduction, slope=0.1666667)
 
 
 class DepthwiseSeparable(nn.Layer):
