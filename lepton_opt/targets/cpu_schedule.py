@@ -69,6 +69,7 @@ import tvm
 import tvm_ffi
 from tvm import relax, s_tir, te, tirx, topi
 from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
+from tvm.sym import Analyzer
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 
 from lepton_opt.targets import attention as _attention
@@ -86,6 +87,12 @@ _MAX_ROWS = 14
 _MAX_U = 4
 # Rows are padded to a multiple of this when the row count has no useful divisor (197 tokens).
 _ROW_PAD = 8
+# Most accumulator vectors (of 64 bytes) a tile keeps on the stack: TVM allocates local buffers
+# of 1 KiB or more from its workspace pool.
+_STACK_ACCUMULATORS = 15
+# Stands for a row extent known only at run time when the row tile is chosen: 2^4 * 3^2 * 5 *
+# 7 * 11 * 13, which every row tile divides.
+_RUNTIME_ROWS = 720720
 
 
 # ----------------------------------------------------------------------------------------
@@ -418,6 +425,74 @@ class _PadMatmulColumns(relax.PyExprMutator):
         return _with_padded_weight(self.builder_, call, columns, self.lanes, out_axis=rank - 1)
 
 
+def _runtime_row_tile(columns: int, lanes: int, registers: int) -> int:
+    """The rows of the default register tile of a matmul with ``columns`` output columns whose
+    row count is known only at run time (planned as if the rows were many)."""
+    vl = lanes
+    while vl > 1 and columns % vl:
+        vl //= 2
+    vectors = columns // vl if vl >= 4 else 1
+    # Accumulators under 1 KiB: TVM keeps them on the stack (TVMBackendAllocWorkspace above),
+    # where LLVM can tell them apart from the operands and keep them in registers.
+    return _register_tile(_RUNTIME_ROWS, vectors, registers, max_accumulators=_STACK_ACCUMULATORS)[0]
+
+
+@relax.expr_functor.mutator
+class _PadRuntimeRows(relax.PyExprMutator):
+    """Matmuls with a constant ``[K, N]`` weight whose row count is known only at run time (the
+    box head of a detector after NMS, a dynamic batch): the rows (all leading axes) are padded
+    with zeros, in a kernel of their own, to a multiple of the register tile's rows, and the
+    result is cropped back. The register-tiled rule needs whole tiles; without this the matmul
+    fell to the generic schedule (a 12544x1024 box-head matmul at 98 rows: 4.1 s against 9.8 ms
+    with the rows known). Padding inside the kernel instead hides the padded copy behind a
+    pointer LLVM cannot tell apart from the accumulators, which then stay in memory (2x)."""
+
+    def __init__(self, mod: tvm.IRModule, lanes: int, registers: int):
+        super().__init__(mod)
+        self.lanes, self.registers = lanes, registers
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D401
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.matmul"):
+            return call
+        x, weight = call.args
+        w_shape = getattr(getattr(weight, "ty", None), "shape", None)
+        x_shape = getattr(getattr(x, "ty", None), "shape", None)
+        if w_shape is None or x_shape is None or len(w_shape.values) != 2 or len(x_shape.values) < 2 \
+                or not all(isinstance(d, tirx.IntImm) for d in w_shape.values):
+            return call
+        lead, depth = list(x_shape.values[:-1]), x_shape.values[-1]
+        if not isinstance(depth, tirx.IntImm) or all(isinstance(d, tirx.IntImm) for d in lead) \
+                or call.ty.dtype != x.ty.dtype or not _is_constant_derived(self, weight):
+            return call
+        columns = int(w_shape.values[1])
+        tile = _runtime_row_tile(columns, self.lanes, self.registers)
+        if tile < 2:
+            return call
+        rows = lead[0]
+        for d in lead[1:]:
+            rows = rows * d
+        padded_rows = tirx.floordiv(rows + (tile - 1), tile) * tile
+
+        def pad(a):
+            flat = topi.reshape(a, [rows, depth]) if len(lead) > 1 else a
+            return te.compute((padded_rows, depth), lambda i, k: tirx.if_then_else(
+                i < rows, flat[i, k], tirx.const(0, a.dtype)), name="rows_padded")
+
+        def crop(a):
+            return topi.reshape(te.compute((rows, columns), lambda i, j: a[i, j], name="rows_cropped"),
+                                lead + [columns])
+
+        wide = self.builder_.emit(relax.op.matmul(
+            self.builder_.emit_te(pad, x, primfunc_name_hint="pad_rows"), weight, out_dtype=call.attrs.out_dtype))
+        return self.builder_.call_te(crop, wide, primfunc_name_hint="crop_rows")
+
+
+def _pad_runtime_rows_pass(target: tvm.target.Target) -> tvm.transform.Pass:
+    lanes, registers = _lanes(target, 32), _vector_registers(target)
+    return _mutator_pass("LeptonPadRuntimeRows", lambda mod: _PadRuntimeRows(mod, lanes, registers))
+
+
 def _pad_matmul_columns_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     lanes = _lanes(target, 32)
     return _mutator_pass("LeptonPadMatmulColumns", lambda mod: _PadMatmulColumns(mod, lanes))
@@ -618,6 +693,8 @@ def cpu_graph_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
         _pad_conv_channels_pass(target),
         relax.transform.Normalize(),
         _pad_matmul_columns_pass(target),
+        relax.transform.Normalize(),
+        _pad_runtime_rows_pass(target),
         relax.transform.Normalize(),
     ]
 
@@ -921,12 +998,14 @@ class _TiledPlan:
     lanes: int  # the target's lanes for the output type
     registers: int
     other_extent: int  # product of the other output extents
+    runtime_rows: bool = False  # the row extent is known at run time only (padded to ``rows``)
 
     def space(self) -> list[Tile]:
         return tile_space(self.rows, self.vectors, self.registers, self.other_extent > 1, self.default())
 
     def default(self) -> Tile:
-        return Tile(*_register_tile(self.rows, self.vectors, self.registers))
+        limit = _STACK_ACCUMULATORS if self.runtime_rows else 64
+        return Tile(*_register_tile(self.rows, self.vectors, self.registers, max_accumulators=limit))
 
 
 def tile_space(rows: int, vectors: int, registers: int, orders: bool, default: Tile) -> list[Tile]:
@@ -955,9 +1034,11 @@ def _rule_tiled_reduction(func: tirx.PrimFunc, target: tvm.target.Target,
     return plan.sch
 
 
-def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = False) -> _TiledPlan | None:
+def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = False,
+               row_multiple: int = 1) -> _TiledPlan | None:
     """Analyze a kernel for the register-tiled rule (None if it does not apply); the schedule
-    of the plan may be a padded copy of ``sch``."""
+    of the plan may be a padded copy of ``sch`` (``padded``: this is that copy, whose row
+    extent, if known only at run time, is a multiple of ``row_multiple``)."""
     _inline_injective(sch, keep_padding=True)
     blocks = _root_blocks(sch)
     red_blocks = [b for b in blocks if "R" in _block_iter_kinds(sch, b)]
@@ -976,9 +1057,12 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         return None
     iter_vars = [iv.var for iv in stmt.iter_vars]
     extents = [iv.dom.extent for iv in stmt.iter_vars]
-    if not all(isinstance(e, tirx.IntImm) for e in extents):
+    # One extent may be known only at run time (the rows of a matmul after NMS, a dynamic
+    # batch): it must be the row axis, which is then padded (below).
+    runtime = [iv for iv, e in zip(iter_vars, extents) if not isinstance(e, tirx.IntImm)]
+    if len(runtime) > 1:
         return None
-    extents = [int(e) for e in extents]
+    extents = [_RUNTIME_ROWS if not isinstance(e, tirx.IntImm) else int(e) for e in extents]
     loops = sch.get_loops(main)
     realize = _block_realize(sch, main)
     # Need the canonical one-loop-per-iterator form to map iterators to loops.
@@ -1006,6 +1090,8 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         return None
     vec_var = out_axes[-1]
     row_var = out_axes[-2] if len(out_axes) >= 2 else None
+    if runtime and (row_var is None or not runtime[0].same_as(row_var)):
+        return None
     # Every read must index the vector axis contiguously (last index, stride 1) or not at all.
     for region in stmt.reads:
         idx = [r.min for r in region.region]
@@ -1023,6 +1109,22 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
     odd = vl < 4 and vext > lanes  # no divisor of 4 or more, and longer than one vector
     rows_ext = ext_of[row_var] if row_var is not None else 1
     few_rows = rows_ext > _ROW_PAD and _largest_divisor(rows_ext, _MAX_ROWS) < 4
+    row_pad = _ROW_PAD
+    if runtime:
+        # Rows known only at run time must come in whole row tiles: a guarded last tile keeps
+        # the accumulators out of registers (2.5x slower on a 12544x1024 matmul). Matmuls with a
+        # weight are padded in the graph (_PadRuntimeRows); others here, in the kernel (its
+        # padded copy of the input costs about 2x: see there), still far from the generic rule.
+        row_pad = _runtime_row_tile(vext, lanes, _vector_registers(target))
+        if Analyzer().can_prove(tirx.floormod(stmt.iter_vars[iter_vars.index(row_var)].dom.extent,
+                                                        row_pad) == 0):
+            rows_ext = row_pad  # padded in the graph (_PadRuntimeRows)
+        elif padded:
+            if row_multiple < 2:
+                return None
+            rows_ext = row_multiple
+        else:
+            few_rows = True
     if (odd or few_rows) and not padded:
         # An extent with no useful divisor (197 tokens, 45 or 179 channels) leaves a scalar, an
         # odd-width or a one-row micro-kernel: pad the vector axis to a multiple of the lanes
@@ -1030,12 +1132,12 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         # become blocks of their own) and schedule that instead. Only einsum-shaped blocks
         # (matmuls) can be padded; convolutions are padded in the graph (_PadConvChannels).
         padding = [lanes if iv.same_as(vec_var) and odd else
-                   _ROW_PAD if row_var is not None and iv.same_as(row_var) and few_rows else 1
+                   row_pad if row_var is not None and iv.same_as(row_var) and few_rows else 1
                    for iv in iter_vars]
         try:
             padded_sch = sch.copy()
             padded_sch.pad_einsum(main, padding)
-            found = tiled_plan(padded_sch, target, padded=True)
+            found = tiled_plan(padded_sch, target, padded=True, row_multiple=row_pad if few_rows else 1)
         except Exception:  # noqa: BLE001 - not an einsum, or the padded form did not schedule
             found = None
         if found is not None:
@@ -1048,7 +1150,7 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         other_extent *= ext_of[v]
     return _TiledPlan(sch, main, producers, epilogue, loop_of, vec_var, row_var, other,
                       [iv for iv, k in zip(iter_vars, kinds) if k == "R"], rows_ext, vext // vl, vl, lanes,
-                      _vector_registers(target), other_extent)
+                      _vector_registers(target), other_extent, bool(runtime))
 
 
 def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
@@ -1064,12 +1166,22 @@ def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
     else:
         row_outer, row_inner = [], []
     other = [loop_of[v] for v in plan.other_spatial]
-    outer = {"rows": other + [vo] + row_outer, "panels": [vo] + other + row_outer,
-             "inputs": other + row_outer + [vo]}[tile.order]
     red_loops = [loop_of[v] for v in plan.red_vars]
-    sch.reorder(*outer, *red_loops, *row_inner, vu, vv)
-    tile_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-    sch.parallel(tile_loop)
+    if plan.runtime_rows:
+        # Row tiles counted at run time stay a loop of their own inside the parallel one: fused
+        # with it, every index into the accumulators divides by that count, which LLVM cannot
+        # resolve to fixed registers (they stayed in memory: 2.4x slower).
+        sch.reorder(*other, vo, *row_outer, *red_loops, *row_inner, vu, vv)
+        static = other + [vo]
+        parallel_loop = sch.fuse(*static) if len(static) > 1 else static[0]
+        sch.parallel(parallel_loop)
+        tile_loop = row_outer[0]
+    else:
+        outer = {"rows": other + [vo] + row_outer, "panels": [vo] + other + row_outer,
+                 "inputs": other + row_outer + [vo]}[tile.order]
+        sch.reorder(*outer, *red_loops, *row_inner, vu, vv)
+        tile_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(tile_loop)
     _compute_epilogue_per_tile(sch, tile_loop, wb, plan.epilogue)
     # Vectorize while the block is still a whole reduction: legality is checked on it.
     for lp in row_inner:
@@ -1355,7 +1467,7 @@ def _attention_micro_kernel(sch: s_tir.Schedule, block, row_loop, vector_loop, r
     _vectorize_innermost(sch, sch.get_loops(wb)[-1], lanes)
 
 
-def _register_tile(rows: int, vectors: int, registers: int) -> tuple[int, int]:
+def _register_tile(rows: int, vectors: int, registers: int, max_accumulators: int = 64) -> tuple[int, int]:
     """(r, u): the micro-kernel of ``r x u`` accumulator vectors (r dividing ``rows``, u dividing
     ``vectors``) that fits the register file with its ``u`` weight vectors and one broadcast
     (``r*u + u + 1 <= registers``), with the most accumulators, then the most rows: each weight
@@ -1364,7 +1476,7 @@ def _register_tile(rows: int, vectors: int, registers: int) -> tuple[int, int]:
     for u in range(min(_MAX_U, vectors), 0, -1):
         if vectors % u:
             continue
-        fits = max(1, (registers - 1 - u) // u)
+        fits = max(1, min((registers - 1 - u) // u, max_accumulators // u))
         r = _largest_divisor(rows, min(_MAX_ROWS, fits))
         best = max(best, (r * u, r, r, u))
     return best[2], best[3]
