@@ -188,14 +188,15 @@ _nan_keeping_relu = _mutator_pass("LeptonNanKeepingRelu", _NanKeepingRelu)
 
 @tvm.transform.module_pass(opt_level=0, name="LeptonConvertConvLayout")
 def _convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-    """NHWC/HWIO convolutions; skipped when there is no conv2d, because ConvertLayout's cost
+    """NHWC/HWIO (NDHWC/DHWIO) convolutions, whose output channels are the innermost axis that
+    the register-tiled rule vectorizes; skipped when there is no conv2d, because ConvertLayout's cost
     grows quadratically with the number of bindings (an LSTM unrolled over 400 steps spent five
     minutes in it)."""
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    convs = [tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.nn.conv3d")]
     found = []
 
     def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(conv2d):
+        if isinstance(expr, relax.Call) and any(expr.op.same_as(op) for op in convs):
             found.append(expr)
 
     for func in mod.functions.values():
@@ -206,6 +207,7 @@ def _convert_conv_layout(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     # Transposed convolutions are pinned to NCHW: layout propagation would otherwise hand them the
     # NHWC of a neighbouring conv2d, which TVM cannot legalize for conv2d_transpose.
     return relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"],
+                                          "relax.nn.conv3d": ["NDHWC", "DHWIO"],
                                           "relax.nn.conv2d_transpose": ["NCHW", "IOHW"]})(mod)
 
 

@@ -377,6 +377,38 @@ def test_odd_output_columns_of_a_constant_weight_matmul_are_padded_to_whole_vect
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
+def test_three_d_convolutions_run_channels_last_on_the_tiled_rule():
+    """A video net's Conv3d (r3d_18: 7.2x onnxruntime's time on the generic schedule, 0.74x
+    channels-last and tiled), followed by 3-D pooling, a strided Conv3d and a residual add."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+             for name, shape in [("w1", (16, 3, 3, 3, 3)), ("b1", (16,)), ("w2", (24, 16, 3, 3, 3)),
+                                 ("w3", (24, 16, 1, 1, 1))]]
+    graph = helper.make_graph([
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1] * 6),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[1, 2, 2], strides=[1, 2, 2]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], pads=[1] * 6, strides=[2, 2, 2]),
+        helper.make_node("Conv", ["p1", "w3"], ["c3"], strides=[2, 2, 2]),
+        helper.make_node("Add", ["c2", "c3"], ["y"]),
+    ], "video", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 24, 2, 4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    text = _graph_passes_text(model)
+    assert text.count('data_layout="NDHWC"') == 3 and text.count('kernel_layout="DHWIO"') == 3, text
+    mod, target = _legalized(model)
+    rules = [cpu_schedule.schedule_prim_func(f, target)[1] for gv, f in mod.functions_items()
+             if isinstance(f, tirx.PrimFunc) and "conv3d" in gv.name_hint]
+    assert len(rules) == 3 and set(rules) == {"tiled_reduction"}, rules
+    x = rng.standard_normal((1, 3, 4, 16, 16)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("x_dims, weight_input", [
     (["n", 96], False),        # a detector's box head after NMS: rows known at run time only
     (["b", 7, 96], False),     # a dynamic batch: every leading axis is a row
