@@ -958,6 +958,64 @@ def _vectorize_lane_partials(sch: s_tir.Schedule, partials) -> None:
         sch.vectorize(loops[at])
 
 
+def _rule_channel_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
+    """Reductions over outer axes of channels-last tensors (instance norm and global pooling
+    over NHWC's H and W, window pooling): each reduction walks its reduced axes with the
+    channels innermost as vectors of partial results, in parallel over the other output indices
+    and channel vectors; the element-wise blocks (normalize, activation) run as their own
+    parallel, vectorized loops. dlight's reduction rule (the fallback) computed the whole
+    reduction again for every parallel row of its consumer: a 96x96x32 instance norm did 96
+    times the work (44-60% of a style-transfer net's run)."""
+    sch = s_tir.Schedule(func)
+    _inline_injective(sch, keep_padding=False)
+    blocks = _root_blocks(sch)
+    reductions = [b for b in blocks if "R" in _block_iter_kinds(sch, b)]
+    if not reductions:
+        return None
+    plans = []
+    for block in reductions:
+        stmt = sch.get(block)
+        kinds = _block_iter_kinds(sch, block)
+        loops = sch.get_loops(block)
+        realize = _block_realize(sch, block)
+        if len(loops) != len(kinds) or not all(
+                isinstance(b, tirx.Var) and b.same_as(sch.get(lp).loop_var)
+                for lp, b in zip(loops, realize.iter_values)):
+            return None
+        iter_vars = [iv.var for iv in stmt.iter_vars]
+        last = [w.region[-1].min for w in stmt.writes]
+        if not all(isinstance(e, tirx.Var) for e in last) or any(not e.same_as(last[0]) for e in last):
+            return None
+        (channel,) = [n for n, v in enumerate(iter_vars) if v.same_as(last[0])] or [None]
+        if channel is None or kinds[channel] != "S":
+            return None
+        for region in stmt.reads:
+            idx = [r.min for r in region.region]
+            if any(_uses_var(e, iter_vars[channel]) for e in idx[:-1]) or (
+                    _uses_var(idx[-1], iter_vars[channel]) and not _is_var_plus_other(idx[-1], iter_vars[channel])):
+                return None
+        extent = _extent(sch, loops[channel])
+        vl = _largest_divisor(extent, _lanes(target, _write_dtype_bits(sch, block))) if extent else 0
+        if vl < 4 or (vl & (vl - 1)):
+            return None
+        plans.append((block, loops, kinds, channel, vl))
+    for block, loops, kinds, channel, vl in plans:
+        c_outer, c_inner = sch.split(loops[channel], factors=[None, vl])
+        others = [lp for n, (lp, k) in enumerate(zip(loops, kinds)) if k == "S" and n != channel]
+        reduced = [lp for lp, k in zip(loops, kinds) if k == "R"]
+        sch.reorder(*others, c_outer, *reduced, c_inner)
+        outer = sch.fuse(*others, c_outer) if others else c_outer
+        sch.parallel(outer)
+        sch.vectorize(c_inner)  # while the block is still a whole reduction: legality is checked on it
+        init = sch.decompose_reduction(block, reduced[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    lanes = _lanes(target, 32)
+    for block in _root_blocks(sch):
+        if "R" not in _block_iter_kinds(sch, block) and not sch.get(block).name_hint.endswith("_init"):
+            _parallel_vectorize_block(sch, block, _lanes(target, _write_dtype_bits(sch, block)) or lanes)
+    return sch
+
+
 def _rule_row_reduction(func: tirx.PrimFunc, target: tvm.target.Target) -> s_tir.Schedule | None:
     return _DlightReduction().apply(func, target, False)
 
@@ -1504,6 +1562,7 @@ _RULES = (
     ("int8", _rule_int8),
     ("tiled_reduction", _rule_tiled_reduction),
     ("rows", _rule_rows),
+    ("channel_reduction", _rule_channel_reduction),
     ("row_reduction", _rule_row_reduction),
     ("generic", _rule_generic),
 )

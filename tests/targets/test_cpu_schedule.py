@@ -377,6 +377,36 @@ def test_odd_output_columns_of_a_constant_weight_matmul_are_padded_to_whole_vect
     np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
 
 
+def test_reductions_over_outer_axes_of_channels_last_tensors_vectorize_over_channels():
+    """InstanceNormalization after a convolution (channels-last, reduced over H and W) and
+    pooling after it: the channel-vector rule, each reduction computed once (dlight's rule recomputed it
+    for every parallel row: a style-transfer net at 2.4x onnxruntime's time, now 1.04x)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.models import ort_run
+
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+             for name, shape in [("w", (32, 8, 3, 3)), ("s", (32,)), ("b", (32,))]]
+    graph = helper.make_graph([
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("InstanceNormalization", ["c", "s", "b"], ["n"], epsilon=1e-5),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("AveragePool", ["r"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["p"], ["y"]),
+    ], "style", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 24, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 1, 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    mod, target = _legalized(model)
+    rules = {gv.name_hint: cpu_schedule.schedule_prim_func(f, target)[1]
+             for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
+    assert [r for name, r in rules.items() if "instance_norm" in name] == ["channel_reduction"], rules
+    assert "row_reduction" not in rules.values(), rules
+    x = rng.standard_normal((1, 8, 24, 20)).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    np.testing.assert_allclose(got, ort_run(model, {"x": x})["y"], rtol=1e-4, atol=1e-4)
+
+
 def test_three_d_convolutions_run_channels_last_on_the_tiled_rule():
     """A video net's Conv3d (r3d_18: 7.2x onnxruntime's time on the generic schedule, 0.74x
     channels-last and tiled), followed by 3-D pooling, a strided Conv3d and a residual add."""
