@@ -46,6 +46,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
     """Read ``source`` into a fresh onnx-ir model and apply ``input_shapes``."""
     proto, name, digest = _read(source)
     _check_versions(proto, name)
+    _declare_used_domains(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx-ir rejects malformed graphs (dangling names, bad attributes)
@@ -144,6 +145,25 @@ def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
                 f"{path}: external data location {location!r} lies outside the model's folder; "
                 "lepton-opt reads external data only from files beside the model"
             )
+
+
+def _declare_used_domains(proto: onnx.ModelProto) -> None:
+    """Declare (version 1) the op domains nodes use but the model does not import: onnxruntime's
+    transformers optimizer writes ``com.microsoft`` nodes without their opset import, which
+    onnxruntime accepts and ONNX's shape inference rejects outright."""
+    imported = {o.domain for o in proto.opset_import}
+    used = set()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            used.add(node.domain)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    walk(sub)
+
+    walk(proto.graph)
+    for domain in sorted(used - imported - {"", "ai.onnx"}):
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
 
 
 def _check_versions(proto: onnx.ModelProto, name: str) -> None:

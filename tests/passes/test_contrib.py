@@ -39,6 +39,10 @@ def _scales(prefix, scale, zp):
     return [_init(f"{prefix}_s", np.float32(scale)), _init(f"{prefix}_zp", np.uint8(zp))]
 
 
+def yq_like(name):
+    return helper.make_tensor_value_info(name, U8, None)
+
+
 def case(name):
     x = RNG.standard_normal((2, 3, 6, 6)).astype(np.float32)
     m = RNG.standard_normal((2, 4, 8)).astype(np.float32)
@@ -73,6 +77,63 @@ def case(name):
         feeds = {"m": m, "skip": RNG.standard_normal((2, 4, 8)).astype(np.float32)}
         return _model(node, [_f("m", [2, 4, 8]), _f("skip", [2, 4, 8])], [_f("y", None), _f("sum", None)],
                       [_init(n, RNG.standard_normal(8).astype(np.float32)) for n in ("gamma", "beta", "bias")]), feeds
+    if name == "SkipLayerNormalization_op14":  # before LayerNormalization existed: spelled out
+        model, feeds = case("SkipLayerNormalization")
+        model.opset_import[0].version = 14
+        return model, feeds
+    if name == "SkipSimplifiedLayerNormalization":
+        node = helper.make_node(name, ["m", "skip", "gamma", "bias"], ["y", "", "", "sum"], domain="com.microsoft",
+                                epsilon=1e-6)
+        feeds = {"m": m, "skip": RNG.standard_normal((2, 4, 8)).astype(np.float32)}
+        return _model(node, [_f("m", [2, 4, 8]), _f("skip", [2, 4, 8])], [_f("y", None), _f("sum", None)],
+                      [_init(n, RNG.standard_normal(8).astype(np.float32)) for n in ("gamma", "bias")]), feeds
+    if name == "SimplifiedLayerNormalization":  # onnxruntime's RMS norm, in the ONNX domain
+        node = helper.make_node(name, ["m", "scale"], ["y"], epsilon=1e-6, axis=-1)
+        return _model(node, [_f("m", [2, 4, 8])], [_f("y", None)],
+                      [_init("scale", RNG.standard_normal(8).astype(np.float32))]), {"m": m}
+    if name == "EmbedLayerNormalization":
+        ids = RNG.integers(0, 30, (2, 5)).astype(np.int32)
+        node = helper.make_node(name, ["ids", "segments", "word", "position", "segment", "gamma", "beta", "mask"],
+                                ["y", "mask_index"], domain="com.microsoft", epsilon=1e-12)
+        feeds = {"ids": ids, "segments": (ids % 2).astype(np.int32),
+                 "mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int32)}
+        inputs = [helper.make_tensor_value_info(n, TensorProto.INT32, [2, 5]) for n in ("ids", "segments", "mask")]
+        outputs = [_f("y", None), helper.make_tensor_value_info("mask_index", TensorProto.INT32, None)]
+        inits = [_init("word", RNG.standard_normal((30, 8)).astype(np.float32)),
+                 _init("position", RNG.standard_normal((16, 8)).astype(np.float32)),
+                 _init("segment", RNG.standard_normal((2, 8)).astype(np.float32)),
+                 _init("gamma", RNG.standard_normal(8).astype(np.float32)),
+                 _init("beta", RNG.standard_normal(8).astype(np.float32))]
+        return _model(node, inputs, outputs, inits, opset=14), feeds
+    if name.startswith("Attention"):
+        # onnxruntime's BERT/GPT attention: packed QKV weights, 2 heads, masks in its formats
+        variant = name.split("_", 1)[1]
+        inputs, feeds = [_f("m", [2, 4, 8])], {"m": m}
+        node_inputs = ["m", "w", "b"]
+        attrs = {"num_heads": 2}
+        if variant == "raw_mask":
+            feeds["mask"] = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.int32)
+        elif variant == "lengths":
+            feeds["mask"] = np.array([4, 2], np.int32)
+        elif variant == "causal":
+            attrs["unidirectional"] = 1
+        if "mask" in feeds:
+            node_inputs.append("mask")
+            inputs.append(helper.make_tensor_value_info("mask", TensorProto.INT32, list(feeds["mask"].shape)))
+        node = helper.make_node("Attention", node_inputs, ["y"], domain="com.microsoft", **attrs)
+        return _model(node, inputs, [_f("y", None)],
+                      [_init("w", (RNG.standard_normal((8, 24)) * 0.3).astype(np.float32)),
+                       _init("b", RNG.standard_normal(24).astype(np.float32))], opset=14), feeds
+    if name.startswith("QGemm"):  # QOperator Gemm: uint8 activations, int8 per-channel weights
+        opset = int(name.rsplit("op", 1)[1])
+        x8 = RNG.integers(0, 255, (3, 16)).astype(np.uint8)
+        node = helper.make_node("QGemm", ["a", "a_s", "a_zp", "b", "b_s", "b_zp", "c", "y_s", "y_zp"], ["y"],
+                                domain="com.microsoft", transB=1, alpha=1.0)
+        inits = ([_init("a_s", np.float32(0.02)), _init("a_zp", np.uint8(120)),
+                  _init("b", RNG.integers(-100, 100, (6, 16)).astype(np.int8)),
+                  _init("b_s", (RNG.random(6) * 0.01 + 0.005).astype(np.float32)), _init("b_zp", np.zeros(6, np.int8)),
+                  _init("c", RNG.integers(-2000, 2000, 6).astype(np.int32))] + _scales("y", 0.05, 128))
+        return _model(node, [helper.make_tensor_value_info("a", U8, [3, 16])], [yq_like("y")], inits, opset=opset), {"a": x8}
     # QOperator-format int8 (uint8 activations with scales and zero points)
     xq = {"xq": np.clip(np.round(x / 0.05) + 128, 0, 255).astype(np.uint8)}
     uq = helper.make_tensor_value_info("xq", U8, [2, 3, 6, 6])
@@ -98,7 +159,9 @@ def case(name):
 
 
 CASES = ["FusedConv", "FusedConv_clip_sum", "FusedMatMul", "Gelu", "QuickGelu", "FastGelu", "BiasGelu",
-         "SkipLayerNormalization", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
+         "SkipLayerNormalization", "SkipLayerNormalization_op14", "SkipSimplifiedLayerNormalization",
+         "SimplifiedLayerNormalization", "EmbedLayerNormalization", "Attention_nomask", "Attention_raw_mask",
+         "Attention_lengths", "Attention_causal", "QGemm_op11", "QGemm_op13", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
          "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat"]
 
 
@@ -107,7 +170,8 @@ def test_contrib_op_is_rewritten_and_compiles(name):
     model, feeds = case(name)
     expected = ort_run(model, feeds)
     rewritten = lepton_opt.optimize(model, passes=["expand-contrib-ops"]).model
-    assert not [n.op_type for n in rewritten.graph.node if n.domain == "com.microsoft"]
+    assert not [n.op_type for n in rewritten.graph.node if n.domain == "com.microsoft"
+                or n.op_type == "SimplifiedLayerNormalization"]
     assert [o.name for o in rewritten.graph.output] == [o.name for o in model.graph.output]
     quantized = expected[model.graph.output[0].name].dtype == np.uint8
     # float: rounding only; uint8: a value on a rounding boundary may land one step away
@@ -125,3 +189,36 @@ def test_variant_not_covered_is_left_to_onnxruntime():
     model.graph.output.append(_f("mean", None))
     rewritten = lepton_opt.optimize(model, passes=["expand-contrib-ops"]).model
     assert [n.op_type for n in rewritten.graph.node] == ["SkipLayerNormalization"]
+
+
+def test_float16_model_gets_float16_constants():
+    """onnxruntime's float16 converter leaves BiasGelu/FastGelu/SkipLayerNormalization in float16:
+    the expansion's constants follow the input's type (float32 ones made the model invalid and the
+    pass was rolled back, leaving the ops to onnxruntime)."""
+    f16 = TensorProto.FLOAT16
+    nodes = [helper.make_node("FastGelu", ["m", "bias"], ["g"], domain="com.microsoft"),
+             helper.make_node("SkipLayerNormalization", ["g", "m", "gamma", "beta"], ["y"], domain="com.microsoft",
+                              epsilon=1e-5)]
+    params = {n: RNG.standard_normal(8).astype(np.float16) for n in ("bias", "gamma", "beta")}
+    graph = helper.make_graph(nodes, "f16", [helper.make_tensor_value_info("m", f16, [2, 4, 8])],
+                              [helper.make_tensor_value_info("y", f16, [2, 4, 8])],
+                              [_init(n, v) for n, v in params.items()])
+    # no com.microsoft opset import, as onnxruntime's transformers optimizer writes them
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    rewritten = lepton_opt.optimize(model, passes=["expand-contrib-ops"])
+    assert not rewritten.warnings, rewritten.warnings
+    assert not [n for n in rewritten.model.graph.node if n.domain == "com.microsoft"]
+    onnx.checker.check_model(rewritten.model, full_check=True)
+    m = RNG.standard_normal((2, 4, 8)).astype(np.float16)
+    # the same graph in float32 is the reference (onnxruntime has no float16 CPU kernels for these)
+    as_f32 = onnx.ModelProto()
+    as_f32.CopyFrom(model)
+    for t in as_f32.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    for v in list(as_f32.graph.input) + list(as_f32.graph.output):
+        v.type.tensor_type.elem_type = F
+    as_f32.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    expected = ort_run(as_f32, {"m": m.astype(np.float32)})["y"]
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    np.testing.assert_allclose(compiled.run({"m": m})["y"].astype(np.float32), expected, atol=3e-2, rtol=3e-2)
