@@ -8,7 +8,7 @@ measurement, so a user who never tunes still gets usable latency.
 Design, and why:
 
 * **Graph level first** (:func:`cpu_graph_passes`). Convolutions are converted to NHWC data
-  and HWIO weights. In NHWC the output channel is the innermost, contiguous axis of both the
+  and HWIO weights (3-D ones to NDHWC/DHWIO). In NHWC the output channel is the innermost, contiguous axis of both the
   output and the (constant-folded) weight, so one rule vectorizes 1x1, 3x3, strided and
   depthwise convolutions alike over channels, whatever the spatial size (7x7 and 14x14 maps do
   not split into 16 lanes, channel counts do). Scalar 0-d constants in binary ops (``Clip``
@@ -20,7 +20,9 @@ Design, and why:
   channel counts that are not whole vectors (and fewer than 4) padded to ones that tile well,
   depthwise ones too, and output widths that tile badly (a prime longer than the tile) computed
   a few columns wider (:class:`_PadConvChannels`); the extra channels and columns are sliced
-  off in the kernel's epilogue.
+  off in the kernel's epilogue. Matmuls with a constant weight whose rows are counted at run
+  time (a detector's box head after NMS, a dynamic batch) get their rows padded to whole
+  register tiles (:class:`_PadRuntimeRows`).
 * **Register-tiled reductions** (:func:`_rule_tiled_reduction`): one rule for every function
   whose main block is a reduction whose output's innermost axis is a spatial iterator read
   contiguously (or not at all) by every input: dense/batch matmul with constant weights,
@@ -33,7 +35,9 @@ Design, and why:
   residual add, GELU) are computed per tile while the tile is hot in cache.
   Constant weights are repacked at build time to ``[N / lanes, ..., lanes]`` (TVM's
   layout-rewrite prepack, folded into the constant), so the micro-kernel streams them
-  contiguously.
+  contiguously. A row extent known only at run time is allowed when it is a whole number of
+  row tiles (padded in the graph, or in the kernel as a last resort); those row tiles stay a
+  loop of their own, so the accumulators keep fixed registers.
 * **Winograd** (:func:`_rule_winograd`, graph rewrite in :mod:`.winograd`): 3x3 stride-1 NHWC
   convolutions with constant weights and at least 32 input channels run as F(2x2, 3x3): an
   input transform, one batched matmul against the pre-transformed weights (scheduled like any
@@ -48,6 +52,9 @@ Design, and why:
   Softmax, sigmoid and tanh are rewritten beforehand to TVM's vectorizable fast forms
   (``fast_softmax``, ``fast_exp``, ``fast_tanh``; within a relative 2e-6 of the exact functions
   in the tests), float16/bfloat16 computed in float32.
+* **Channel reductions** (:func:`_rule_channel_reduction`): reductions over outer axes of a
+  channels-last tensor (instance norm and global pooling over NHWC's H and W) walk the reduced
+  axes with vectors of channels as partial results, each reduction computed once.
 * **Everything else** (:func:`_rule_generic`): injective blocks are inlined where possible;
   every remaining block gets its outer spatial loops fused and parallelized and its innermost
   spatial loop vectorized. This is also the fallback when a richer rule fails, so no function
