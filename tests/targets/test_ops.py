@@ -57,7 +57,7 @@ X = [("x", F, [2, 3, 4, 5])]
 Y = [("y", F)]
 
 UNARY = ["Abs", "Neg", "Exp", "Sqrt", "Floor", "Ceil", "Erf", "Sigmoid", "Tanh", "Relu", "Sin", "Cos",
-         "Softplus", "Softsign", "HardSwish", "Mish", "Round", "Sign", "Atan", "Reciprocal"]
+         "Softplus", "Softsign", "HardSwish", "Mish", "Round", "Sign", "Atan", "Reciprocal", "Sinh", "Cosh"]
 
 
 @pytest.mark.parametrize("op_type", UNARY)
@@ -273,6 +273,37 @@ def test_cumsum_einsum_trilu_onehot_depth_to_space():
 def test_resize_via_reference_converter():
     model = node_model("Resize", [("x", F, [1, 2, 4, 4])], Y, {"mode": "nearest"},
                        {"roi": np.array([], np.float32), "scales": np.array([1, 1, 2, 2], np.float32)})
+    check(model)
+
+
+@pytest.mark.parametrize("size, attrs", [
+    ([7, 8], {}),  # 2 -> 7 rows: a .5 tie at row 3 (half_pixel, round_prefer_floor)
+    ([7, 8], {"nearest_mode": "round_prefer_ceil"}),
+    ([5, 3], {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"}),
+    ([3, 7], {"coordinate_transformation_mode": "align_corners"}),
+    ([6, 5], {"coordinate_transformation_mode": "pytorch_half_pixel", "nearest_mode": "ceil"}),
+])
+def test_resize_nearest_to_sizes_samples_exactly(size, attrs):
+    """Nearest resizes to sizes that are no integer factor pick the input index in exact
+    arithmetic: TVM's float32 sampling took the other neighbour at ties."""
+    inits = {"roi": np.array([], np.float32), "scales": np.array([], np.float32),
+             "sizes": np.array([1, 2] + size, np.int64)}
+    check(node_model("Resize", [("x", F, [1, 2, 2, 4])], Y, {"mode": "nearest", **attrs}, inits))
+
+
+@pytest.mark.parametrize("opset, mode, scales", [
+    (9, "nearest", [1, 1, 2, 2]),      # YOLOv3-era upsampling
+    (9, "nearest", [1, 1, 1.5, 3]),
+    (7, "nearest", [1.0, 1.0, 2.0, 3.0]),  # scales as an attribute
+    (9, "linear", [1, 1, 2, 2]),
+])
+def test_upsample(opset, mode, scales):
+    """Upsample (opsets 7-9), as old exports (keras2onnx, the ONNX model zoo) hold it."""
+    if opset < 9:
+        model = node_model("Upsample", [("x", F, [1, 2, 4, 4])], Y, {"mode": mode, "scales": scales}, opset=opset)
+    else:
+        model = node_model("Upsample", [("x", F, [1, 2, 4, 4])], Y, {"mode": mode},
+                           {"scales": np.array(scales, np.float32)}, opset=opset)
     check(model)
 
 

@@ -152,6 +152,22 @@ def test_detector_non_max_suppression(tmp_path):
     assert len(ort_run(detector_model(), feeds)["dets"]) > 0  # the test holds boxes to compare
 
 
+def test_non_max_suppression_indices_as_the_graph_output(tmp_path):
+    """A detector exported with its NMS last (the selected indices are the model's output): TVM's
+    reference NonMaxSuppression lowered but did not build, failing the whole model; it now runs
+    in onnxruntime after the compiled head."""
+    head, weights = _detector_head()
+    consts = {"max_out": np.array([20], np.int64), "iou": np.array([0.5], np.float32),
+              "score_thr": np.array([0.6], np.float32)}
+    nodes = head + [helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"], ["sel"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                   [helper.make_tensor_value_info("sel", TensorProto.INT64, [None, 3])], {**weights, **consts})
+    feeds = {"x": RNG.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    compiled = _check(model, feeds, tmp_path)
+    assert _kinds(compiled) == ["tvm", "onnxruntime"]
+    assert len(ort_run(model, feeds)["sel"]) > 0
+
+
 @pytest.mark.parametrize("bias", [0.0, -50.0])  # boxes survive / none does: both branches taken
 def test_if_around_non_max_suppression_is_not_dropped(tmp_path, bias):
     # Before: the If's NMS branch failed to lower and was dropped (the build always took the
@@ -165,7 +181,7 @@ def test_if_around_non_max_suppression_is_not_dropped(tmp_path, bias):
     feeds = {"x": np.abs(RNG.standard_normal((1, 3, 16, 16))).astype(np.float32)}
     compiled = _check(model, feeds, tmp_path)
     assert [why for why in compiled.manifest["fallback"]["nodes"].values() if why.startswith("If node")]
-    with pytest.raises(UnsupportedModelError, match="If node"):
+    with pytest.raises(UnsupportedModelError, match="NonMaxSuppression"):  # the op in the branch, named
         lepton_opt.compile(model, fallback=False)
 
 

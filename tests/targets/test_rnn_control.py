@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lepton_opt
 from lepton_opt.errors import ShapeError, UnsupportedModelError
+from lepton_opt.targets.compile import lower_model
 from tests.models import ort_run
 
 F, I32, B = TensorProto.FLOAT, TensorProto.INT32, TensorProto.BOOL
@@ -344,7 +345,7 @@ def test_nested_if():
         compare(model, {"x": x, "cond": np.array([value])})
 
 
-def gated_conv_model():
+def gated_conv_model(channels: int = 8, size: int = 16):
     """torch.cond-style gating: a stem conv, a run-time condition on its mean, a deep branch
     (two 3x3 convs and a residual add) and a cheap one (a 1x1 conv), then a mean."""
     rng = np.random.default_rng(3)
@@ -354,35 +355,42 @@ def gated_conv_model():
         node = helper.make_node("Conv", [x, f"{name}_w"], [out], name=name, pads=[k // 2] * 4)
         return node, w
 
-    stem, w0 = conv("stem", "x", "s", 3, 8, 3)
-    deep1, w1 = conv("deep1", "r", "d1", 8, 8, 3)
-    deep2, w2 = conv("deep2", "d1r", "d2", 8, 8, 3)
-    cheap, w3 = conv("cheap", "r", "c", 8, 8, 1)
+    c, n = channels, size
+    stem, w0 = conv("stem", "x", "s", 3, c, 3)
+    deep1, w1 = conv("deep1", "r", "d1", c, c, 3)
+    deep2, w2 = conv("deep2", "d1r", "d2", c, c, 3)
+    cheap, w3 = conv("cheap", "r", "c", c, c, 1)
     then_g = helper.make_graph([deep1, helper.make_node("Relu", ["d1"], ["d1r"]), deep2,
                                 helper.make_node("Add", ["d2", "r"], ["t_out"])], "deep", [],
-                               [helper.make_tensor_value_info("t_out", F, [1, 8, 16, 16])], [w1, w2])
-    else_g = helper.make_graph([cheap], "cheap", [], [helper.make_tensor_value_info("c", F, [1, 8, 16, 16])], [w3])
+                               [helper.make_tensor_value_info("t_out", F, [1, c, n, n])], [w1, w2])
+    else_g = helper.make_graph([cheap], "cheap", [], [helper.make_tensor_value_info("c", F, [1, c, n, n])], [w3])
     nodes = [stem, helper.make_node("Relu", ["s"], ["r"]),
              helper.make_node("ReduceMean", ["r"], ["m"], keepdims=0),
              helper.make_node("Constant", [], ["thr"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
              helper.make_node("Greater", ["m", "thr"], ["cond"]),
              helper.make_node("If", ["cond"], ["y"], name="gate", then_branch=then_g, else_branch=else_g),
              helper.make_node("ReduceMean", ["y"], ["z"], axes=[2, 3], keepdims=0)]
-    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", F, [1, 3, 16, 16])],
-                              [helper.make_tensor_value_info("z", F, [1, 8]),
+    graph = helper.make_graph(nodes, "gated", [helper.make_tensor_value_info("x", F, [1, 3, n, n])],
+                              [helper.make_tensor_value_info("z", F, [1, c]),
                                helper.make_tensor_value_info("cond", B, [])], [w0])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def test_if_with_heavy_branches_runs_only_the_taken_one():
-    model = gated_conv_model()
-    text = compiled_text(model)
-    # Real control flow: the branches are functions of their own, called from a Relax If.
-    assert "if " in text and "gate_then" in text and "gate_else" in text and "gate_select" in text
+@pytest.mark.parametrize("channels, size, functions", [
+    (16, 64, True),   # 19 M multiply-adds in the deep branch: it must not run when not taken
+    (8, 16, False),   # 0.3 M at most: computing both costs less than the functions' boundary
+])
+def test_if_with_heavy_branches_runs_only_the_taken_one(channels, size, functions):
+    model = gated_conv_model(channels, size)
+    text = lower_model(lepton_opt.load(model)).mod.script()
+    if functions:  # real control flow: the branches are functions of their own, called from a Relax If
+        assert "if " in text and "gate_then" in text and "gate_else" in text and "gate_select" in text
+    else:
+        assert "gate_then" not in text and "R.where" in text
     rng = np.random.default_rng(0)
     taken = set()
     for scale in (0.0, 0.5, 2.0, 4.0):
-        x = (rng.standard_normal((1, 3, 16, 16)) * scale).astype(np.float32)
+        x = (rng.standard_normal((1, 3, size, size)) * scale).astype(np.float32)
         ref = ort_run(model, {"x": x})
         taken.add(bool(ref["cond"]))
         compare(model, {"x": x}, expected=ref)

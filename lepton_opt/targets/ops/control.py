@@ -90,13 +90,52 @@ def If(ctx, cond, *, then_branch, else_branch):
 _BRANCH_WORTHY = ("Conv", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "RNN", "Einsum", "Loop", "If")
 
 
+# Below this many multiply-adds in each branch, computing both (and selecting) costs less than
+# the branch functions' boundary, where each function's inputs and outputs change layout. Above
+# it, the branch not taken may be the expensive one: it must not run.
+_BRANCH_MIN_MACS = 10_000_000
+
+
 def _worth_branching(lowerer, *graphs) -> bool:
     import onnx_ir as ir
 
     if lowerer._sym_vars:
         return False  # symbolic dims would have to be passed into the branch functions
-    return any(any(word in node.op_type for word in _BRANCH_WORTHY)
-               for graph in graphs for node in ir.traversal.RecursiveGraphIterator(graph))
+    costs = []
+    for graph in graphs:
+        nodes = list(ir.traversal.RecursiveGraphIterator(graph))
+        if not any(any(word in node.op_type for word in _BRANCH_WORTHY) for node in nodes):
+            return False  # a cheap branch: computing both is cheaper than branching
+        costs.append(sum(_macs(node) for node in nodes))
+    return max(costs) >= _BRANCH_MIN_MACS
+
+
+def _macs(node) -> float:
+    """Multiply-adds of a convolution or matmul from its declared shapes (infinite when they are
+    not all known, or for an op whose cost is not counted here: such a branch counts as heavy)."""
+    def dims(value):
+        shape = value.shape if value is not None else None
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            return None
+        return list(shape)
+
+    if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm", "ConvInteger", "MatMulInteger",
+                            "QLinearConv", "QLinearMatMul"):
+        return float("inf") if any(word in node.op_type for word in _BRANCH_WORTHY) else 0.0
+    out = dims(node.outputs[0])
+    first = dims(node.inputs[0]) if node.inputs else None
+    weight_index = 3 if node.op_type.startswith("QLinear") else 1
+    weight = dims(node.inputs[weight_index]) if len(node.inputs) > weight_index else None
+    if out is None or first is None or weight is None:
+        return float("inf")
+    elements = float(np.prod(out))
+    if "Conv" in node.op_type:
+        per_output = float(np.prod(weight[1:])) if node.op_type != "ConvTranspose" else \
+            float(np.prod(weight[2:])) * weight[0] / max(1, out[1])
+        return elements * per_output
+    trans_a = node.attributes.get("transA")
+    depth = first[-2] if trans_a is not None and trans_a.value else first[-1]
+    return elements * depth
 
 
 def _captured(lowerer, graphs) -> list:

@@ -258,7 +258,7 @@ CONVERTERS = {
     "Sqrt": _unary(op.sqrt), "Floor": _unary(op.floor), "Ceil": _unary(op.ceil), "Erf": fast_erf,
     "Reciprocal": lambda ctx, x: op.divide(scalar(x, 1), x), "Sigmoid": _unary(op.sigmoid),
     "Tanh": _unary(op.tanh), "Sin": _unary(op.sin), "Cos": _unary(op.cos), "Tan": _unary(op.tan),
-    "Asin": _unary(op.asin), "Acos": _unary(op.acos), "Atan": _unary(op.atan), "Sinh": _unary(op.sinh),
+    "Asin": _unary(op.asin), "Acos": _unary(op.acos), "Atan": _unary(op.atan), "Sinh": lambda ctx, x: op.multiply(op.subtract(op.exp(x), op.exp(op.negative(x))), scalar(x, 0.5)),
     "Cosh": lambda ctx, x: op.multiply(op.add(op.exp(x), op.exp(op.negative(x))), scalar(x, 0.5)), "Asinh": _unary(op.asinh), "Acosh": _unary(op.acosh),
     "Atanh": _unary(op.atanh), "Sign": Sign, "Round": Round, "IsNaN": IsNaN, "IsInf": IsInf, "Not": Not,
     "BitwiseNot": _unary(op.bitwise_not),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import numpy as np
 import onnx_ir as ir
 from tvm import relax
@@ -178,6 +181,107 @@ def _reference_or_declared(ctx, x, op_type, what):
     return out
 
 
+def _nearest_index(size_in: int, size_out: int, scale: Fraction, transform: str, rounding: str) -> np.ndarray:
+    """The input index each output index of a nearest-neighbour resize reads along one axis,
+    in exact arithmetic (ONNX's formulas; a float32 ``1 / scale`` turned a .5 tie at a 2 -> 7
+    resize into the other neighbour)."""
+    index = []
+    for i in range(size_out):
+        if transform == "asymmetric":
+            x = Fraction(i) / scale
+        elif transform == "align_corners":
+            x = Fraction(i * (size_in - 1), size_out - 1) if size_out > 1 else Fraction(0)
+        elif transform == "pytorch_half_pixel" and size_out == 1:
+            x = Fraction(0)
+        else:  # half_pixel, pytorch_half_pixel
+            x = (Fraction(i) + Fraction(1, 2)) / scale - Fraction(1, 2)
+        floor = math.floor(x)
+        tie = x - floor == Fraction(1, 2)
+        if rounding == "floor":
+            j = floor
+        elif rounding == "ceil":
+            j = math.ceil(x)
+        elif rounding == "round_prefer_ceil":
+            j = floor + 1 if tie else math.floor(x + Fraction(1, 2))
+        else:  # round_prefer_floor
+            j = floor if tie else math.floor(x + Fraction(1, 2))
+        index.append(min(max(j, 0), size_in - 1))
+    return np.asarray(index, np.int64)
+
+
+def _nearest_resize(x, dims: list[int], out: list[int], scales: list[Fraction], transform: str,
+                    rounding) -> relax.Expr:
+    """Nearest-neighbour resize as one gather per resized axis (``rounding``: an ONNX
+    nearest_mode, or per axis); integer upsampling factors read as repeats."""
+    for axis, (n, m, scale) in enumerate(zip(dims, out, scales)):
+        mode = rounding[axis] if isinstance(rounding, list) else rounding
+        if n == m and scale == 1:
+            continue
+        index = _nearest_index(n, m, scale, transform, mode)
+        if m % n == 0 and np.array_equal(index, np.repeat(np.arange(n), m // n)):
+            x = op.repeat(x, m // n, axis)
+        else:
+            x = op.take(x, relax.const(index, "int64"), axis)
+    return x
+
+
+def _exact_nearest(ctx, x, scales, sizes, attrs, declared: list[int] | None = None) -> relax.Expr | None:
+    """Resize nearest with static shapes, when some axis is not an integer up/down factor (where
+    TVM's float32 sampling can pick the other neighbour at a tie): exact index gathers."""
+    transform = attrs.get("coordinate_transformation_mode", "half_pixel")
+    if attrs.get("mode", "nearest") != "nearest" or transform not in (
+            "half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel") or "axes" in attrs:
+        return None
+    dims = shape_of(x)
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        return None
+    if declared is not None:  # sizes (or integer scales) computed at run time: the declared shape
+        out = list(declared)
+        factors = [Fraction(m, n) for m, n in zip(out, dims)]
+    elif sizes is not None:
+        known = ctx.known(3)
+        if known is None or known.is_symbolic:
+            return None
+        out = [int(v) for v in known.numeric().reshape(-1)]
+        factors = [Fraction(m, n) for m, n in zip(out, dims)]
+    elif scales is not None:
+        known = ctx.known(2)
+        if known is None or known.is_symbolic:
+            return None
+        factors = [Fraction(float(v)) for v in known.numeric().reshape(-1)]
+        out = [math.floor(n * f) for n, f in zip(dims, factors)]
+    else:
+        return None
+    if len(out) != len(dims) or any(m < 1 for m in out):
+        return None
+    if all(f.denominator == 1 or (f.numerator == 1 and f.denominator & (f.denominator - 1) == 0) for f in factors):
+        return None  # integer factors and power-of-two reductions: TVM's kernel samples exactly
+    return _nearest_resize(x, dims, out, factors, transform, attrs.get("nearest_mode", "round_prefer_floor"))
+
+
+def Upsample(ctx, x, scales=None, *, mode="nearest", **attrs):
+    """Upsample (opsets 7-9): Resize with ``asymmetric`` sampling, nearest taking the floor."""
+    # an attribute before opset 9 (the keyword ``scales`` then), an input from 9 on
+    values = scales if ctx.opset < 9 else ctx.static(1, "Upsample's scales")
+    dims = shape_of(x)
+    if values is None or not all(isinstance(d, int) and d > 0 for d in dims):
+        raise LoweringError("Upsample needs constant scales and static input dimensions")
+    factors = [Fraction(float(v)) for v in np.asarray(values, np.float32).reshape(-1)]
+    if len(factors) != len(dims):
+        raise LoweringError(f"Upsample has {len(factors)} scales for a rank-{len(dims)} input")
+    if any(f < 1 for f in factors):
+        raise LoweringError("Upsample's scales must be at least 1 (use Resize to shrink)")
+    out = [math.floor(n * f) for n, f in zip(dims, factors)]
+    if mode == "nearest":
+        return _nearest_resize(x, dims, out, factors, "asymmetric", "floor")
+    if mode not in ("linear", "bilinear"):
+        raise LoweringError(f"Upsample mode {mode!r} is not supported")
+    if len(dims) != 4 or factors[:2] != [1, 1]:
+        raise LoweringError("Upsample linear is supported on the two spatial axes of NCHW tensors")
+    return op.image.resize2d(x, [out[2], out[3]], layout="NCHW", method="linear",
+                             coordinate_transformation_mode="asymmetric")
+
+
 def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
     """TVM's Resize, with scales / sizes computed at run time taken from the declared output shape
     (TVM derives the sampling from the output size either way)."""
@@ -189,8 +293,9 @@ def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
         roi = None
     if scales is not None and _empty(ctx, 2):
         scales = None
+    declared = None
     if _runtime(ctx, 2) or _runtime(ctx, 3):
-        out = _need_declared(ctx, "Resize's scales/sizes")
+        out = declared = _need_declared(ctx, "Resize's scales/sizes")
         dims = shape_of(x)
         if not all(isinstance(d, int) and d > 0 for d in dims):
             raise LoweringError("Resize with run-time scales/sizes needs static input dimensions")
@@ -205,6 +310,12 @@ def Resize(ctx, x, roi=None, scales=None, sizes=None, **attrs):
             scales = relax.const(np.array([out[a] / dims[a] for a in axes], np.float32), "float32")
     if attrs.get("antialias"):
         raise LoweringError("Resize with antialias=1 is not supported")
+    if "axes" in attrs:  # the sizes / scales cover some axes only: the declared full-rank shape
+        declared = _declared_shape(ctx)
+    exact = _exact_nearest(ctx, x, scales, sizes, {k: v for k, v in attrs.items() if k != "axes"},
+                           declared) if "axes" not in attrs or declared is not None else None
+    if exact is not None:
+        return exact
     if "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
         # TVM's converter reads full-rank scales / sizes and knows neither attribute: give it
         # the full-rank output size (declared, or what the policy computes).
@@ -740,7 +851,7 @@ CONVERTERS = {
     "GatherND": GatherND, "ScatterElements": ScatterElements, "Scatter": ScatterElements,
     "ScatterND": ScatterND, "Squeeze": Squeeze, "Unsqueeze": Unsqueeze, "Expand": Expand, "Tile": Tile,
     "Pad": Pad, "ConstantOfShape": ConstantOfShape, "Range": Range, "CumSum": CumSum, "Einsum": Einsum,
-    "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "CumProd": CumProd, "TopK": TopK,
+    "Trilu": Trilu, "OneHot": OneHot, "Resize": Resize, "Upsample": Upsample, "CumProd": CumProd, "TopK": TopK,
     "CenterCropPad": CenterCropPad, "EyeLike": EyeLike, "ReverseSequence": ReverseSequence,
     "ArgMax": _arg_reduce(lambda x, a, k: op.argmax(x, a, k)),
     "ArgMin": _arg_reduce(lambda x, a, k: op.argmin(x, a, k)),
