@@ -613,3 +613,37 @@ def test_stft_as_framed_matmul(parts, window, onesided):
     ref = ort_run(model, {"x": x})["y"]
     assert got.shape == ref.shape == (2, (length - size) // step + 1, size // 2 + 1 if onesided else size, 2)
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+@pytest.mark.parametrize("opset, dims, axis, length, inverse, onesided", [
+    (17, [2, 64, 1], 1, None, 0, 1),     # torch.fft.rfft over time
+    (17, [2, 48, 2], 1, 64, 0, 0),       # complex, zero-padded to 64
+    (17, [3, 40, 5, 2], 1, 32, 1, 0),    # inverse, cut to 32, along a middle axis
+    (20, [2, 6, 50, 1], -2, None, 0, 1),  # opset 20: axis as an input (default -2)
+    (20, [2, 20, 6, 2], 1, None, 1, 0),
+])
+def test_dft(opset, dims, axis, length, inverse, onesided):
+    """DFT (torch.fft in dynamo exports) as basis matmuls, against onnxruntime."""
+    rng = np.random.default_rng(9)
+    inits, inputs = {}, ["x"]
+    if length is not None:
+        inits["n"] = np.array(length, np.int64)
+    inputs.append("n" if length is not None else "")
+    attrs = {"inverse": inverse, "onesided": onesided}
+    if opset >= 20:
+        inits["axis"] = np.array(axis, np.int64)
+        inputs.append("axis")
+    else:
+        attrs["axis"] = axis
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    graph = helper.make_graph([helper.make_node("DFT", inputs, ["y"], **attrs)], "dft",
+                              [helper.make_tensor_value_info("x", F, dims)],
+                              [helper.make_tensor_value_info("y", F, None)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+    x = rng.standard_normal(dims).astype(np.float32)
+    got = lepton_opt.compile(model).run({"x": x})["y"]
+    ref = ort_run(model, {"x": x})["y"]
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)

@@ -9,7 +9,9 @@ the window folded in when the window is a constant::
 
 One ``[L, 2K]`` basis gives the real and imaginary parts in one matmul, so the work runs on the
 register-tiled matmul kernel; the basis is computed in float64 and rounded once. Complex
-signals (last axis 2) take ``(a + ib)(cos - i sin)``. ``DFT`` has no converter.
+signals (last axis 2) take ``(a + ib)(cos - i sin)``. ``DFT`` (opsets 17 and 20: ``torch.fft``
+in dynamo exports) is the same product along any axis, forward or inverse, with the signal cut
+or zero-padded to ``dft_length``.
 """
 
 from __future__ import annotations
@@ -75,4 +77,50 @@ def STFT(ctx, signal, frame_step, window=None, frame_length=None, *, onesided=1)
     return op.permute_dims(out, [0, 1, 3, 2])
 
 
-CONVERTERS = {"STFT": STFT}
+def DFT(ctx, x, dft_length=None, axis_input=None, *, axis=1, inverse=0, onesided=0):
+    dims = shape_of(x)
+    rank = len(dims)
+    if rank < 2 or not all(isinstance(d, int) for d in dims):
+        raise LoweringError("DFT needs a static input shape")
+    if ctx.opset >= 20:
+        given = ctx.static(2, "DFT's axis")
+        axis = -2 if given is None else int(given.reshape(-1)[0])
+    axis = axis + rank if axis < 0 else axis
+    parts = dims[-1]
+    if not 0 <= axis < rank - 1 or parts not in (1, 2):
+        raise LoweringError(f"DFT along axis {axis} of a {dims} input (last axis: 1 real or 2 complex values)")
+    if inverse and onesided:
+        raise LoweringError("DFT with inverse=1 and onesided=1 is not supported")
+    n_in = dims[axis]
+    size = n_in if dft_length is None else int(ctx.static(1, "DFT's dft_length").reshape(-1)[0])
+    if size <= 0:
+        raise LoweringError(f"DFT length {size}")
+    bins = size // 2 + 1 if onesided else size
+    dtype = dtype_of(x)
+    # The signal axis second to last, the complex axis last; cut or zero-padded to the length.
+    order = [d for d in range(rank - 1) if d != axis] + [axis, rank - 1]
+    xt = ctx.emit(op.permute_dims(x, order))
+    rest = [dims[d] for d in order[:-2]]
+    if size < n_in:
+        xt = ctx.emit(op.strided_slice(xt, axes=[rank - 2], begin=[0], end=[size]))
+    elif size > n_in:
+        xt = ctx.emit(op.nn.pad(xt, [0, 0] * (rank - 2) + [0, size - n_in, 0, 0]))
+    angle = 2 * np.pi * np.outer(np.arange(size), np.arange(bins)) / size  # [N, K]
+    cos, sin = np.cos(angle), np.sin(angle)
+    sign = 1.0 if inverse else -1.0  # e^{-i} forward, e^{+i} inverse
+    scale = 1.0 / size if inverse else 1.0
+    # (a + ib)(cos + i sign sin) = (a cos - sign b sin) + i (sign a sin + b cos)
+    bases = [np.concatenate([cos, sign * sin], axis=1) * scale]
+    if parts == 2:
+        bases.append(np.concatenate([-sign * sin, cos], axis=1) * scale)
+    out = None
+    for part, basis in enumerate(bases):
+        xp = op.reshape(op.strided_slice(xt, axes=[rank - 1], begin=[part], end=[part + 1]), rest + [size])
+        term = ctx.emit(op.matmul(ctx.emit(xp), relax.const(basis.astype(dtype))))
+        out = term if out is None else ctx.emit(op.add(out, term))
+    out = ctx.emit(op.permute_dims(op.reshape(out, rest + [2, bins]), list(range(rank - 2)) + [rank - 1, rank - 2]))
+    back = [order.index(d) for d in range(rank)]  # [rest..., K, 2] back to the input's axis order
+    return op.permute_dims(out, back)
+
+
+CONVERTERS = {"STFT": STFT, "DFT": DFT}
