@@ -94,9 +94,6 @@ _MAX_ROWS = 14
 _MAX_U = 4
 # Rows are padded to a multiple of this when the row count has no useful divisor (197 tokens).
 _ROW_PAD = 8
-# Most accumulator vectors (of 64 bytes) a tile keeps on the stack: TVM allocates local buffers
-# of 1 KiB or more from its workspace pool.
-_STACK_ACCUMULATORS = 15
 # Stands for a row extent known only at run time when the row tile is chosen: 2^4 * 3^2 * 5 *
 # 7 * 11 * 13, which every row tile divides.
 _RUNTIME_ROWS = 720720
@@ -441,9 +438,7 @@ def _runtime_row_tile(columns: int, lanes: int, registers: int) -> int:
     while vl > 1 and columns % vl:
         vl //= 2
     vectors = columns // vl if vl >= 4 else 1
-    # Accumulators under 1 KiB: TVM keeps them on the stack (TVMBackendAllocWorkspace above),
-    # where LLVM can tell them apart from the operands and keep them in registers.
-    return _register_tile(_RUNTIME_ROWS, vectors, registers, max_accumulators=_STACK_ACCUMULATORS)[0]
+    return _register_tile(_RUNTIME_ROWS, vectors, registers)[0]
 
 
 @relax.expr_functor.mutator
@@ -451,10 +446,9 @@ class _PadRuntimeRows(relax.PyExprMutator):
     """Matmuls with a constant ``[K, N]`` weight whose row count is known only at run time (the
     box head of a detector after NMS, a dynamic batch): the rows (all leading axes) are padded
     with zeros, in a kernel of their own, to a multiple of the register tile's rows, and the
-    result is cropped back. The register-tiled rule needs whole tiles; without this the matmul
-    fell to the generic schedule (a 12544x1024 box-head matmul at 98 rows: 4.1 s against 9.8 ms
-    with the rows known). Padding inside the kernel instead hides the padded copy behind a
-    pointer LLVM cannot tell apart from the accumulators, which then stay in memory (2x)."""
+    result is cropped back. The register-tiled rule needs whole tiles; without them the matmul
+    fell to the generic schedule (a 12544x1024 box-head matmul at 98 rows: 4.1 s; padded about
+    20 ms; 9.8 ms with the rows known, see :func:`_apply_tiled`)."""
 
     def __init__(self, mod: tvm.IRModule, lanes: int, registers: int):
         super().__init__(mod)
@@ -1071,8 +1065,7 @@ class _TiledPlan:
         return tile_space(self.rows, self.vectors, self.registers, self.other_extent > 1, self.default())
 
     def default(self) -> Tile:
-        limit = _STACK_ACCUMULATORS if self.runtime_rows else 64
-        return Tile(*_register_tile(self.rows, self.vectors, self.registers, max_accumulators=limit))
+        return Tile(*_register_tile(self.rows, self.vectors, self.registers))
 
 
 def tile_space(rows: int, vectors: int, registers: int, orders: bool, default: Tile) -> list[Tile]:
@@ -1178,13 +1171,13 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
     few_rows = rows_ext > _ROW_PAD and _largest_divisor(rows_ext, _MAX_ROWS) < 4
     row_pad = _ROW_PAD
     if runtime:
-        # Rows known only at run time must come in whole row tiles: a guarded last tile keeps
-        # the accumulators out of registers (2.5x slower on a 12544x1024 matmul). Matmuls with a
-        # weight are padded in the graph (_PadRuntimeRows); others here, in the kernel (its
-        # padded copy of the input costs about 2x: see there), still far from the generic rule.
+        # Rows known only at run time must come in whole row tiles: with a guarded last tile the
+        # accumulators stayed in memory (a 12544x1024 matmul at 100 rows: 25 ms, 19 ms padded).
+        # Matmuls with a constant weight are padded in the graph (_PadRuntimeRows); others here,
+        # in the kernel.
         row_pad = _runtime_row_tile(vext, lanes, _vector_registers(target))
-        if Analyzer().can_prove(tirx.floormod(stmt.iter_vars[iter_vars.index(row_var)].dom.extent,
-                                                        row_pad) == 0):
+        row_extent = next(iv.dom.extent for iv in stmt.iter_vars if iv.var.same_as(row_var))
+        if Analyzer().can_prove(tirx.floormod(row_extent, row_pad) == 0):
             rows_ext = row_pad  # padded in the graph (_PadRuntimeRows)
         elif padded:
             if row_multiple < 2:
@@ -1236,8 +1229,10 @@ def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
     red_loops = [loop_of[v] for v in plan.red_vars]
     if plan.runtime_rows:
         # Row tiles counted at run time stay a loop of their own inside the parallel one: fused
-        # with it, every index into the accumulators divides by that count, which LLVM cannot
-        # resolve to fixed registers (they stayed in memory: 2.4x slower).
+        # with it, every index divides by that count (12544x1024 at 98 rows: 28 ms fused, 22 ms
+        # apart). Still about 2x the time with the rows known: in a kernel with a symbolic shape
+        # LLVM gives every buffer access one alias class, so the accumulators are stored back on
+        # every step of the reduction (seen in the generated IR).
         sch.reorder(*other, vo, *row_outer, *red_loops, *row_inner, vu, vv)
         static = other + [vo]
         parallel_loop = sch.fuse(*static) if len(static) > 1 else static[0]
@@ -1534,7 +1529,7 @@ def _attention_micro_kernel(sch: s_tir.Schedule, block, row_loop, vector_loop, r
     _vectorize_innermost(sch, sch.get_loops(wb)[-1], lanes)
 
 
-def _register_tile(rows: int, vectors: int, registers: int, max_accumulators: int = 64) -> tuple[int, int]:
+def _register_tile(rows: int, vectors: int, registers: int) -> tuple[int, int]:
     """(r, u): the micro-kernel of ``r x u`` accumulator vectors (r dividing ``rows``, u dividing
     ``vectors``) that fits the register file with its ``u`` weight vectors and one broadcast
     (``r*u + u + 1 <= registers``), with the most accumulators, then the most rows: each weight
@@ -1543,7 +1538,7 @@ def _register_tile(rows: int, vectors: int, registers: int, max_accumulators: in
     for u in range(min(_MAX_U, vectors), 0, -1):
         if vectors % u:
             continue
-        fits = max(1, min((registers - 1 - u) // u, max_accumulators // u))
+        fits = max(1, (registers - 1 - u) // u)
         r = _largest_divisor(rows, min(_MAX_ROWS, fits))
         best = max(best, (r * u, r, r, u))
     return best[2], best[3]

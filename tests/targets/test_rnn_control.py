@@ -345,7 +345,7 @@ def test_nested_if():
         compare(model, {"x": x, "cond": np.array([value])})
 
 
-def gated_conv_model(channels: int = 8, size: int = 16):
+def gated_conv_model(channels: int = 8, size: int = 16, skip: bool = False):
     """torch.cond-style gating: a stem conv, a run-time condition on its mean, a deep branch
     (two 3x3 convs and a residual add) and a cheap one (a 1x1 conv), then a mean."""
     rng = np.random.default_rng(3)
@@ -363,7 +363,11 @@ def gated_conv_model(channels: int = 8, size: int = 16):
     then_g = helper.make_graph([deep1, helper.make_node("Relu", ["d1"], ["d1r"]), deep2,
                                 helper.make_node("Add", ["d2", "r"], ["t_out"])], "deep", [],
                                [helper.make_tensor_value_info("t_out", F, [1, c, n, n])], [w1, w2])
-    else_g = helper.make_graph([cheap], "cheap", [], [helper.make_tensor_value_info("c", F, [1, c, n, n])], [w3])
+    if skip:  # the other branch passes its input through (a skipped block)
+        else_g = helper.make_graph([helper.make_node("Identity", ["r"], ["c"])], "skip", [],
+                                   [helper.make_tensor_value_info("c", F, [1, c, n, n])])
+    else:
+        else_g = helper.make_graph([cheap], "cheap", [], [helper.make_tensor_value_info("c", F, [1, c, n, n])], [w3])
     nodes = [stem, helper.make_node("Relu", ["s"], ["r"]),
              helper.make_node("ReduceMean", ["r"], ["m"], keepdims=0),
              helper.make_node("Constant", [], ["thr"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
@@ -376,12 +380,13 @@ def gated_conv_model(channels: int = 8, size: int = 16):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-@pytest.mark.parametrize("channels, size, functions", [
-    (16, 64, True),   # 19 M multiply-adds in the deep branch: it must not run when not taken
-    (8, 16, False),   # 0.3 M at most: computing both costs less than the functions' boundary
+@pytest.mark.parametrize("channels, size, skip, functions", [
+    (16, 64, False, True),   # 19 M multiply-adds in the deep branch: it must not run when not taken
+    (16, 64, True, True),    # the same against a pass-through branch
+    (8, 16, False, False),   # 0.3 M at most: computing both costs less than the functions' boundary
 ])
-def test_if_with_heavy_branches_runs_only_the_taken_one(channels, size, functions):
-    model = gated_conv_model(channels, size)
+def test_if_with_heavy_branches_runs_only_the_taken_one(channels, size, skip, functions):
+    model = gated_conv_model(channels, size, skip)
     text = lower_model(lepton_opt.load(model)).mod.script()
     if functions:  # real control flow: the branches are functions of their own, called from a Relax If
         assert "if " in text and "gate_then" in text and "gate_else" in text and "gate_select" in text

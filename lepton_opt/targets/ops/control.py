@@ -101,12 +101,8 @@ def _worth_branching(lowerer, *graphs) -> bool:
 
     if lowerer._sym_vars:
         return False  # symbolic dims would have to be passed into the branch functions
-    costs = []
-    for graph in graphs:
-        nodes = list(ir.traversal.RecursiveGraphIterator(graph))
-        if not any(any(word in node.op_type for word in _BRANCH_WORTHY) for node in nodes):
-            return False  # a cheap branch: computing both is cheaper than branching
-        costs.append(sum(_macs(node) for node in nodes))
+    # The heavier branch decides: computing both runs it even when the other one is taken.
+    costs = [sum(_macs(node) for node in ir.traversal.RecursiveGraphIterator(graph)) for graph in graphs]
     return max(costs) >= _BRANCH_MIN_MACS
 
 
