@@ -125,7 +125,7 @@ def _activation(tape, x: ir.Value, name: str, params: list[float]) -> ir.Value |
     return None
 
 
-def _fused_conv(tape, node):
+def _fused_conv(tape, node, _opset: int):
     activation = _attr(node, "activation", "")
     conv_attrs = {k: a for k, a in node.attributes.items() if k not in ("activation", "activation_params")}
     x, w, b, z = (_input(node, i) for i in range(4))
@@ -138,7 +138,7 @@ def _fused_conv(tape, node):
     return None if out is None else [out]
 
 
-def _fused_matmul(tape, node):
+def _fused_matmul(tape, node, _opset: int):
     if _attr(node, "transBatchA", 0) or _attr(node, "transBatchB", 0):
         return None
     a, b = node.inputs[0], node.inputs[1]
@@ -155,15 +155,15 @@ def _fused_matmul(tape, node):
     return [y if alpha == 1.0 else tape.op("Mul", [y, _like(tape, node.inputs[0], alpha)])]
 
 
-def _gelu(tape, node):
+def _gelu(tape, node, _opset: int):
     return [_gelu_erf(tape, node.inputs[0])]
 
 
-def _bias_gelu(tape, node):
+def _bias_gelu(tape, node, _opset: int):
     return [_gelu_erf(tape, tape.op("Add", [node.inputs[0], node.inputs[1]]))]
 
 
-def _fast_gelu(tape, node):
+def _fast_gelu(tape, node, _opset: int):
     x = node.inputs[0]
     bias = _input(node, 1)
     if bias is not None:
@@ -175,13 +175,13 @@ def _fast_gelu(tape, node):
     return [tape.op("Mul", [half, tape.op("Add", [tape.op("Tanh", [inner]), _like(tape, x, 1.0)])])]
 
 
-def _quick_gelu(tape, node):
+def _quick_gelu(tape, node, _opset: int):
     x = node.inputs[0]
     alpha = float(_attr(node, "alpha", 1.702))
     return [tape.op("Mul", [x, tape.op("Sigmoid", [tape.op("Mul", [x, _like(tape, x, alpha)])])])]
 
 
-def _bias_add(tape, node):
+def _bias_add(tape, node, _opset: int):
     x, bias, skip = node.inputs[:3]
     return [tape.op("Add", [tape.op("Add", [x, bias]), skip])]
 
@@ -345,7 +345,7 @@ def _q(tape, y, scale, zero_point):
 
 
 def _qlinear_binary(op_type: str):
-    def expand(tape, node):
+    def expand(tape, node, _opset: int):
         a, a_s, a_zp, b, b_s, b_zp, c_s, c_zp = (_input(node, i) for i in range(8))
         if a_zp is None or b_zp is None or c_zp is None:
             return None
@@ -354,7 +354,7 @@ def _qlinear_binary(op_type: str):
 
 
 def _qlinear_unary(op_type: str, attributes: Callable[[ir.Node], dict] = lambda node: {}):
-    def expand(tape, node):
+    def expand(tape, node, _opset: int):
         x, x_s, x_zp, y_s, y_zp = (_input(node, i) for i in range(5))
         if x_zp is None or y_zp is None or _attr(node, "channels_last", 0):
             return None
@@ -362,7 +362,7 @@ def _qlinear_unary(op_type: str, attributes: Callable[[ir.Node], dict] = lambda 
     return expand
 
 
-def _qlinear_concat(tape, node):
+def _qlinear_concat(tape, node, _opset: int):
     y_s, y_zp, *rest = node.inputs
     if len(rest) % 3 or y_zp is None or any(v is None for v in rest):
         return None
@@ -374,6 +374,7 @@ def _pool_attributes(node: ir.Node) -> dict:
     return {k: a for k, a in node.attributes.items() if k != "channels_last"}
 
 
+# op type -> expand(tape, node, opset): the replacement outputs, or None to leave the node as it is
 EXPANSIONS: dict[str, Callable] = {
     "FusedConv": _fused_conv,
     "FusedMatMul": _fused_matmul,
@@ -397,10 +398,6 @@ EXPANSIONS: dict[str, Callable] = {
 }
 
 
-_WITH_OPSET = {_skip_layer_norm, EXPANSIONS["SkipSimplifiedLayerNormalization"], _simplified_layer_norm,
-               _embed_layer_norm, _attention, _qgemm}
-
-
 class ExpandContribOps(Pass):
     """Rewrite onnxruntime contrib ops (``com.microsoft``) into the standard ops they compute."""
 
@@ -422,7 +419,7 @@ class ExpandContribOps(Pass):
             if expand is None or node.graph is None:
                 continue
             tape = ir.tape.Tape()
-            outs = expand(tape, node, opset) if expand in _WITH_OPSET else expand(tape, node)
+            outs = expand(tape, node, opset)
             if outs is None:
                 continue
             outs = (list(outs) + [None] * len(node.outputs))[:len(node.outputs)]

@@ -434,11 +434,17 @@ class _PadMatmulColumns(relax.PyExprMutator):
 def _runtime_row_tile(columns: int, lanes: int, registers: int) -> int:
     """The rows of the default register tile of a matmul with ``columns`` output columns whose
     row count is known only at run time (planned as if the rows were many)."""
-    vl = lanes
-    while vl > 1 and columns % vl:
-        vl //= 2
+    vl = _dividing_lanes(columns, lanes)
     vectors = columns // vl if vl >= 4 else 1
     return _register_tile(_RUNTIME_ROWS, vectors, registers)[0]
+
+
+def _dividing_lanes(extent: int, lanes: int) -> int:
+    """The widest power of two up to ``lanes`` that divides ``extent`` (no vector tail)."""
+    vl = lanes
+    while vl > 1 and extent % vl:
+        vl //= 2
+    return vl
 
 
 @relax.expr_functor.mutator
@@ -1163,9 +1169,7 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
     lanes = _lanes(target, dtype_bits)
     vext = ext_of[vec_var]
     # Lanes: the widest power of two dividing the extent (no tail), whole loop if short.
-    vl = lanes
-    while vl > 1 and vext % vl:
-        vl //= 2
+    vl = _dividing_lanes(vext, lanes)
     odd = vl < 4 and vext > lanes  # no divisor of 4 or more, and longer than one vector
     rows_ext = ext_of[row_var] if row_var is not None else 1
     few_rows = rows_ext > _ROW_PAD and _largest_divisor(rows_ext, _MAX_ROWS) < 4
