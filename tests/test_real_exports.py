@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lepton_opt
 from lepton_opt.passes import registry
+from lepton_opt.targets.artifact import PartitionedModel
 from tests.models import ort_run
 
 
@@ -462,3 +463,38 @@ def test_an_input_shape_with_a_name_in_it_is_a_one_line_error():
 
     with pytest.raises(ShapeError, match="give whole numbers"):
         lepton_opt.load(_paddle_style_cnn(), input_shapes={"x": [1, 3, "h", 32]})
+
+
+# -------------------------------------------- weight-only 4-bit models (onnxruntime's quantizer)
+@pytest.mark.parametrize("form", ["QOperator", "QDQ"])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_weight_only_4bit_models_from_onnxruntimes_quantizer(form, symmetric):
+    """The ``q4`` LLM exports: onnxruntime's MatMulNBitsQuantizer writes MatMulNBits and
+    GatherBlockQuantized (QOperator) or block-wise int4/uint4 DequantizeLinear (QDQ, opset 21).
+    Both become float weights at compile time; the result matches onnxruntime's."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    rng = np.random.default_rng(0)
+    k, hidden, n, vocab = 96, 160, 72, 50
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"]), helper.make_node("MatMul", ["e", "w1"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((vocab, k)).astype(np.float32), "emb"),
+             numpy_helper.from_array(_weights(rng, k, hidden), "w1"),
+             numpy_helper.from_array(_weights(rng, hidden, n), "w2")]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 7, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    quant_format = QuantFormat.QOperator if form == "QOperator" else QuantFormat.QDQ
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, quant_format=quant_format,
+                                          op_types_to_quantize=("MatMul", "Gather") if form == "QOperator"
+                                          else ("MatMul",))
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+    quantizer.process()
+    quantized = quantizer.model.model
+    written = {n.op_type for n in quantized.graph.node}
+    assert written >= ({"MatMulNBits", "GatherBlockQuantized"} if form == "QOperator" else {"DequantizeLinear"})
+    compiled = lepton_opt.compile(quantized)
+    assert not isinstance(compiled, PartitionedModel)
+    feeds = {"ids": rng.integers(0, vocab, (2, 7))}
+    np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(quantized, feeds)["y"], atol=1e-5, rtol=1e-5)

@@ -5,7 +5,8 @@ Deployed models often are not an exporter's output but what onnxruntime's tools 
 transformers optimizer (com.microsoft ``Attention``, ``EmbedLayerNormalization``,
 ``SkipLayerNormalization``, ``BiasGelu``, written without their opset import), its float16
 converter (float16 weights, with or without float16 inputs), and the quantizer (QDQ and QOperator
-int8 with ``QGemm``/``QLinearConv``, dynamic int8 with ``MatMulInteger``). Each model here is one of
+int8 with ``QGemm``/``QLinearConv``, dynamic int8 with ``MatMulInteger``, weight-only 4-bit with
+``MatMulNBits``/``GatherBlockQuantized`` or block-wise int4 ``DequantizeLinear``). Each model here is one of
 those tools applied to another producer's export already in the output folder (export the torch
 models first: ``python benchmarks/zoo.py --producers torch``); a missing base is skipped.
 
@@ -67,6 +68,19 @@ def _static(base: Path, spec: dict, fmt: str, out: Path):
                     weight_type=QuantType.QInt8)
 
 
+def _weight_only_4bit(base: Path, fmt: str, symmetric: bool):
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    # the embedding table too in QOperator form (GatherBlockQuantized); QDQ quantizes MatMuls only
+    types = ("MatMul", "Gather") if fmt == "QOperator" else ("MatMul",)
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=symmetric, op_types_to_quantize=types,
+                                          quant_format=getattr(QuantFormat, fmt))
+    quantizer = MatMulNBitsQuantizer(onnx.load(base), algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
+
+
 def _dynamic(base: Path, out: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -91,6 +105,12 @@ MODELS = {
                                       "quantize_static QDQ, per-channel int8 weights and activations"),
     "mobilenet_v3_small_dynamo_qoperator": ("mobilenet_v3_small_dynamo", "quantize-static",
                                             "quantize_static QOperator, per-channel int8 weights, uint8 activations"),
+    "llama_dynamo_q4": ("llama_dynamo", "weight-only-4bit",
+                        "MatMulNBitsQuantizer QOperator, asymmetric 4-bit, block 32: MatMulNBits, "
+                        "GatherBlockQuantized (the q4 LLM exports)"),
+    "bert_sdpa_dynamo_op23_q4_qdq": ("bert_sdpa_dynamo_op23", "weight-only-4bit",
+                                     "MatMulNBitsQuantizer QDQ, symmetric 4-bit, block 32: int4 weights read "
+                                     "through block-wise DequantizeLinear"),
     "bert_eager_ts14_dynq": ("bert_eager_ts14", "quantize-dynamic",
                              "quantize_dynamic int8 weights: DynamicQuantizeLinear, MatMulInteger"),
     "distilbert_ts14_dynq": ("distilbert_ts14", "quantize-dynamic",
@@ -116,6 +136,9 @@ def export_one(name: str, out: Path, force: bool) -> None:
                 info["dtype"] = "float16"
     elif tool == "quantize-static":
         _static(base, spec, "QOperator" if name.endswith("_qoperator") else "QDQ", target)
+    elif tool == "weight-only-4bit":
+        onnx.save(_weight_only_4bit(base, "QDQ" if name.endswith("_qdq") else "QOperator",
+                                    symmetric=name.endswith("_qdq")), target)
     else:
         _dynamic(base, target)
     model = onnx.load(target)

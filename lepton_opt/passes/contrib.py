@@ -370,6 +370,92 @@ def _qlinear_concat(tape, node, _opset: int):
     return [_q(tape, tape.op("Concat", parts, attributes={"axis": int(_attr(node, "axis"))}), y_s, y_zp)]
 
 
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return None if tensor is None else tensor.numpy()
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """The ``bits``-wide fields of each byte along the last axis, lowest bits first (how
+    onnxruntime packs MatMulNBits / GatherBlockQuantized weights and zero points)."""
+    packed = np.asarray(packed, np.uint8)
+    fields = (packed[..., None] >> np.arange(0, 8, bits, dtype=np.uint8)) & np.uint8((1 << bits) - 1)
+    return fields.reshape(*packed.shape[:-1], packed.shape[-1] * (8 // bits))
+
+
+def _dequantize_blocks(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | float, axis: int,
+                       block: int) -> np.ndarray:
+    """``(q - zero) * scale`` with one scale/zero per ``block`` elements along ``axis``."""
+    length = q.shape[axis]
+
+    def spread(t):
+        return np.take(np.repeat(np.asarray(t, np.float32), block, axis=axis), np.arange(length), axis=axis)
+
+    zero = spread(zero) if np.ndim(zero) else np.float32(zero)
+    return (q.astype(np.float32) - zero) * spread(scale)
+
+
+def _matmul_nbits(tape, node, _opset: int):
+    """onnxruntime's MatMulNBits (2/4/8-bit block-quantized weights, the LLM ``q4`` exports):
+    the weight is a constant, so it is dequantized here once and the node becomes a MatMul."""
+    a, b, scales, zero_points, g_idx, bias = (_input(node, i) for i in range(6))
+    k, n, bits, block = (int(_attr(node, name, default)) for name, default in
+                         (("K", 0), ("N", 0), ("bits", 4), ("block_size", 0)))
+    packed, scale = _constant(b), _constant(scales)
+    # g_idx (GPTQ's act-order) is left to onnxruntime: its CPU kernel's reading of it is not
+    # the plain per-row block index (measured against it)
+    if (g_idx is not None or bits not in (2, 4, 8) or min(k, n, block) <= 0
+            or packed is None or scale is None):
+        return None
+    blocks = -(-k // block)
+    if packed.size != n * blocks * (block * bits // 8) or scale.size != n * blocks:
+        return None
+    q = _unpack(packed.reshape(n, blocks, -1), bits)[:, :, :block].reshape(n, blocks * block)[:, :k]
+    scale = scale.reshape(n, blocks)
+    if zero_points is None:
+        zero = np.full((n, blocks), 1 << (bits - 1), np.float32)
+    else:
+        zero = _constant(zero_points)
+        if zero is None:
+            return None
+        if zero.dtype == np.uint8:  # packed like the weight, each column's run padded to a byte
+            zero = _unpack(zero.reshape(n, -1), bits)[:, :blocks]
+        zero = zero.reshape(n, blocks)
+    weight = _dequantize_blocks(q, scale, zero, 1, block)
+    weight = _const(tape, weight.T, scale.dtype)
+    y = tape.op("MatMul", [a, weight])
+    return [tape.op("Add", [y, bias]) if bias is not None else y]
+
+
+def _gather_block_quantized(tape, node, _opset: int):
+    """onnxruntime's GatherBlockQuantized (the embedding table of ``q4`` LLM exports): the table
+    is a constant, dequantized here once; the node becomes a Gather."""
+    data, indices, scales, zero_points = (_input(node, i) for i in range(4))
+    bits, block = int(_attr(node, "bits", 4)), int(_attr(node, "block_size", 128))
+    gather_axis, quantize_axis = int(_attr(node, "gather_axis", 0)), int(_attr(node, "quantize_axis", 1))
+    q, scale = _constant(data), _constant(scales)
+    if q is None or scale is None or bits not in (4, 8) or block <= 0:
+        return None
+    quantize_axis %= q.ndim
+    zero = _constant(zero_points) if zero_points is not None else None
+    if zero_points is not None and zero is None:
+        return None
+    if q.dtype == np.uint8:  # bits packed along the last axis; no zero point means the middle
+        if bits == 4:
+            if quantize_axis != q.ndim - 1:
+                return None
+            q = _unpack(q, 4)
+            zero = _unpack(zero, 4) if zero is not None else None
+        zero = zero if zero is not None else np.float32(1 << (bits - 1))
+    else:  # int4 / uint4 tensors: one value per element
+        q = q.astype(np.int16)
+        zero = zero.astype(np.int16) if zero is not None else np.float32(0)
+    if np.ndim(zero):
+        zero = zero.reshape(scale.shape) if zero.size == scale.size else zero[..., :scale.shape[-1]]
+    table = _dequantize_blocks(q, scale, zero, quantize_axis, block)
+    return [tape.op("Gather", [_const(tape, table, scale.dtype), indices], attributes={"axis": gather_axis})]
+
+
 def _pool_attributes(node: ir.Node) -> dict:
     return {k: a for k, a in node.attributes.items() if k != "channels_last"}
 
@@ -388,6 +474,8 @@ EXPANSIONS: dict[str, Callable] = {
     "EmbedLayerNormalization": _embed_layer_norm,
     "Attention": _attention,
     "QGemm": _qgemm,
+    "MatMulNBits": _matmul_nbits,
+    "GatherBlockQuantized": _gather_block_quantized,
     "QLinearAdd": _qlinear_binary("Add"),
     "QLinearMul": _qlinear_binary("Mul"),
     "QLinearSigmoid": _qlinear_unary("Sigmoid"),

@@ -120,6 +120,8 @@ class FoldConstants(Pass):
         return PassResult(model, folder.replaced > 0, folder.replaced)
 
     def _should_fold(self, node: ir.Node) -> bool | None:
+        if _dequantizes_constant_weight(node):
+            return True
         if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED:
             return None
         # onnxscript keeps every ConstantOfShape (a zeros tensor can be large); a small one is
@@ -193,6 +195,22 @@ _NOT_FOLDED = frozenset({
 })
 
 
+# The element types the int8 lowering reads through DequantizeLinear (its integer kernels).
+_INT8_KERNEL_TYPES = frozenset({ir.DataType.INT8, ir.DataType.UINT8})
+
+
+def _dequantizes_constant_weight(node: ir.Node) -> bool:
+    """A DequantizeLinear of a constant that the int8 kernels cannot take: 4-bit weights
+    (onnxruntime's QDQ ``q4`` format, block-wise scales), 16-bit or float8 ones. Folded into the
+    float weight it stands for, as onnxruntime does when it has no kernel for the pair."""
+    if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx") or not node.inputs:
+        return False
+    if not all(v is None or v.const_value is not None for v in node.inputs):
+        return False
+    block_size = node.attributes.get("block_size")
+    return node.inputs[0].dtype not in _INT8_KERNEL_TYPES or bool(block_size is not None and block_size.value)
+
+
 def fold_with_onnxruntime(model: ir.Model, graph: ir.Graph, input_size_limit: int, output_size_limit: int) -> int:
     """Evaluate with onnxruntime every node of ``graph`` whose inputs are all constants (directly
     or through other such nodes); the values the rest of the graph reads become initializers.
@@ -200,7 +218,8 @@ def fold_with_onnxruntime(model: ir.Model, graph: ir.Graph, input_size_limit: in
     constant: set[ir.Value] = set()
     members: list[ir.Node] = []
     for node in graph:
-        if (node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED
+        if (node.domain not in ("", "ai.onnx")
+                or (node.op_type in _NOT_FOLDED and not _dequantizes_constant_weight(node))
                 or any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
                        for attr in node.attributes.values())):
             continue

@@ -222,3 +222,92 @@ def test_float16_model_gets_float16_constants():
     compiled = lepton_opt.compile(model)
     assert not isinstance(compiled, PartitionedModel)
     np.testing.assert_allclose(compiled.run({"m": m})["y"].astype(np.float32), expected, atol=3e-2, rtol=3e-2)
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """Fields of ``bits`` bits packed into bytes along the last axis, lowest bits first."""
+    per = 8 // bits
+    values = np.asarray(values, np.uint8)
+    pad = -values.shape[-1] % per
+    values = np.concatenate([values, np.zeros((*values.shape[:-1], pad), np.uint8)], axis=-1)
+    fields = values.reshape(*values.shape[:-1], -1, per)
+    return np.bitwise_or.reduce(fields << (np.arange(per, dtype=np.uint8) * bits), axis=-1).astype(np.uint8)
+
+
+# MatMulNBits variants as onnxruntime's weight-only quantizers write them (RTN/HQQ/GPTQ).
+NBITS_CASES = {
+    "q4_packed_zero_points": dict(bits=4, zp="packed"),
+    "q4_symmetric": dict(bits=4, zp=None),
+    "q4_k_not_whole_blocks_bias": dict(bits=4, zp="packed", k=40, bias=True),
+    "q4_float_zero_points": dict(bits=4, zp="float"),
+    "q8": dict(bits=8, zp="packed"),
+    "q2": dict(bits=2, zp="packed"),
+    "q4_float16": dict(bits=4, zp="packed", dtype=np.float16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NBITS_CASES))
+def test_matmul_nbits_becomes_a_matmul(name):
+    spec = NBITS_CASES[name]
+    bits, k, n, block = spec["bits"], spec.get("k", 64), 24, 16
+    dtype = spec.get("dtype", np.float32)
+    ttype = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    blocks = -(-k // block)
+    q = RNG.integers(0, 1 << bits, (n, blocks * block))
+    inits = [_init("b", _pack(q, bits).reshape(n, blocks, -1)),
+             _init("scales", (RNG.random(n * blocks) * 0.1 + 0.01).astype(dtype))]
+    names = ["a", "b", "scales"]
+    if spec["zp"] == "packed":
+        inits.append(_init("zp", _pack(RNG.integers(0, 1 << bits, (n, blocks)), bits).reshape(-1)))
+        names.append("zp")
+    elif spec["zp"] == "float":
+        inits.append(_init("zp", (RNG.random(n * blocks) * (1 << bits)).astype(dtype)))
+        names.append("zp")
+    if spec.get("bias"):
+        names += [""] * (5 - len(names)) + ["bias"]
+        inits.append(_init("bias", RNG.standard_normal(n).astype(dtype)))
+    node = helper.make_node("MatMulNBits", names, ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                            block_size=block)
+    model = _model(node, [helper.make_tensor_value_info("a", ttype, [2, 3, k])],
+                   [helper.make_tensor_value_info("y", ttype, None)], inits, opset=21)
+    feeds = {"a": RNG.standard_normal((2, 3, k)).astype(dtype)}
+    expected = ort_run(model, feeds)["y"]
+    rewritten = lepton_opt.optimize(model, passes=["expand-contrib-ops"]).model
+    assert "MatMulNBits" not in [n.op_type for n in rewritten.graph.node]
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    tol = 2e-2 if dtype == np.float16 else 1e-4
+    for got in (ort_run(rewritten, feeds)["y"], compiled.run(feeds)["y"]):
+        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("form", ["uint8_packed", "uint8_packed_zero_points", "int4", "uint4_zero_points"])
+def test_gather_block_quantized_becomes_a_gather(form):
+    rows, cols, block = 10, 32, 16
+    blocks = cols // block
+    if form.startswith("uint8"):
+        q = RNG.integers(0, 16, (rows, cols))
+        inits = [_init("data", _pack(q, 4))]
+    else:
+        signed = form == "int4"
+        q = RNG.integers(-8 if signed else 0, 8 if signed else 16, (rows, cols))
+        inits = [helper.make_tensor("data", TensorProto.INT4 if signed else TensorProto.UINT4, [rows, cols],
+                                    q.flatten().tolist())]
+    inits.append(_init("scales", (RNG.random((rows, blocks)) * 0.1 + 0.01).astype(np.float32)))
+    names = ["data", "ids", "scales"]
+    if form == "uint8_packed_zero_points":
+        inits.append(_init("zp", _pack(RNG.integers(0, 16, (rows, blocks)), 4)))
+        names.append("zp")
+    elif form == "uint4_zero_points":
+        inits.append(helper.make_tensor("zp", TensorProto.UINT4, [rows, blocks],
+                                        RNG.integers(0, 16, rows * blocks).tolist()))
+        names.append("zp")
+    node = helper.make_node("GatherBlockQuantized", names, ["y"], domain="com.microsoft", gather_axis=0,
+                            quantize_axis=1, block_size=block, bits=4)
+    model = _model(node, [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5])], [_f("y", None)],
+                   inits, opset=21)
+    feeds = {"ids": RNG.integers(0, rows, (2, 5))}
+    expected = ort_run(model, feeds)["y"]
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], expected, rtol=1e-6, atol=1e-6)
