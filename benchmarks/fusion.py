@@ -69,7 +69,7 @@ def _kernel_group(symbol: str) -> str:
 def kernel_table(path: Path, feeds, runs: int) -> dict[str, dict[str, float]]:
     """Kernel group -> {"O0": ms per run, "O2": ms per run}, both builds profiled in turn."""
     import lepton_opt
-    from lepton_opt.targets.artifact import profile_kernels
+    from lepton_opt.targets.profiling import profile_kernels
 
     builds = {level: lepton_opt.compile(str(path), level=level) for level in ("O0", "O2")}
     table: dict[str, dict[str, float]] = {}

@@ -228,31 +228,11 @@ def evaluate_one(name: str, latency: bool, threads: int) -> dict:
 
 
 def top_kernels(compiled, feeds: dict, count: int = 3) -> list[list]:
-    """The ``count`` kernels (or VM builtins) taking most of a run, with their share of it, from
-    TVM's VM profiler; a partitioned model's onnxruntime segments count as one entry each."""
-    from lepton_opt.targets.artifact import CompiledModel, PartitionedModel, profile_kernels
+    """The ``count`` kernels (or VM builtins, or onnxruntime segments) taking most of a run, with
+    their share of it, from lepton-opt's kernel profile."""
+    from lepton_opt.targets.profiling import profile
 
-    times: dict[str, float] = {}
-    if isinstance(compiled, PartitionedModel):
-        env = dict(feeds)
-        for index, (seg, part) in enumerate(zip(compiled.manifest["segments"], compiled.parts)):
-            args = {name: env[name] for name in seg["inputs"]}
-            if isinstance(part, CompiledModel):
-                env.update(part.run(args))
-                for name, (seconds, _) in profile_kernels([part], args, runs=5)[0].items():
-                    times[name] = times.get(name, 0.0) + seconds
-            else:
-                session = compiled._session(index)
-                start = time.perf_counter()
-                for _ in range(5):
-                    outputs = session.run(seg["outputs"], args)
-                times[f"onnxruntime segment {index}"] = (time.perf_counter() - start) / 5
-                env.update(zip(seg["outputs"], outputs))
-    else:
-        times = {name: seconds for name, (seconds, _) in profile_kernels([compiled], feeds, runs=5)[0].items()}
-    total = sum(times.values()) or 1.0
-    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:count]
-    return [[name, round(100 * seconds / total, 1)] for name, seconds in ranked]
+    return [[row.name, round(100 * row.share, 1)] for row in profile(compiled, feeds, runs=5).rows[:count]]
 
 
 def _has_external_data(proto) -> bool:

@@ -25,6 +25,9 @@ Public API::
 
     report = lepton_opt.debug("model.onnx", precision="fp16")   # or passes=, artifact=, compile=True
     report.first_divergent               # the first value beyond tolerance, in graph order (or None)
+
+    kernels = lepton_opt.profile("model.onnx")   # or a compiled model / artifact directory
+    kernels.rows[0].why                  # the slowest kernel, and why it takes its time
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ __version__ = "0.1.0"
 # Attributes are imported on first use (PEP 562): `import lepton_opt` stays cheap, and a
 # deployment that only loads and runs artifacts (lepton_opt.load_compiled, lepton_opt.runtime)
 # never imports the compiler stack (onnx, onnx-ir, onnxscript, onnxruntime, TVM's compiler).
-_API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "prune", "quantize",
-        "tune", "verify")
+_API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "profile", "prune",
+        "quantize", "tune", "verify")
 
 __all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "debug", "inspect_model", "load",
-           "load_compiled", "optimize", "prune", "quantize", "tune", "verify"]
+           "load_compiled", "optimize", "profile", "prune", "quantize", "tune", "verify"]
 
 
 def __getattr__(name: str):

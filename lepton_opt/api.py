@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
-from lepton_opt.errors import LeptonError, UnsupportedModelError
+from lepton_opt.errors import LeptonError, OptionError, UnsupportedModelError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
 from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
 from lepton_opt.passes.registry import DEFAULT_LEVEL, FUSIONS, build_passes, pipeline_names
@@ -373,6 +374,26 @@ def benchmark(model: ModelSource, target: str = "llvm", **options):
     from lepton_opt.bench.runner import benchmark as run_benchmark
 
     return run_benchmark(model, target, **options)
+
+
+def profile(model, *, feeds: Mapping[str, np.ndarray] | None = None, runs: int = 10, warmup: int = 2,
+            input_shapes: InputShapes | None = None, seed: int = 0, **compile_options):
+    """Per-kernel profile of a CPU build (:class:`lepton_opt.targets.profiling.KernelProfile`):
+    where a run's time goes and why. ``model``: a compiled model, an artifact directory, or an
+    ONNX model (compiled here for llvm with ``input_shapes`` and ``compile_options``). Inputs:
+    ``feeds``, else seeded ones (``seed``; symbolic dims from ``input_shapes``, else 1)."""
+    from lepton_opt.targets.artifact import MANIFEST
+    from lepton_opt.targets.profiling import profile as profile_kernels
+
+    if runs < 1 or warmup < 0:
+        raise OptionError(f"runs must be at least 1 and warmup at least 0 (got runs={runs}, warmup={warmup})")
+    if isinstance(model, (str, os.PathLike)) and (Path(model) / MANIFEST).is_file():
+        model = load_compiled(model)
+    elif not hasattr(model, "manifest"):
+        model = compile(model, "llvm", input_shapes=input_shapes, **compile_options)
+    if feeds is None:
+        feeds = random_feeds(model.inputs, seed=seed, dims=_symbol_values(model.inputs, input_shapes or {}))
+    return profile_kernels(model, feeds, runs=runs, warmup=warmup)
 
 
 def load_compiled(path: str | os.PathLike):

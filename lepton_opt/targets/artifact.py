@@ -40,7 +40,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -308,21 +308,6 @@ def onnxruntime_session(model: bytes):
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def profile_kernels(models: Sequence[CompiledModel], feeds: Mapping[str, Any], runs: int = 10,
-                    warmup: int = 2) -> list[dict[str, tuple[float, float]]]:
-    """Per model (fresh CPU builds taking the same ``feeds``): kernel name -> (seconds per model
-    run, calls per model run), the models run in turn so that drifts of the machine touch all
-    alike. Wall time between the VM's instrument callbacks: rank kernels by it, and compare the
-    same kernel across builds; the callbacks add a little to each."""
-    from lepton_opt.targets.cpu_schedule import profile_interleaved
-
-    if any(not isinstance(m._executable, tvm.runtime.Executable) or m.target.get("kind") != "llvm"
-           for m in models):
-        raise ArtifactError("kernel profiles need fresh CPU builds (lepton_opt.compile(..., target='llvm'))")
-    inputs = [tvm.runtime.tensor(a) for a in models[0]._check_feeds(feeds)]
-    return profile_interleaved([m._executable for m in models], inputs, runs, warmup)
 
 
 def runtime_threads() -> int:

@@ -268,6 +268,10 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
         if "kernels" in stats:
             tuning["kernels"] = stats["kernels"]
         manifest["tuning"] = tuning
+    if stats.get("kernel_info"):  # what kernel profiles report per kernel, with the ONNX value names
+        names = lowered.value_names
+        manifest["kernels"] = {kernel: {**facts, "values": list(dict.fromkeys(names.get(v, v) for v in facts["values"]))}
+                               for kernel, facts in stats["kernel_info"].items()}
     return CompiledModel(executable, manifest)
 
 

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -1615,8 +1616,9 @@ def schedule_with_tile(func: tirx.PrimFunc, target: tvm.target.Target, rule: str
     return sch
 
 
-def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
-    """Schedule every unscheduled PrimFunc of a (legalized, fused) Relax module."""
+def default_cpu_schedule_pass(target: tvm.target.Target, rules: dict[str, str] | None = None) -> tvm.transform.Pass:
+    """Schedule every unscheduled PrimFunc of a (legalized, fused) Relax module; ``rules``
+    receives kernel name -> the rule that scheduled it."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonDefaultCPUSchedule")
     def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -1629,14 +1631,16 @@ def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
                 continue
             anonymous = func.without_attr("global_symbol")
             key = tvm_ffi.structural_hash(anonymous)
-            new = next((scheduled for original, scheduled in done.get(key, ())
-                        if tvm_ffi.structural_equal(original, anonymous)), None)
+            new, rule = next(((scheduled, rule) for original, scheduled, rule in done.get(key, ())
+                              if tvm_ffi.structural_equal(original, anonymous)), (None, None))
             if new is None:
-                new, _ = schedule_prim_func(func, target)
-                done.setdefault(key, []).append((anonymous, new))
+                new, rule = schedule_prim_func(func, target)
+                done.setdefault(key, []).append((anonymous, new, rule))
             elif "global_symbol" in (func.attrs or {}):
                 new = new.with_attr("global_symbol", func.attrs["global_symbol"])
             updates[gv] = new
+            if rules is not None:
+                rules[gv.name_hint] = rule
         for gv, func in updates.items():
             mod[gv] = func
         return mod
@@ -1644,15 +1648,84 @@ def default_cpu_schedule_pass(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pass
 
 
-def _pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def _pre_schedule_passes(target: tvm.target.Target, values: dict | None = None) -> list[tvm.transform.Pass]:
     """Everything before scheduling: graph passes, legalization and fusion, and the mark on
-    each kernel parameter bound to a constant (which the schedules may repack)."""
+    each kernel parameter bound to a constant (which the schedules may repack). ``values``
+    receives kernel name -> the graph values it computes (see :func:`_record_kernel_values`)."""
+    legalize = list(_cpu_pipeline.legalize_passes(target))
+    if values is not None:
+        fuse_tir = next((i for i, p in enumerate(legalize) if p.info.name == "FuseTIR"), None)
+        if fuse_tir is not None:
+            before, after = _record_kernel_values(values)
+            legalize[fuse_tir:fuse_tir + 1] = [before, legalize[fuse_tir], after]
     return (
         cpu_graph_passes(target)
         + _cpu_pipeline.library_dispatch_passes(target)
-        + _cpu_pipeline.legalize_passes(target)
+        + legalize
         + [relax.transform.AttachAttrLayoutFreeBuffers()]
     )
+
+
+def _record_kernel_values(values: dict[str, list[str]]) -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
+    """Two passes around FuseTIR that fill ``values``: kernel name -> the graph values it
+    computes. Before FuseTIR each fused function still holds the bindings it was made of, named
+    by the lowering after the ONNX values they compute; FuseTIR makes a kernel of each, named
+    after it (a number appended where the name is taken). Bindings do not keep their names
+    across FuseTIR, so kernels are matched to fused functions by name."""
+    fused_values: dict[str, list[str]] = {}  # fused function -> its values
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonKernelValuesBeforeFuseTIR")
+    def before(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function) and _is_fused(func):
+                fused_values[gv.name_hint] = [_var_name(b.var) for block in func.body.blocks for b in block.bindings]
+        return mod
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonKernelValuesAfterFuseTIR")
+    def after(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        for binding in _graph_bindings(mod):
+            if not _is_call_tir(binding.value):
+                continue
+            kernel = binding.value.args[0].name_hint
+            fused = _named_after(kernel, fused_values)
+            names = fused_values[fused] if fused is not None else [_var_name(binding.var)]
+            found = values.setdefault(kernel, [])
+            found.extend(n for n in names if not _AUTO_NAME.fullmatch(n) and n not in found)
+        return mod
+
+    return before, after
+
+
+def _named_after(name: str, names) -> str | None:
+    """The one of ``names`` that ``name`` was made from by TVM's renaming (a number appended
+    where a name is taken: FuseTIR, the passes after it), the longest if several fit."""
+    return max((n for n in names if name.startswith(n) and (name[len(n):] == "" or name[len(n):].isdigit())),
+               key=len, default=None)
+
+
+# Names TVM's block builder makes up (the values of graph passes' own emissions), not the model's.
+_AUTO_NAME = re.compile(r"(lv|gv)\d*")
+
+
+def _is_fused(func: relax.Function) -> bool:
+    return func.attrs is not None and "Primitive" in func.attrs
+
+
+def _graph_bindings(mod: tvm.IRModule):
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not _is_fused(func):
+            yield from (b for block in func.body.blocks for b in block.bindings)
+
+
+def _is_call_tir(value) -> bool:
+    return isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR)
+
+
+def _var_name(var) -> str:
+    return str(getattr(var, "name", ""))
+
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 def _has_layout_rewrite(func: tirx.PrimFunc) -> bool:
@@ -1705,26 +1778,72 @@ def apply_records_pass(database, stats: dict | None = None) -> tvm.transform.Pas
         with database:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
         if stats is not None:
+            tuned = [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
+                     and _is_scheduled(f) and gv.name_hint not in before]
             stats["kernels"] = len(kernels)
-            stats["tuned"] = sum(1 for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)
-                                 and _is_scheduled(f) and gv.name_hint not in before)
+            stats["tuned"] = len(tuned)
+            stats.setdefault("rules", {}).update(dict.fromkeys(tuned, "tuned"))
         return mod
 
     return _pass
 
 
+def kernel_info_pass(info: dict[str, dict], rules: dict[str, str], values: dict) -> tvm.transform.Pass:
+    """Record, per kernel of a scheduled module (before it is lowered to the VM): the rule that
+    scheduled it, its floating-point operation count (TVM's estimate), the bytes of its
+    arguments (static shapes only: the least it must move) and the graph values it computes
+    (the lowering's names for them: the ONNX value names). Kernel profiles read these."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonKernelInfo")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        called = {b.value.args[0].name_hint for b in _graph_bindings(mod) if _is_call_tir(b.value)}
+        for gv, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in called:
+                continue  # weight-repacking kernels, evaluated at build time
+            try:
+                flops = int(s_tir.analysis.estimate_tir_flops(tvm.IRModule({gv: func})))
+            except Exception:  # noqa: BLE001 - TVM cannot count this kernel's loops (symbolic extents)
+                flops = None
+            origin = gv.name_hint.removesuffix(_PREPACKED)  # the kernel before its weight was repacked
+            fused = _named_after(origin, values)
+            info[gv.name_hint] = {"rule": rules.get(origin, rules.get(gv.name_hint)), "flops": flops,
+                                  "bytes": _argument_bytes(func), "values": values[fused] if fused else []}
+        return mod
+
+    return _pass
+
+
+_PREPACKED = "_prepacked"  # SplitLayoutRewritePreproc's name for a kernel that reads a repacked weight
+
+
+def _argument_bytes(func: tirx.PrimFunc) -> int | None:
+    total = 0
+    for param in func.params:
+        ty = getattr(param, "ty", None)
+        shape, dtype = getattr(ty, "shape", None), getattr(ty, "dtype", None)
+        if shape is None or dtype is None or not all(isinstance(d, tirx.IntImm) for d in shape):
+            return None
+        total += int(np.prod([int(d) for d in shape], dtype=np.int64)) * _dtype_bits(dtype) // 8
+    return total
+
+
 def cpu_pipeline(target: tvm.target.Target, database=None, stats: dict | None = None) -> tvm.transform.Pass:
-    """The whole Relax pipeline of :func:`build_cpu`, as one pass."""
+    """The whole Relax pipeline of :func:`build_cpu`, as one pass. ``stats`` receives the
+    tuning counts and ``kernel_info`` (see :func:`kernel_info_pass`)."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             tuned = [] if database is None else [apply_records_pass(database, stats)]
+            rules = stats.setdefault("rules", {}) if stats is not None else None
+            values: dict | None = {} if stats is not None else None
+            info = [] if stats is None else [kernel_info_pass(stats.setdefault("kernel_info", {}), rules, values)]
             seq = tvm.transform.Sequential(
-                _pre_schedule_passes(target)
+                _pre_schedule_passes(target, values)
                 + tuned
-                + [default_cpu_schedule_pass(target)]
+                + [default_cpu_schedule_pass(target, rules)]
                 + _post_schedule_passes()
+                + info
                 + _cpu_pipeline.dataflow_lower_passes(target)
                 + _cpu_pipeline.finalize_passes(target)
             )
@@ -1738,36 +1857,6 @@ def build_cpu(mod: tvm.IRModule, target: tvm.target.Target, database=None,
     """Compile a Relax module for a CPU target: kernels with a tuning record in ``database``
     take their best record, the others the default schedules."""
     return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database, stats))
-
-
-def profile_interleaved(executables: Sequence[tvm.runtime.Executable], inputs: Sequence,
-                        runs: int = 10, warmup: int = 2) -> list[dict[str, tuple[float, float]]]:
-    """Per executable: kernel name -> (seconds per model run, calls per model run), from ``runs``
-    runs of each, taken in turn (round-robin) so that drifts of the machine touch all alike."""
-    import time
-
-    vms = [relax.VirtualMachine(ex, tvm.cpu()) for ex in executables]
-    for _ in range(warmup):
-        for vm in vms:
-            vm["main"](*inputs)
-    totals: list[dict[str, list[float]]] = [{} for _ in vms]
-    start: list[float] = [0.0]
-    for vm, table in zip(vms, totals):
-        def instrument(func, func_symbol, before_run, ret_value, *args, table=table):  # noqa: ARG001
-            now = time.perf_counter()
-            if before_run:
-                start[0] = now
-            else:
-                entry = table.setdefault(str(func_symbol), [0.0, 0])
-                entry[0] += now - start[0]
-                entry[1] += 1
-            return 0
-
-        vm.set_instrument(tvm.runtime.convert(instrument) if hasattr(tvm.runtime, "convert") else instrument)
-    for _ in range(runs):
-        for vm in vms:
-            vm["main"](*inputs)
-    return [{name: (seconds / runs, calls / runs) for name, (seconds, calls) in table.items()} for table in totals]
 
 
 def _dtype_bits(dtype) -> int:

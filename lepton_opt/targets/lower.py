@@ -177,6 +177,8 @@ class LoweredModule:
     output_names: list[str]
     symbols: dict[str, SymbolOrigin]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # Relax binding name -> the ONNX value (or op) name it was made from (kernel profiles)
+    value_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Lowerer:
@@ -204,7 +206,7 @@ class Lowerer:
         self.known: dict[ir.Value, Known] = {}
         self.symbols: dict[str, SymbolOrigin] = {}
         self._sym_vars: dict[str, tir.Var] = {}
-        self._names: set[str] = set()
+        self._names: dict[str, str] = {}  # binding name -> the ONNX name it was made from
         self.warnings: list[str] = []  # what the lowering decided that the user must hear of
 
     # ---------------------------------------------------------------- entry point
@@ -241,6 +243,7 @@ class Lowerer:
             [v.name for v in self.graph.outputs],
             dict(self.symbols),
             list(self.warnings),
+            dict(self._names),
         )
 
     # ---------------------------------------------------------------- checks
@@ -437,7 +440,7 @@ class Lowerer:
         while candidate in self._names:
             i += 1
             candidate = f"{base}_{i}"
-        self._names.add(candidate)
+        self._names[candidate] = name
         return candidate
 
 

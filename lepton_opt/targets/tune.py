@@ -56,6 +56,7 @@ from tvm.s_tir import meta_schedule as ms
 from lepton_opt.errors import LeptonError, OptionError
 from lepton_opt.targets import cpu_schedule
 from lepton_opt.targets.build import TargetSpec
+from lepton_opt.targets.profiling import profile_interleaved
 from lepton_opt.targets.records import RecordStore, cache_dir, tile_key
 
 DEFAULT_BATCH = 8
@@ -415,7 +416,7 @@ def confirm_in_model(mod: tvm.IRModule, inputs: list, tasks: list[TuneTask], tar
         built.append(cpu_schedule.build_cpu(mod, target, database=database))
     if report is not None:
         report(f"confirming in the model: {CONFIRM_RUNS} runs of each of {rounds} builds")
-    profiles = cpu_schedule.profile_interleaved(built, inputs, CONFIRM_RUNS)
+    profiles = profile_interleaved(built, inputs, CONFIRM_RUNS)
     records, picks = [], {}
     for name, cands in candidates.items():
         if len(cands) < 2:
