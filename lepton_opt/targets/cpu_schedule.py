@@ -1065,8 +1065,9 @@ class _TiledPlan:
     vl: int  # lanes of one vector
     lanes: int  # the target's lanes for the output type
     registers: int
-    other_extent: int  # product of the other output extents
+    other_extent: int  # product of the other output extents (those known at build time)
     runtime_rows: bool = False  # the row extent is known at run time only (padded to ``rows``)
+    runtime_outer: object = None  # an outer axis known at run time only (a dynamic batch)
 
     def space(self) -> list[Tile]:
         return tile_space(self.rows, self.vectors, self.registers, self.other_extent > 1, self.default())
@@ -1124,8 +1125,9 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         return None
     iter_vars = [iv.var for iv in stmt.iter_vars]
     extents = [iv.dom.extent for iv in stmt.iter_vars]
-    # One extent may be known only at run time (the rows of a matmul after NMS, a dynamic
-    # batch): it must be the row axis, which is then padded (below).
+    # One extent may be known only at run time: the row axis (the rows of a matmul after NMS, a
+    # dynamic batch of a matmul), which is then padded (below), or another outer axis of the
+    # output (a convolution's dynamic batch), which stays a loop around the tiled kernel.
     runtime = [iv for iv, e in zip(iter_vars, extents) if not isinstance(e, tirx.IntImm)]
     if len(runtime) > 1:
         return None
@@ -1157,8 +1159,12 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
         return None
     vec_var = out_axes[-1]
     row_var = out_axes[-2] if len(out_axes) >= 2 else None
+    runtime_outer = None
     if runtime and (row_var is None or not runtime[0].same_as(row_var)):
-        return None
+        if runtime[0].same_as(vec_var) or not any(runtime[0].same_as(v) for v in out_axes):
+            return None
+        runtime_outer, runtime = runtime[0], []
+        ext_of[runtime_outer] = 1  # planned as one: the loop around the tiles
     # Every read must index the vector axis contiguously (last index, stride 1) or not at all.
     for region in stmt.reads:
         idx = [r.min for r in region.region]
@@ -1209,13 +1215,14 @@ def tiled_plan(sch: s_tir.Schedule, target: tvm.target.Target, padded: bool = Fa
             return found
     if vl < 4 and vext <= 4 * lanes:
         vl = vext  # short: one (odd-width) vector, which LLVM splits into legal pieces
-    other = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))]
+    other = [v for v in spatial if not v.same_as(vec_var) and (row_var is None or not v.same_as(row_var))
+             and (runtime_outer is None or not v.same_as(runtime_outer))]
     other_extent = 1
     for v in other:
         other_extent *= ext_of[v]
     return _TiledPlan(sch, main, producers, epilogue, loop_of, vec_var, row_var, other,
                       [iv for iv, k in zip(iter_vars, kinds) if k == "R"], rows_ext, vext // vl, vl, lanes,
-                      _vector_registers(target), other_extent, bool(runtime))
+                      _vector_registers(target), other_extent, bool(runtime), runtime_outer)
 
 
 def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
@@ -1246,7 +1253,10 @@ def _apply_tiled(plan: _TiledPlan, tile: Tile) -> None:
     else:
         outer = {"rows": other + [vo] + row_outer, "panels": [vo] + other + row_outer,
                  "inputs": other + row_outer + [vo]}[tile.order]
-        sch.reorder(*outer, *red_loops, *row_inner, vu, vv)
+        # A run-time outer axis (a dynamic batch) is a serial loop around the parallel tiles: fused
+        # with them, every index would divide by the run-time extent.
+        batch = [loop_of[plan.runtime_outer]] if plan.runtime_outer is not None else []
+        sch.reorder(*batch, *outer, *red_loops, *row_inner, vu, vv)
         tile_loop = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(tile_loop)
     _compute_epilogue_per_tile(sch, tile_loop, wb, plan.epilogue)
@@ -1800,14 +1810,17 @@ def kernel_info_pass(info: dict[str, dict], rules: dict[str, str], values: dict)
         for gv, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in called:
                 continue  # weight-repacking kernels, evaluated at build time
-            try:
-                flops = int(s_tir.analysis.estimate_tir_flops(tvm.IRModule({gv: func})))
-            except Exception:  # noqa: BLE001 - TVM cannot count this kernel's loops (symbolic extents)
-                flops = None
+            nbytes = _argument_bytes(func)
+            flops = None  # a kernel with a shape known at run time only has no fixed count
+            if nbytes is not None:
+                try:
+                    flops = int(s_tir.analysis.estimate_tir_flops(tvm.IRModule({gv: func})))
+                except Exception:  # noqa: BLE001 - TVM cannot count this kernel's loops
+                    flops = None
             origin = gv.name_hint.removesuffix(_PREPACKED)  # the kernel before its weight was repacked
             fused = _named_after(origin, values)
             info[gv.name_hint] = {"rule": rules.get(origin, rules.get(gv.name_hint)), "flops": flops,
-                                  "bytes": _argument_bytes(func), "values": values[fused] if fused else []}
+                                  "bytes": nbytes, "values": values[fused] if fused else []}
         return mod
 
     return _pass
