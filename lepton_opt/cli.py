@@ -1,19 +1,27 @@
 """The ``lepton-opt`` command line. Every command calls :mod:`lepton_opt.api`, nothing else.
 
-User errors print one line (``error: ...``) and exit with code 2; ``--verify`` failures exit 1.
+Exit codes: 0 ok; 1 a check failed (``--verify``, ``--verify-each``, ``debug``, a ``bench``
+variant); 2 bad input (one ``error: ...`` line); 3 an internal error (a lepton-opt bug, one
+``internal error: ...`` line); 130 interrupted. ``--json`` on every command prints one strict JSON
+document on stdout instead of the tables (nothing when the command stops at an error line);
+``-q``/``-v`` (on the group or the command) drop the progress, notes and detail tables, or add
+lepton-opt's log records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -26,12 +34,29 @@ from lepton_opt.errors import InputError, LeptonError
 out = Console()
 err = Console(stderr=True)
 
+# The version of every command's --json document (debug's is lepton_opt.debugging.SCHEMA_VERSION,
+# the same number): a consumer checks it before reading the fields.
+JSON_SCHEMA_VERSION = 1
+INTERNAL_ERROR_EXIT_CODE = 3
+# Where a stream is not a terminal, no line is wrapped: text is soft-wrapped (never broken) and
+# tables are as wide as their content up to this many columns.
+_PIPED_WIDTH = 1 << 16
+# click's ctx.meta is shared by the group's context and the command's: both take -q/-v.
+_VERBOSITY = "lepton_opt.verbosity"
+_JSON_STDOUT = "lepton_opt.json_stdout"
+
 
 def _handle_errors(fn):
+    """Every command runs through this: user errors print one `error:` line and exit 2 (or the
+    error's own code), anything else is a lepton-opt bug (one `internal error:` line, exit 3). It
+    also sets the consoles for where they write, routes library logs (-v) and, with --json, sends
+    whatever the command's libraries print on stdout to stderr, so stdout holds the document alone."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        _unwrap_when_piped()
         try:
-            with warnings.catch_warnings(), _quiet_library_logs():
+            with warnings.catch_warnings(), _library_logs(_verbosity() == "verbose"), \
+                    _json_stdout(kwargs.get("as_json", False)):
                 warnings.simplefilter("ignore")
                 return fn(*args, **kwargs)
         except LeptonError as e:
@@ -47,27 +72,158 @@ def _handle_errors(fn):
             err.print(f"[bold red]internal error:[/] {type(e).__name__}: {first} "
                       "(this is a lepton-opt bug; rerun with LEPTON_OPT_DEBUG=1 for the traceback)",
                       highlight=False, soft_wrap=True)
-            sys.exit(1)
+            sys.exit(INTERNAL_ERROR_EXIT_CODE)
 
     return wrapper
 
 
+def _unwrap_when_piped() -> None:
+    """Piped output is parsed line by line, so it must not be wrapped where rich would wrap it:
+    at the terminal's width, or 80 columns without one. Set per invocation: tests invoke
+    commands in-process with other streams."""
+    for console in (out, err):
+        isatty = getattr(console.file, "isatty", None)
+        piped = not (isatty is not None and isatty())
+        console.soft_wrap = piped
+        console.width = _PIPED_WIDTH if piped else None
+
+
 @contextlib.contextmanager
-def _quiet_library_logs():
+def _library_logs(verbose: bool):
     """Library log records stay off the terminal: with no logging configured, Python prints
     every warning a library logs to stderr, and onnx-ir logs one per dangling name while it
     reads a malformed model, and a whole traceback when shape inference fails on one (which it
-    recovers from). The CLI's promise is one `error:` line. LEPTON_OPT_DEBUG=1 shows them."""
-    if os.environ.get("LEPTON_OPT_DEBUG"):
-        yield
-        return
+    recovers from). The CLI's promise is one `error:` line. LEPTON_OPT_DEBUG=1 shows them;
+    ``verbose`` (-v) prints lepton-opt's own records from INFO up on stderr."""
     root = logging.getLogger()
-    handler = logging.NullHandler()  # a handler on the root: Python's last-resort printer stays idle
-    root.addHandler(handler)
+    quiet = logging.NullHandler()  # a handler on the root: Python's last-resort printer stays idle
+    ours = logging.getLogger("lepton_opt")
+    shown = logging.StreamHandler(sys.stderr)
+    shown.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = ours.level
+    if not os.environ.get("LEPTON_OPT_DEBUG"):
+        root.addHandler(quiet)
+    if verbose:
+        ours.addHandler(shown)
+        ours.setLevel(logging.INFO)
     try:
         yield
     finally:
-        root.removeHandler(handler)
+        root.removeHandler(quiet)
+        ours.removeHandler(shown)
+        ours.setLevel(level)
+
+
+@contextlib.contextmanager
+def _json_stdout(as_json: bool):
+    """With --json, what the command's libraries print on stdout goes to stderr; :func:`_emit_json`
+    writes the document to the real stdout."""
+    if not as_json:
+        yield
+        return
+    click.get_current_context().meta[_JSON_STDOUT] = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _emit_json(command: str, facts: dict) -> None:
+    """Print ``facts`` as the command's one JSON document: ``schema_version`` and ``command``
+    first, numpy values as plain numbers and lists, paths as strings, and strict JSON (a
+    non-finite number becomes null, and a line in ``notes`` says where)."""
+    nonfinite: list[str] = []
+    doc = _plain({"schema_version": JSON_SCHEMA_VERSION, "command": command, **facts}, "", nonfinite)
+    if nonfinite:
+        shown = ", ".join(nonfinite[:10]) + (f" and {len(nonfinite) - 10} more" if len(nonfinite) > 10 else "")
+        doc.setdefault("notes", []).append(f"null stands for a non-finite number (inf or nan) at {shown}")
+    stdout = click.get_current_context().meta.get(_JSON_STDOUT, sys.stdout)
+    click.echo(json.dumps(doc, indent=2, allow_nan=False), file=stdout)
+
+
+def _plain(value, where: str, nonfinite: list[str]):
+    """``value`` as strict JSON holds it; ``where`` (its path in the document, e.g.
+    ``outputs.y.max``) goes to ``nonfinite`` for each inf or nan, which becomes null."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{where}.{k}" if where else str(k), nonfinite) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        value = sorted(value, key=str)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]", nonfinite) for i, v in enumerate(value)]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), where, nonfinite)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        nonfinite.append(where)
+        return None
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f"{where}: a {type(value).__name__} has no JSON form")
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value:
+        return
+    given = ctx.meta.get(_VERBOSITY)
+    if given not in (None, param.name):
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other", ctx)
+    ctx.meta[_VERBOSITY] = param.name
+
+
+def _verbosity() -> str | None:
+    """The verbosity asked for: "quiet" (-q), "verbose" (-v) or None, on the group or the command."""
+    ctx = click.get_current_context(silent=True)
+    return None if ctx is None else ctx.meta.get(_VERBOSITY)
+
+
+def _quiet() -> bool:
+    return _verbosity() == "quiet"
+
+
+def verbosity_options(fn):
+    """-q/--quiet and -v/--verbose: on the group (``lepton-opt -q compile``) and on each command."""
+    fn = click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbosity,
+                      help="Also print lepton-opt's log records (INFO and up) on stderr.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                        help="Print the result only: no progress, notes or detail tables (warnings and errors "
+                             "still go to stderr).")(fn)
+
+
+def output_options(fn):
+    """--json, -q and -v: what every command takes about its output."""
+    fn = verbosity_options(fn)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout instead of the tables (schema_version 1; "
+                             "stderr is unchanged).")(fn)
+
+
+class _NoStatus:
+    def update(self, *_args, **_kwargs) -> None:
+        pass
+
+
+def _status(message: str):
+    """A spinner on stderr while a step runs (none with -q); ``update`` changes its text."""
+    return contextlib.nullcontext(_NoStatus()) if _quiet() else err.status(message)
+
+
+def _note(text: str) -> None:
+    """An informational line on stderr; -q leaves it out."""
+    if not _quiet():
+        err.print(f"note: {text}", highlight=False, soft_wrap=True)
+
+
+def _warn(messages: Iterable[str]) -> None:
+    """Warnings go to stderr whatever the verbosity and --json."""
+    for message in messages:
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _detail(renderable) -> None:
+    """A table of detail (per pass, per layer, per kernel, per node kept): left out with -q."""
+    if not _quiet():
+        out.print(renderable)
 
 
 def _input_shapes(values: tuple[str, ...]) -> dict[str, list[int]] | None:
@@ -142,7 +298,8 @@ def _precision_kwargs(precision, keep_io_types, op_block_list, node_block_list, 
 
 
 def _print_precision(result) -> None:
-    """What a precision conversion did: counts, the nodes kept in fp32 and why, the guard."""
+    """What a precision conversion did: counts, the nodes kept in fp32 and why, the guard (its
+    warnings: :func:`_warn`)."""
     if not hasattr(result, "plan"):
         _print_quantization(result)
         return
@@ -158,7 +315,7 @@ def _print_precision(result) -> None:
             table.add_row(k.name, k.op_type, k.reason)
         if len(rows) > _KEPT_ROWS:
             table.add_row(f"... and {len(rows) - _KEPT_ROWS} more", "", "")
-        out.print(table)
+        _detail(table)
     guard = result.guard
     if guard is not None:
         what = "max error" if guard.metric == "max_error" else "cosine"
@@ -167,12 +324,11 @@ def _print_precision(result) -> None:
         out.print(f"accuracy guard ({what} {bound} {guard.budget:g}, on {guard.data}): naive {guard.naive:{fmt}} -> "
                   f"{guard.final:{fmt}}, {len(guard.kept)} node(s) kept in fp32 by the guard, "
                   f"{guard.evaluations} candidate(s) scored", highlight=False, soft_wrap=True)
-    for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _print_quantization(result) -> None:
-    """What int8 quantization did: nodes quantized per op type, nodes left float and why, the guard."""
+    """What int8 quantization did: nodes quantized per op type, nodes left float and why, the
+    guard (its warnings: :func:`_warn`)."""
     counts = ", ".join(f"{op} {n}" for op, n in sorted(result.quantized.items())) or "none"
     how = f"{result.mode}" + (f", {result.method} calibration on {result.calibration}" if result.method else "")
     out.print(f"int8 ({how}): quantized {counts}; {len(result.excluded)} kept float", highlight=False, soft_wrap=True)
@@ -184,7 +340,7 @@ def _print_quantization(result) -> None:
             table.add_row(k.name, k.op_type, k.reason)
         if len(result.excluded) > _KEPT_ROWS:
             table.add_row(f"... and {len(result.excluded) - _KEPT_ROWS} more", "", "")
-        out.print(table)
+        _detail(table)
     guard = result.guard
     if guard is not None:
         what = (f"cosine >= {guard.budget:g}" if guard.metric == "cosine"
@@ -193,8 +349,36 @@ def _print_quantization(result) -> None:
         out.print(f"accuracy guard ({what}, on {guard.data}): all quantized {fmt(guard.quantized)} -> "
                   f"{fmt(guard.final)}, {len(guard.kept)} node(s) kept float, {guard.evaluations} model(s) scored",
                   highlight=False, soft_wrap=True)
-    for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def _precision_facts(result) -> dict:
+    """:func:`_print_precision`'s facts for --json, every node kept listed."""
+    if not hasattr(result, "plan"):
+        return _quantization_facts(result)
+    plan, guard = result.plan, result.guard
+    return {
+        "precision": plan.precision, "converted_nodes": len(plan.converted),
+        "kept": [{"node": k.name, "op": k.op_type, "why": k.reason} for k in plan.kept.values()],
+        "weights_converted": result.weights_converted, "casts": result.casts,
+        "guard": None if guard is None else {
+            "metric": guard.metric, "budget": guard.budget, "data": guard.data, "naive": guard.naive,
+            "final": guard.final, "kept": [k.name for k in guard.kept], "evaluations": guard.evaluations},
+        "warnings": list(result.warnings),
+    }
+
+
+def _quantization_facts(result) -> dict:
+    """:func:`_print_quantization`'s facts for --json, every node kept float listed."""
+    guard = result.guard
+    return {
+        "precision": "int8", "mode": result.mode, "method": result.method, "calibration": result.calibration,
+        "quantized": dict(sorted(result.quantized.items())),
+        "kept": [{"node": k.name, "op": k.op_type, "why": k.reason} for k in result.excluded],
+        "guard": None if guard is None else {
+            "metric": guard.metric, "budget": guard.budget, "data": guard.data, "quantized": guard.quantized,
+            "final": guard.final, "kept": [k.name for k in guard.kept], "evaluations": guard.evaluations},
+        "warnings": list(result.warnings),
+    }
 
 
 _KEPT_ROWS = 25
@@ -206,8 +390,13 @@ _VERIFY_TOLERANCE = {None: 1e-4, "fp16": 1e-2, "bf16": 5e-2, "int8": 5e-2}
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lepton-opt", prog_name="lepton-opt")
+@verbosity_options
 def main() -> None:
-    """lepton-opt: optimize and compile ONNX models for CPU (LLVM) and CUDA with Apache TVM."""
+    """lepton-opt: optimize and compile ONNX models for CPU (LLVM) and CUDA with Apache TVM.
+
+    Exit codes: 0 ok, 1 a check failed (--verify, debug, a bench variant), 2 bad input, 3 internal
+    error (a lepton-opt bug), 130 interrupted.
+    """
 
 
 @main.command("compile")
@@ -230,9 +419,10 @@ def main() -> None:
 @click.option("--no-fallback", is_flag=True,
               help="Fail on nodes that cannot be lowered instead of running them in onnxruntime.")
 @functools.partial(precision_options, int8=True)
+@output_options
 @_handle_errors
 def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, records, no_cache,
-                no_fallback, **precision):
+                no_fallback, as_json, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
@@ -243,37 +433,50 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
     rtol = default_tolerance if rtol is None else rtol
     output = output or Path(model.name).with_suffix(".lepton")
     start = time.perf_counter()
-    with err.status(f"compiling {model.name} for {target}…"):
+    with _status(f"compiling {model.name} for {target}…"):
         compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch,
                                       records=list(records), use_cache=not no_cache, fallback=not no_fallback,
                                       **precision)
     elapsed = time.perf_counter() - start
-    for warning in compiled.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    _warn(compiled.warnings)
+    notes = []
     if verify and compiled.target["kind"] == "cuda":
-        err.print("note: --verify runs the model; a CUDA build cannot run without a GPU, "
-                  "so the check is skipped (verify a --target llvm build instead)")
+        notes.append("--verify runs the model; a CUDA build cannot run without a GPU, so the check is skipped "
+                     "(verify a --target llvm build instead)")
+        _note(notes[-1])
         verify = False
     # Saved before it runs: TVM warns for every constant when it exports an executable that ran.
     compiled.save(output)
     report = None
     if verify:
-        with err.status("verifying against onnxruntime…"):
+        with _status("verifying against onnxruntime…"):
             reference = compiled.precision.model if precision.get("precision") == "int8" else model
             report = lepton_opt.verify(compiled, reference, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
-    if compiled.precision is not None:
-        _print_precision(compiled.precision)
     tuning = compiled.manifest.get("tuning") or {}
-    tuned = (f", {tuning['kernels_tuned']} of {tuning['kernels']} kernels from tuning records"
-             if tuning.get("kernels_tuned") else "")
-    out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s{tuned} "
-              f"-> [bold]{output}[/]", highlight=False)
-    if report is not None:
-        for line in report.lines():
+    if compiled.precision is not None:
+        _warn(compiled.precision.warnings)
+    if as_json:
+        _emit_json("compile", {
+            "model": model, "target": compiled.target, "output": output, "seconds": elapsed,
+            "inputs": compiled.inputs, "outputs": compiled.outputs, "tuning": tuning or None,
+            "precision": None if compiled.precision is None else _precision_facts(compiled.precision),
+            "verify": None if report is None else {
+                "ok": report.ok, "atol": atol, "rtol": rtol, "seed": seed,
+                "outputs": [{"name": o.name, "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine,
+                             "nonfinite_mismatch": o.nonfinite_mismatch, "ok": o.ok} for o in report.outputs]},
+            "ok": report is None or report.ok, "warnings": compiled.warnings, "notes": notes})
+    else:
+        if compiled.precision is not None:
+            _print_precision(compiled.precision)
+        tuned = (f", {tuning['kernels_tuned']} of {tuning['kernels']} kernels from tuning records"
+                 if tuning.get("kernels_tuned") else "")
+        out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s{tuned} "
+                  f"-> [bold]{output}[/]", highlight=False)
+        for line in report.lines() if report is not None else ():
             out.print(f"  {line}", highlight=False)
-        if not report.ok:
-            err.print(f"[bold red]error:[/] outputs differ from onnxruntime beyond atol={atol:g}, rtol={rtol:g}")
-            sys.exit(1)
+    if report is not None and not report.ok:
+        err.print(f"[bold red]error:[/] outputs differ from onnxruntime beyond atol={atol:g}, rtol={rtol:g}")
+        sys.exit(1)
 
 
 def _describe_target(target: dict) -> str:
@@ -298,21 +501,38 @@ def _describe_target(target: dict) -> str:
 @click.option("--rtol", default=1e-4, show_default=True, help="Relative tolerance for --verify-each.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --verify-each and guard inputs.")
 @precision_options
+@output_options
 @_handle_errors
-def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, rtol, seed, **precision):
+def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, rtol, seed, as_json, **precision):
     """Optimize MODEL (.onnx) into a standard, smaller ONNX model that onnxruntime runs as before."""
     import lepton_opt
 
     output = _output_path(model, output, ".opt.onnx")
     precision = _precision_kwargs(**precision)
     start = time.perf_counter()
-    with err.status(f"optimizing {model.name}…") as status:
+    with _status(f"optimizing {model.name}…") as status:
         progress = (lambda msg: status.update(f"{precision['precision']} accuracy guard: {msg}…")) if precision else None
         result = lepton_opt.optimize(model, f"O{level}", passes=passes, input_shapes=_input_shapes(input_shapes),
                                      verify_each=verify_each, seed=seed, atol=atol, rtol=rtol,
                                      **({**precision, "progress": progress} if precision else {}))
         _save_model_atomically(result.ir_model, output, model)
     elapsed = time.perf_counter() - start
+    _warn(result.warnings)
+    if result.precision is not None:
+        _warn(result.precision.warnings)
+    if as_json:
+        _emit_json("optimize", {
+            "model": model, "output": output, "level": None if passes else f"O{level}", "seconds": elapsed,
+            "nodes_before": result.nodes_before, "nodes_after": result.nodes_after,
+            "ops_before": result.ops_before, "ops_after": result.ops_after,
+            "iterations": result.iterations, "converged": result.converged,
+            "passes": [{"name": row.name, "runs": row.runs, "rewrites": row.rewrites,
+                        "changed": bool(row.rewrites or row.op_delta), "node_delta": row.node_delta,
+                        "op_delta": row.op_delta, "seconds": row.seconds} for row in result.table],
+            "verified_each": verify_each,
+            "precision": None if result.precision is None else _precision_facts(result.precision),
+            "warnings": result.warnings})
+        return
     table = Table(title=f"{model.name}: {result.nodes_before} -> {result.nodes_after} nodes "
                         f"({result.iterations} round{'s' if result.iterations != 1 else ''}"
                         f"{'' if result.converged else ', stopped at the cap'})")
@@ -323,9 +543,7 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
         changed = ", ".join(f"{op} {d:+d}" for op, d in sorted(row.op_delta.items(), key=lambda kv: kv[1]))
         table.add_row(row.name, str(row.runs), str(row.rewrites), f"{row.node_delta:+d}" if row.node_delta else "0",
                       changed or "-", f"{row.seconds * 1e3:.0f}")
-    out.print(table)
-    for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    _detail(table)
     if result.precision is not None:
         _print_precision(result.precision)
     checked = " (every pass verified against onnxruntime)" if verify_each else ""
@@ -374,9 +592,9 @@ def _save_model_atomically(model, output: Path, source: Path) -> None:
             onnx.checker.check_model(str(tmp / output.name))
         except onnx.checker.ValidationError as e:
             if _passes_checker(source):
-                raise  # a pass produced invalid ONNX: our bug, exit 1 before anything is renamed
-            err.print(f"note: {source.name} itself fails onnx.checker, and so does the output: "
-                      f"{str(e).strip().splitlines()[0]}", highlight=False, soft_wrap=True)
+                raise  # a pass produced invalid ONNX: our bug, exit 3 before anything is renamed
+            _note(f"{source.name} itself fails onnx.checker, and so does the output: "
+                  f"{str(e).strip().splitlines()[0]}")
         for f in tmp.iterdir():
             if f.name != output.name:
                 os.replace(f, output.parent / f.name)
@@ -411,7 +629,7 @@ _SINGLE_FILE_LIMIT = 1_800_000_000
 @click.option("--max-values", default=64, show_default=True,
               help="--compile/--artifact: values marked as build outputs at most (evenly spaced).")
 @click.option("--rows", "max_rows", default=10, show_default=True, help="Rows of each table.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the tables.")
+@output_options
 @_handle_errors
 def debug_cmd(model, precision, passes, artifact, build, data, samples, input_shapes, atol, rtol, seed, max_values,
               max_rows, as_json):
@@ -419,17 +637,15 @@ def debug_cmd(model, precision, passes, artifact, build, data, samples, input_sh
 
     Exits 0 when every compared value is within tolerance, 1 when one is not.
     """
-    import json
-
     import lepton_opt
 
-    with err.status(f"debugging {model.name}…") as status:
+    with _status(f"debugging {model.name}…") as status:
         report = lepton_opt.debug(model, precision=precision, passes=passes, artifact=artifact, compile=build,
                                   data=data, samples=samples, input_shapes=_input_shapes(input_shapes), atol=atol,
                                   rtol=rtol, seed=seed, max_values=max_values,
                                   progress=lambda msg: status.update(f"debugging {model.name}: {msg}…"))
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        _emit_json("debug", report.to_dict())
     else:
         _print_debug(report, max_rows)
     if not report.ok:
@@ -459,7 +675,7 @@ def _print_debug(report, max_rows: int) -> None:
                       _fmt_error(r.cosine, ".6f"), str(r.nonfinite), *extra)
         if len(rows) > max_rows:
             t.add_row(f"... and {len(rows) - max_rows} more", "", "", "", "", "", "", *(("",) if added else ()))
-        out.print(t)
+        _detail(t)
 
     int8 = report.precision == "int8"
     if report.divergent:
@@ -468,7 +684,7 @@ def _print_debug(report, max_rows: int) -> None:
         ranked = sorted((r for r in report.rows if r.added > 0), key=lambda r: -r.added)
         table("error added per node, largest first",
               ranked, True)
-    for line in report.notes:
+    for line in report.notes if not _quiet() else ():
         out.print(f"note: {line}", highlight=False, soft_wrap=True)
     style = "bold green" if report.ok else "bold red"
     out.print(f"[{style}]{'OK' if report.ok else 'DIVERGES'}:[/] {report.verdict}", highlight=False, soft_wrap=True)
@@ -481,14 +697,15 @@ def _print_debug(report, max_rows: int) -> None:
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Write each output to OUTPUT_DIR/<name>.npy.")
 @click.option("--seed", default=0, show_default=True, help="Seed for inputs not given with --input.")
+@output_options
 @_handle_errors
-def run_cmd(artifact, inputs, output_dir, seed):
+def run_cmd(artifact, inputs, output_dir, seed, as_json):
     """Run a compiled ARTIFACT directory on inputs from .npy files."""
     import lepton_opt
     from lepton_opt.bench.accuracy import random_feeds
 
     compiled = lepton_opt.load_compiled(artifact)
-    feeds = {}
+    feeds, sources = {}, {}
     for item in inputs:
         name, sep, path = item.partition("=")
         if not sep:
@@ -497,6 +714,7 @@ def run_cmd(artifact, inputs, output_dir, seed):
             feeds[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise InputError(f"--input {name}: cannot read {path!r} as a .npy array ({e})") from None
+        sources[name] = path
     missing = [spec for spec in compiled.inputs if spec["name"] not in feeds]
     if missing:
         dims = {d: v for f, spec in ((feeds.get(s["name"]), s) for s in compiled.inputs) if f is not None
@@ -505,8 +723,21 @@ def run_cmd(artifact, inputs, output_dir, seed):
     start = time.perf_counter()
     results = compiled.run(feeds)
     elapsed = time.perf_counter() - start
-    if missing:
-        err.print("note: seeded random data for " + ", ".join(s["name"] for s in missing))
+    notes = ["seeded random data for " + ", ".join(s["name"] for s in missing)] if missing else []
+    for note in notes:
+        _note(note)
+    if output_dir is not None:
+        _write_outputs(output_dir, results)
+    if as_json:
+        _emit_json("run", {
+            "artifact": artifact, "seconds": elapsed,
+            "inputs": {name: {"shape": list(np.shape(value)), "dtype": str(np.asarray(value).dtype),
+                              "file": sources.get(name)} for name, value in feeds.items()},
+            "outputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype), **_stats(value),
+                               "file": None if output_dir is None else output_dir / _output_filename(name)}
+                        for name, value in results.items()},
+            "output_dir": output_dir, "notes": notes})
+        return
     table = Table(title=f"{artifact} ({elapsed * 1e3:.2f} ms)")
     for col in ("output", "shape", "dtype", "values"):
         table.add_column(col)
@@ -515,8 +746,15 @@ def run_cmd(artifact, inputs, output_dir, seed):
         table.add_row(name, str(list(value.shape)), str(value.dtype), preview)
     out.print(table)
     if output_dir is not None:
-        _write_outputs(output_dir, results)
         out.print(f"outputs written to {output_dir}")
+
+
+def _stats(value: np.ndarray) -> dict:
+    """An output's min, max and mean (None where it is empty or not numbers)."""
+    if value.size == 0 or value.dtype.kind not in "biufV":
+        return {"min": None, "max": None, "mean": None}
+    wide = value.astype(np.float64)  # kind V: ml_dtypes' bfloat16 and float8
+    return {"min": float(wide.min()), "max": float(wide.max()), "mean": float(wide.mean())}
 
 
 def _write_outputs(output_dir: Path, results: dict[str, np.ndarray]) -> None:
@@ -524,7 +762,7 @@ def _write_outputs(output_dir: Path, results: dict[str, np.ndarray]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         for name, value in results.items():
-            np.save(tmp / f"{_safe_filename(name)}.npy", value)
+            np.save(tmp / _output_filename(name), value)
         if output_dir.exists():
             for f in tmp.iterdir():
                 os.replace(f, output_dir / f.name)
@@ -535,19 +773,26 @@ def _write_outputs(output_dir: Path, results: dict[str, np.ndarray]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _safe_filename(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "output"
+def _output_filename(name: str) -> str:
+    return ("".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "output") + ".npy"
 
 
 @main.command("inspect")
 @click.argument("model", type=click.Path(path_type=Path))
 @input_shape_option
+@output_options
 @_handle_errors
-def inspect_cmd(model, input_shapes):
+def inspect_cmd(model, input_shapes, as_json):
     """Print MODEL's inputs/outputs, op histogram, parameter count and what would not lower."""
     import lepton_opt
 
     summary = lepton_opt.inspect_model(model, _input_shapes(input_shapes))
+    if as_json:
+        _emit_json("inspect", {
+            "model": summary.source, "opset": summary.opset, "nodes": summary.num_nodes,
+            "parameters": summary.num_parameters, "inputs": summary.inputs, "outputs": summary.outputs,
+            "ops": summary.op_histogram, "unsupported": summary.unsupported, "lowers": not summary.unsupported})
+        return
     out.print(f"[bold]{summary.source}[/]  opset {summary.opset}, {summary.num_nodes} nodes, "
               f"{summary.num_parameters:,} parameters", highlight=False)
     io = Table(title="inputs and outputs")
@@ -598,15 +843,16 @@ def inspect_cmd(model, input_shapes):
 @input_shape_option
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Pruned model to write [default: MODEL name with .pruned.onnx].")
+@output_options
 @_handle_errors
 def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layers, max_error, max_accuracy_drop, data, labels,
-              samples, input_shapes, output):
+              samples, input_shapes, output, as_json):
     """Prune MODEL (.onnx) and write a standard ONNX model; print what each layer lost."""
     import lepton_opt
 
     output = _output_path(model, output, ".pruned.onnx")
     patterns = [p.strip() for p in layers.split(",") if p.strip()] if layers else None
-    with err.status(f"pruning {model.name}{' (sensitivity scan)' if max_error or max_accuracy_drop else ''}…"):
+    with _status(f"pruning {model.name}{' (sensitivity scan)' if max_error or max_accuracy_drop else ''}…"):
         result = lepton_opt.prune(model, method, sparsity, scope=scope, criterion=criterion,
                                   channel_multiple=channel_multiple, layers=patterns,
                                   max_error=max_error, max_accuracy_drop=max_accuracy_drop, data=data,
@@ -614,17 +860,39 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
         import onnx_ir as ir
 
         _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+
+    def scan_error(row) -> float | None:
+        """The scan's error for the share it chose for this layer (None without a scan)."""
+        scanned = result.scan.sensitivity.get(row.name, {}) if result.scan else {}
+        chosen = result.scan.ratios.get(row.name) if result.scan else None
+        return scanned.get(chosen)
+
+    if as_json:
+        scan = result.scan
+        _emit_json("prune", {
+            "model": model, "output": output, "method": method, "requested": result.requested,
+            "achieved": result.achieved,
+            "layers": [{"name": row.name, "op": row.op, "shape_before": row.shape_before,
+                        "shape_after": row.shape_after, "ratio": row.ratio, "scan_error": scan_error(row)}
+                       for row in result.layers],
+            "skipped": [{"name": name, "why": why} for name, why in result.skipped],
+            "params_before": result.params_before, "params_after": result.params_after,
+            "nonzero_after": result.nonzero_after, "bytes_before": result.bytes_before,
+            "bytes_after": result.bytes_after, "compressed_before": result.compressed_before,
+            "compressed_after": result.compressed_after,
+            "scan": None if scan is None else {"metric": scan.metric, "budget": scan.budget, "achieved": scan.achieved,
+                                               "evaluations": scan.evaluations, "ratios": scan.ratios},
+            "notes": [result.hardware]})
+        return
     table = Table(title=f"{model.name}: {method} pruning")
     for col in ("layer", "op", "shape before", "after", "pruned", "scan error"):
         table.add_column(col, justify="left" if col in ("layer", "op") else "right")
     for row in result.layers:
-        scanned = result.scan.sensitivity.get(row.name, {}) if result.scan else {}
-        chosen = result.scan.ratios.get(row.name) if result.scan else None
-        error = f"{scanned[chosen]:.3g}" if chosen in scanned else ""
+        error = scan_error(row)
         table.add_row(row.name, row.op, "x".join(map(str, row.shape_before)), "x".join(map(str, row.shape_after)),
-                      f"{100 * row.ratio:.1f}%", error)
-    out.print(table)
-    for name, why in result.skipped:
+                      f"{100 * row.ratio:.1f}%", "" if error is None else f"{error:.3g}")
+    _detail(table)
+    for name, why in result.skipped if not _quiet() else ():
         out.print(f"left alone: {name}: {why}", highlight=False, soft_wrap=True)
     unit = "channels removed" if method == "channel" else "weights zeroed"
     asked = (f"the scan chose per-layer shares up to {100 * result.requested:.0f}%" if result.scan
@@ -636,7 +904,8 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
     if result.scan:
         out.print(f"scan: {result.scan.metric} {result.scan.achieved:.4g} within budget {result.scan.budget:g} "
                   f"({result.scan.evaluations} onnxruntime evaluations)", highlight=False)
-    out.print(f"note: {result.hardware}", highlight=False, soft_wrap=True)
+    if not _quiet():
+        out.print(f"note: {result.hardware}", highlight=False, soft_wrap=True)
     out.print(f"pruned [bold]{model}[/] -> [bold]{output}[/]", highlight=False, soft_wrap=True)
 
 
@@ -671,10 +940,11 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
               help="Graph pipeline run before quantizing (-O2 folds batch norms into convolutions).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the calibration inputs without --data.")
 @input_shape_option
+@output_options
 @_handle_errors
 def quantize_cmd(model, output, mode, data, samples, method, percentile, per_tensor, activation_type,
                  symmetric_activations, op_types, exclude_nodes, exclude_op_types, keep_first_last, min_cosine,
-                 max_accuracy_drop, labels, level, seed, input_shapes):
+                 max_accuracy_drop, labels, level, seed, input_shapes, as_json):
     """Quantize MODEL (.onnx) to int8 and write a standard ONNX model (QDQ) that onnxruntime runs
     and `lepton-opt compile` builds on integer kernels."""
     import onnx_ir as ir
@@ -684,7 +954,7 @@ def quantize_cmd(model, output, mode, data, samples, method, percentile, per_ten
     output = _output_path(model, output, ".int8.onnx")
     labels_array = np.load(labels) if labels is not None else None
     start = time.perf_counter()
-    with err.status(f"quantizing {model.name}…") as status:
+    with _status(f"quantizing {model.name}…") as status:
         result = lepton_opt.quantize(
             model, mode, level=f"O{level}", input_shapes=_input_shapes(input_shapes), data=data, samples=samples,
             method=method, percentile=percentile, per_channel=not per_tensor, activation_type=activation_type,
@@ -693,9 +963,13 @@ def quantize_cmd(model, output, mode, data, samples, method, percentile, per_ten
             keep_first_last=keep_first_last, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
             labels=labels_array, seed=seed, progress=lambda msg: status.update(f"quantizing {model.name}: {msg}…"))
         _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+    elapsed = time.perf_counter() - start
+    _warn(result.warnings)
+    if as_json:
+        _emit_json("quantize", {"model": model, "output": output, "seconds": elapsed, **_quantization_facts(result)})
+        return
     _print_quantization(result)
-    out.print(f"quantized [bold]{model}[/] -> [bold]{output}[/] in {time.perf_counter() - start:.1f} s",
-              highlight=False, soft_wrap=True)
+    out.print(f"quantized [bold]{model}[/] -> [bold]{output}[/] in {elapsed:.1f} s", highlight=False, soft_wrap=True)
 
 
 def _int_list(value: str | None, option: str) -> list[int] | None:
@@ -743,9 +1017,10 @@ BENCH_TERMINAL_COLUMNS = ("variant", "p50 ms", "p99 ms", "speed-up vs ort", "thr
 @click.option("--no-memory", is_flag=True, help="Skip the peak-memory probes (one process per variant).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write report.md, report.html (plots) and report.json into this directory.")
+@output_options
 @_handle_errors
 def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shapes, threads, batch, data, labels, samples,
-              calibration, seed, rounds, block, duration, warmup, no_memory, report_dir):
+              calibration, seed, rounds, block, duration, warmup, no_memory, report_dir, as_json):
     """Measure latency, throughput, memory and accuracy of MODEL's variants against onnxruntime."""
     import lepton_opt
     from lepton_opt.bench.report import COLUMNS, variant_row
@@ -754,28 +1029,32 @@ def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shape
     result = lepton_opt.benchmark(
         model, target, variants=variants, input_shapes=_input_shapes(input_shapes), threads=threads,
         batches=_int_list(batch, "--batch"), data=data, labels=labels, samples=samples, seed=seed, rounds=rounds,
-        block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=True, report_dir=report_dir,
-        calibration=calibration, prune=PruneOptions(prune_method, 0.5 if prune_method == "2:4" else prune_sparsity))
-    keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
-    for b in result.batches:
-        table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "
-                            f"rounds of {result.block[b]} runs; accuracy on {result.accuracy_inputs}")
-        for i in keep:
-            table.add_column(COLUMNS[i], justify="left" if i == 0 else "right", no_wrap=True)
+        block=block, duration=duration, warmup=warmup, memory=not no_memory, progress=not _quiet(),
+        report_dir=report_dir, calibration=calibration,
+        prune=PruneOptions(prune_method, 0.5 if prune_method == "2:4" else prune_sparsity))
+    if as_json:
+        _emit_json("bench", {**result.to_dict(), "ok": not result.failed, "report": report_dir})
+    else:
+        keep = [COLUMNS.index(c) for c in BENCH_TERMINAL_COLUMNS]
+        for b in result.batches:
+            table = Table(title=f"{result.name}, batch {b}, {result.threads} threads, {result.rounds[b]} interleaved "
+                                f"rounds of {result.block[b]} runs; accuracy on {result.accuracy_inputs}")
+            for i in keep:
+                table.add_column(COLUMNS[i], justify="left" if i == 0 else "right", no_wrap=True)
+            for v in result.variants:
+                if v.ok:
+                    table.add_row(*[variant_row(result, v, b)[i] for i in keep])
+            out.print(table)
         for v in result.variants:
-            if v.ok:
-                table.add_row(*[variant_row(result, v, b)[i] for i in keep])
-        out.print(table)
-    for v in result.variants:
-        if not v.ok:
-            out.print(f"{v.name}: {v.status}: {v.reason}", highlight=False)
-    for note in result.notes:
-        out.print(f"note: {note}", highlight=False)
-    if report_dir is not None:
-        out.print(f"report: {report_dir / 'report.html'} (also report.md, report.json)", highlight=False)
+            if not v.ok:
+                out.print(f"{v.name}: {v.status}: {v.reason}", highlight=False)
+        for note in result.notes if not _quiet() else ():
+            out.print(f"note: {note}", highlight=False)
+        if report_dir is not None:
+            out.print(f"report: {report_dir / 'report.html'} (also report.md, report.json)", highlight=False)
     if result.failed:
         err.print(f"[bold red]error:[/] variant(s) {', '.join(v.name for v in result.failed)} failed "
-                  "(reasons above)", highlight=False)
+                  f"(reasons {'in the document' if as_json else 'above'})", highlight=False)
         sys.exit(1)
 
 
@@ -800,9 +1079,10 @@ def bench_cmd(model, target, variants, prune_method, prune_sparsity, input_shape
 @click.option("--list", "list_cache", is_flag=True, help="List the record cache (one directory per target).")
 @click.option("--clear", "clear_cache", is_flag=True, help="Delete the record cache.")
 @functools.partial(precision_options, int8=True)
+@output_options
 @_handle_errors
 def tune_cmd(model, target, budget, trials, records, input_shapes, mcpu, rpc_tracker, rpc_key, batch, level,
-             confirm, list_cache, clear_cache, **precision):
+             confirm, list_cache, clear_cache, as_json, **precision):
     """Tune MODEL's CPU kernels; compile applies the records automatically.
 
     Measures the schedule knobs of every convolution and matmul (register tile, loop order),
@@ -813,34 +1093,57 @@ def tune_cmd(model, target, budget, trials, records, input_shapes, mcpu, rpc_tra
     if list_cache or clear_cache:
         if model is not None:
             raise InputError("--list and --clear manage the record cache; give no MODEL with them")
+        root = record_cache.tuning_root()
         if clear_cache:
             removed = record_cache.clear_cache()
-            out.print(f"removed {removed} record director{'y' if removed == 1 else 'ies'} from "
-                      f"{record_cache.tuning_root()}", highlight=False)
+            if as_json:
+                _emit_json("tune", {"action": "clear", "cache": root, "removed": removed})
+            else:
+                out.print(f"removed {removed} record director{'y' if removed == 1 else 'ies'} from {root}",
+                          highlight=False)
             return
-        _print_cache(record_cache)
+        stores = record_cache.list_stores()
+        if as_json:
+            _emit_json("tune", {"action": "list", "cache": root, "stores": [
+                {"directory": s.path.name, "target": s.target, "kernels": s.workloads, "records": s.records,
+                 "bytes": s.bytes} for s in stores]})
+        else:
+            _print_cache(root, stores)
         return
     if model is None:
         raise InputError("give the MODEL to tune (or --list / --clear for the record cache)")
     import lepton_opt
 
     precision = _precision_kwargs(**precision)
-    with _TuneProgress(model.name) as bar:
+    with contextlib.nullcontext() if _quiet() else _TuneProgress(model.name) as bar:
         result = lepton_opt.tune(model, target, budget=budget, trials=trials, records=records,
                                  input_shapes=_input_shapes(input_shapes), mcpu=mcpu, level=f"O{level}",
-                                 rpc_tracker=rpc_tracker, rpc_key=rpc_key, batch=batch, progress=bar.update,
-                                 confirm=confirm, **precision)
-    _print_tuning(result)
+                                 rpc_tracker=rpc_tracker, rpc_key=rpc_key, batch=batch,
+                                 progress=None if bar is None else bar.update, confirm=confirm, **precision)
+    if as_json:
+        _emit_json("tune", {
+            "action": "tune", "model": model, "target": result.target, "records": result.records,
+            "trials": result.trials, "seconds": result.seconds, "interrupted": result.interrupted,
+            "default_ms": result.default_ms, "best_ms": result.best_ms,
+            "improved_kernels": result.improved_workloads, "confirmed": result.confirmed,
+            "confirm_note": result.confirm_note,
+            "kernels": [{"name": t.name, "rule": t.rule, "calls": t.weight, "default_ms": t.default_ms,
+                         "best_ms": t.best_ms, "speedup": t.speedup, "default_tile": t.default_tile,
+                         "best_tile": t.best_tile, "model_tile": t.model_tile, "model_ms": t.model_ms,
+                         "tiles": t.tiles, "measured": t.measured, "trials": t.trials} for t in result.tasks],
+            "skipped": result.skipped})
+    else:
+        _print_tuning(result)
     if result.interrupted:
+        err.print("interrupted: the records measured so far are kept")
         sys.exit(130)
 
 
-def _print_cache(record_cache) -> None:
-    stores = record_cache.list_stores()
+def _print_cache(root: Path, stores) -> None:
     if not stores:
-        out.print(f"no tuning records in {record_cache.tuning_root()}", highlight=False)
+        out.print(f"no tuning records in {root}", highlight=False)
         return
-    table = Table(title=f"tuning records in {record_cache.tuning_root()}")
+    table = Table(title=f"tuning records in {root}")
     for col, justify in (("directory", "left"), ("target", "left"), ("kernels", "right"), ("records", "right"),
                          ("size", "right")):
         table.add_column(col, justify=justify, overflow="fold")
@@ -865,7 +1168,7 @@ def _print_tuning(result) -> None:
                       f"{t.measured}/{t.tiles}")
     if len(result.tasks) > _TUNE_ROWS:
         table.add_row(f"... and {len(result.tasks) - _TUNE_ROWS} more", "", "", "", "", "", "", "")
-    out.print(table)
+    _detail(table)
     before, after = result.default_ms, result.best_ms
     ratio = f" ({before / after:.2f}x)" if after > 0 else ""
     out.print(f"{result.trials} candidates measured in {result.seconds:.0f} s; kernel time per model run "
@@ -878,8 +1181,6 @@ def _print_tuning(result) -> None:
         out.print(f"no in-model confirmation: {result.confirm_note}", highlight=False, soft_wrap=True)
     out.print(f"records: {result.records} ({result.improved_workloads} kernel(s) new or faster); "
               "`lepton-opt compile` applies them", highlight=False, soft_wrap=True)
-    if result.interrupted:
-        err.print("interrupted: the records measured so far are kept")
 
 
 class _TuneProgress:

@@ -90,6 +90,15 @@ def test_run_fills_missing_inputs_with_seeded_data(tmp_path, mlp_path):
     assert "[1, 8]" in result.stdout
 
 
+def test_json_through_a_real_pipe_is_one_document(tmp_path, mlp_path):
+    # A real process and pipe: whatever TVM or onnxruntime wrote to the stdout file descriptor
+    # itself would land in the document (tests/test_cli_json.py covers --json in-process).
+    result = lepton("compile", mlp_path, "-o", tmp_path / "m.lepton", "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert doc["schema_version"] == 1 and doc["command"] == "compile" and doc["output"] == str(tmp_path / "m.lepton")
+
+
 def test_version_and_help():
     assert lepton("--version").returncode == 0
     result = lepton("--help")
