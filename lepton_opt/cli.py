@@ -697,10 +697,16 @@ def _print_debug(report, max_rows: int) -> None:
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Write each output to OUTPUT_DIR/<name>.npy.")
 @click.option("--seed", default=0, show_default=True, help="Seed for inputs not given with --input.")
+@click.option("--profile", "profile", is_flag=True,
+              help="Then profile the run per kernel: time, share, schedule, GFLOP/s, GB/s and why (CPU builds).")
+@click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Runs the --profile times are averaged over.")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Kernels listed by --profile (the JSON lists all).")
 @output_options
 @_handle_errors
-def run_cmd(artifact, inputs, output_dir, seed, as_json):
-    """Run a compiled ARTIFACT directory on inputs from .npy files."""
+def run_cmd(artifact, inputs, output_dir, seed, profile, repeat, top, as_json):
+    """Run a compiled ARTIFACT directory on inputs from .npy files (and profile it: --profile)."""
     import lepton_opt
     from lepton_opt.bench.accuracy import random_feeds
 
@@ -728,6 +734,10 @@ def run_cmd(artifact, inputs, output_dir, seed, as_json):
         _note(note)
     if output_dir is not None:
         _write_outputs(output_dir, results)
+    kernels = None
+    if profile:
+        with _status(f"profiling {repeat} runs…"):
+            kernels = lepton_opt.profile(compiled, feeds=feeds, runs=repeat)
     if as_json:
         _emit_json("run", {
             "artifact": artifact, "seconds": elapsed,
@@ -736,7 +746,8 @@ def run_cmd(artifact, inputs, output_dir, seed, as_json):
             "outputs": {name: {"shape": list(value.shape), "dtype": str(value.dtype), **_stats(value),
                                "file": None if output_dir is None else output_dir / _output_filename(name)}
                         for name, value in results.items()},
-            "output_dir": output_dir, "notes": notes})
+            "output_dir": output_dir, "notes": notes,
+            **({"profile": kernels.to_json()} if kernels is not None else {})})
         return
     table = Table(title=f"{artifact} ({elapsed * 1e3:.2f} ms)")
     for col in ("output", "shape", "dtype", "values"):
@@ -747,6 +758,51 @@ def run_cmd(artifact, inputs, output_dir, seed, as_json):
     out.print(table)
     if output_dir is not None:
         out.print(f"outputs written to {output_dir}")
+    if kernels is not None:
+        _print_profile(kernels, top)
+
+
+@main.command("profile")
+@click.argument("model", type=click.Path(path_type=Path))
+@input_shape_option
+@click.option("--repeat", default=10, show_default=True, type=click.IntRange(min=1),
+              help="Runs the times are averaged over.")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(min=1),
+              help="Kernels listed (the JSON lists all).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the inputs.")
+@output_options
+@_handle_errors
+def profile_cmd(model, input_shapes, repeat, top, seed, as_json):
+    """Where a run of MODEL (.onnx, compiled here for the CPU, or an artifact directory) spends its
+    time, per kernel: share, calls, schedule rule, achieved GFLOP/s and GB/s, and why."""
+    import lepton_opt
+
+    with _status(f"compiling and profiling {model.name}…"):
+        kernels = lepton_opt.profile(model, runs=repeat, input_shapes=_input_shapes(input_shapes), seed=seed)
+    if as_json:
+        _emit_json("profile", {"model": model, **kernels.to_json()})
+        return
+    _print_profile(kernels, top)
+
+
+def _print_profile(kernels, top: int) -> None:
+    """The kernel table, slowest first, and what the machine measurably does."""
+    peak = kernels.peak
+    table = Table(title=f"kernels: {kernels.seconds * 1e3:.3f} ms per run ({kernels.runs} runs, "
+                        f"{kernels.threads} threads)")
+    for col in ("kernel", "share", "calls", "ms", "rule", "GFLOP/s", "GB/s", "computes", "why"):
+        table.add_column(col, justify="right" if col in ("share", "calls", "ms", "GFLOP/s", "GB/s") else "left")
+    for row in kernels.rows[:top]:
+        computes = ", ".join(row.values[:2]) + (f" +{len(row.values) - 2}" if len(row.values) > 2 else "")
+        table.add_row(row.name, f"{100 * row.share:.1f}%", f"{row.calls:g}", f"{row.seconds * 1e3:.3f}",
+                      row.rule or "", "" if row.gflops is None else f"{row.gflops:.1f}",
+                      "" if row.gbps is None else f"{row.gbps:.1f}", computes, row.why)
+    rest = kernels.rows[top:]
+    if rest:
+        table.add_row(f"... {len(rest)} more", f"{100 * sum(r.share for r in rest):.1f}%", "", "", "", "", "", "", "")
+    out.print(table)
+    _note(f"this machine, measured: {peak.gflops:.0f} GFLOP/s (float32 matmul), {peak.gbps:.1f} GB/s from main "
+          f"memory, {peak.cache_gbps:.1f} GB/s in cache; times include the profiler's callbacks")
 
 
 def _stats(value: np.ndarray) -> dict:

@@ -97,6 +97,20 @@ def test_run_non_finite_outputs_are_null_with_a_note(artifact):
     assert any("null stands for a non-finite number" in n and "outputs.y.min" in n for n in doc["notes"]), doc["notes"]
 
 
+def test_profile_and_run_profile(artifact, mlp_path):
+    doc = document("profile", mlp_path, "--repeat", "2", command="profile")
+    kernels = doc["kernels"]
+    assert kernels and abs(sum(k["share"] for k in kernels) - 1) < 1e-6
+    assert all(k["why"] for k in kernels) and any(k["rule"] == "tiled_reduction" for k in kernels)
+    assert doc["peak"]["gflops"] > 0
+    run = document("run", artifact, "--profile", "--repeat", "2", command="run")
+    assert {k["name"] for k in run["profile"]["kernels"]} == {k["name"] for k in kernels}
+    # the table: the top kernels, a row for the rest, the measured machine in a note on stderr
+    table = invoke("run", artifact, "--profile", "--repeat", "2", "--top", "1")
+    assert table.exit_code == 0, table.stderr
+    assert "why" in table.stdout and "more" in table.stdout and "measured" in table.stderr
+
+
 def test_optimize(tmp_path, mlp_path):
     out = tmp_path / "o.onnx"
     doc = document("optimize", mlp_path, "-o", out, command="optimize")
