@@ -26,6 +26,9 @@ Public API::
     report = lepton_opt.debug("model.onnx", precision="fp16")   # or passes=, artifact=, compile=True
     report.first_divergent               # the first value beyond tolerance, in graph order (or None)
 
+    best = lepton_opt.auto("model.onnx", data="val.npz", min_cosine=0.999, output_dir="auto/")
+    best.chosen.name, best.chosen.replay  # the fastest build within the budget, and how to rebuild it
+
     kernels = lepton_opt.profile("model.onnx")   # or a compiled model / artifact directory
     kernels.rows[0].why                  # the slowest kernel, and why it takes its time
 """
@@ -40,7 +43,7 @@ __version__ = "0.1.0"
 _API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "profile", "prune",
         "quantize", "tune", "verify")
 
-__all__ = ["LeptonError", "OptimizeResult", "__version__", "benchmark", "compile", "debug", "inspect_model", "load",
+__all__ = ["LeptonError", "OptimizeResult", "__version__", "auto", "benchmark", "compile", "debug", "inspect_model", "load",
            "load_compiled", "optimize", "profile", "prune", "quantize", "tune", "verify"]
 
 
@@ -53,6 +56,8 @@ def __getattr__(name: str):
         from lepton_opt.runtime import load_compiled as value
     elif name == "debug":
         from lepton_opt.debugging import debug as value
+    elif name == "auto":
+        from lepton_opt.searching import auto as value
     elif name == "LeptonError":
         from lepton_opt.errors import LeptonError as value
     else:

@@ -607,6 +607,62 @@ def _save_model_atomically(model, output: Path, source: Path) -> None:
 _SINGLE_FILE_LIMIT = 1_800_000_000
 
 
+@main.command("auto")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path),
+              help="Inputs (.npz, one array per input, samples on axis 0): the first half calibrates, the second "
+                   "half judges the candidates. Without it: seeded inputs, output agreement only.")
+@click.option("--labels", type=click.Path(path_type=Path), help="One class per sample of --data (.npy): top-1 accuracy.")
+@click.option("--eval-data", type=click.Path(path_type=Path),
+              help="Held-out inputs to judge on instead of the second half of --data.")
+@click.option("--eval-labels", type=click.Path(path_type=Path), help="Labels of --eval-data.")
+@click.option("--max-accuracy-drop", type=float, help="Budget: top-1 accuracy points below fp32 (needs labels).")
+@click.option("--min-cosine", type=float, help="Budget: smallest cosine similarity of any output to fp32.")
+@click.option("--max-error", type=float, help="Budget: largest error relative to the largest fp32 output value.")
+@click.option("--budget", default="30m", show_default=True, help="Time for the whole search (90s, 20m, 1h).")
+@click.option("--target", "-t", default="llvm", show_default=True, help="llvm (this CPU): candidates are measured here.")
+@click.option("--threads", type=int, help="Threads of every engine [default: the cores this process may use].")
+@input_shape_option
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the chosen artifact, ONNX model and report [default: MODEL name with .auto].")
+@click.option("--seed", default=0, show_default=True, help="Seed of generated inputs.")
+@output_options
+@_handle_errors
+def auto_cmd(model, data, labels, eval_data, eval_labels, max_accuracy_drop, min_cosine, max_error, budget, target,
+             threads, input_shapes, output_dir, seed, as_json):
+    """The fastest build of MODEL within an accuracy budget: tries fp32, tuned, fp16/bf16, int8 (static,
+    dynamic, weight-only), pruned and pruned+int8, measures the ones that meet the budget against
+    onnxruntime, keeps the fastest (artifact, ONNX model, report) and prints how to rebuild it."""
+    import lepton_opt
+
+    output_dir = output_dir or Path(model.name).with_suffix(".auto")
+    with _status(f"searching builds of {model.name}…") as status:
+        result = lepton_opt.auto(model, data=data, labels=labels, eval_data=eval_data, eval_labels=eval_labels,
+                                 max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, max_error=max_error,
+                                 budget=budget, target=target, threads=threads,
+                                 input_shapes=_input_shapes(input_shapes), output_dir=output_dir, seed=seed,
+                                 progress=lambda message: status.update(f"auto: {message}…"))
+    if as_json:
+        _emit_json("auto", result.to_json())
+        return
+    table = Table(title=f"{model.name}: {result.budget.describe()}; judged on {result.data}")
+    for col in ("candidate", "status", result.budget.metric, "ms", "vs ort", "vs fp32", "build s", "notes"):
+        table.add_column(col, justify="right" if col in ("ms", "vs ort", "vs fp32", "build s") else "left")
+    for c in result.candidates:
+        ms = c.median_ms if c.median_ms is not None else c.brief_ms
+        table.add_row(("[bold green]" + c.name + "[/]") if c.chosen else c.name, c.status,
+                      "" if c.score is None else f"{c.score:.6g}", "" if ms is None else f"{ms:.3f}",
+                      "" if c.vs_onnxruntime is None else f"{c.vs_onnxruntime:.2f}",
+                      "" if c.vs_fp32 is None else f"{c.vs_fp32:.2f}", "" if c.build_s is None else f"{c.build_s:.1f}",
+                      c.reason)
+    _detail(table)
+    for line in result.notes:
+        _note(line)
+    out.print(f"chosen: [bold]{result.chosen.name}[/] -- {result.why}", highlight=False)
+    out.print(f"wrote {output_dir}/ (model.lepton, model.onnx, report.md, report.html, report.json)", highlight=False)
+    out.print(f"replay: {result.chosen.replay}", highlight=False)
+
+
 @main.command("debug")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(["fp16", "bf16", "int8"]),

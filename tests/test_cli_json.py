@@ -111,6 +111,15 @@ def test_profile_and_run_profile(artifact, mlp_path):
     assert "why" in table.stdout and "more" in table.stdout and "measured" in table.stderr
 
 
+def test_auto(tmp_path, mlp_path):
+    out = tmp_path / "auto"
+    doc = document("auto", mlp_path, "--max-error", "1e-6", "--budget", "2m", "-o", out, command="auto")
+    assert doc["chosen"] == "fp32" and doc["replay"].startswith("lepton-opt compile")
+    assert {c["name"] for c in doc["candidates"]} >= {"fp32", "int8-minmax", "pruned", "fp32-tuned"}
+    assert (out / "model.lepton" / "manifest.json").is_file() and (out / "report.json").is_file()
+    assert invoke("auto", mlp_path, "--max-accuracy-drop", "-1").exit_code == 2
+
+
 def test_optimize(tmp_path, mlp_path):
     out = tmp_path / "o.onnx"
     doc = document("optimize", mlp_path, "-o", out, command="optimize")
