@@ -130,6 +130,8 @@ def quantize(
 
     proto = onnx.shape_inference.infer_shapes(ir.serde.serialize_model(loaded.model))
     _name_nodes(proto)
+    if mode == "dynamic":
+        _gemm_as_matmul(proto)
     warnings: list[str] = []
     candidates, excluded = _select(proto, mode, op_types, exclude_nodes, exclude_op_types, keep_first_last, source)
     if not candidates:
@@ -251,6 +253,35 @@ def _name_nodes(proto: onnx.ModelProto) -> None:
                 name = f"{node.op_type}_{i}_{k}"
             node.name = name
             taken.add(name)
+
+
+def _gemm_as_matmul(proto: onnx.ModelProto) -> None:
+    """Gemm nodes with a stored weight (the -O2 passes fuse every MatMul + bias Add into one)
+    become MatMul + Add, under the Gemm's name: onnxruntime's dynamic quantizer has no Gemm and
+    would leave them in float without a word."""
+    from onnx import numpy_helper
+
+    weights = {t.name: t for t in proto.graph.initializer}
+    nodes = []
+    for node in proto.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in weights or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB", 0):
+            array = numpy_helper.to_array(weights[weight]).T
+            weight = f"{weight}_transposed_for_{node.name}"
+            proto.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(onnx.helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
+        if has_bias:
+            nodes.append(onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]],
+                                               name=f"{node.name}_bias"))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def _counts(proto: onnx.ModelProto, names: Iterable[str]) -> dict[str, int]:
