@@ -259,7 +259,7 @@ def test_measurement_over_an_rpc_tracker_on_loopback(cache):
 
 def test_ctrl_c_keeps_what_was_measured(cache, tmp_path):
     path = tmp_path / "m.onnx"
-    onnx.save(resnet_cnn(), path)
+    onnx.save(_conv_model(extra_layer=True), path)
     env = {**os.environ, records.CACHE_ENV: str(cache), "TVM_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lepton_opt.cli", "tune", str(path), "--budget", "10m",
                              "--batch", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
