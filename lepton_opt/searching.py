@@ -319,10 +319,14 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
     best_int8 = {"method": "minmax", "score": None}
 
     def build(candidate: Candidate):
+        """The candidate's build, the ONNX model it was built from, and its recipe: what
+        :func:`_replay` turns into commands (``guard``: the conversion's own accuracy guard,
+        ``prune``: the pruning step's options, ``calibrated``: it read the calibration split)."""
         name = candidate.name
         kind = "int8" if name.startswith(("int8", "pruned+")) else name if name in ("fp16", "bf16") else "prune"
         guard = criterion.guard_options(kind, split.calibration_labels)
         cal = {"data": calibration} if calibration is not None else {}
+        recipe = {"precision": None, "guard": _plain_guard(guard), "calibrated": bool(cal)}
         if name == "fp32":
             return lepton_opt.compile(proto, **common), proto, {"precision": None}
         if name == "fp32-tuned":
@@ -336,25 +340,28 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
         if name.startswith("int8-"):
             method = name.split("-", 1)[1]
             compiled = lepton_opt.compile(proto, precision="int8", method=method, **cal, **guard, **common)
-            return compiled, compiled.precision.model, {"precision": "int8", "mode": "static", "method": method,
-                                                        **_plain_guard(guard)}
+            return compiled, compiled.precision.model, {**recipe, "precision": "int8", "mode": "static",
+                                                        "method": method}
         if name in ("fp16", "bf16"):
+            # the guard scores on the calibration data; without a guard for this metric, none is given
+            cal = cal if guard else {}
             compiled = lepton_opt.compile(proto, precision=name, **cal, **guard, **common)
-            return compiled, compiled.precision.model, {"precision": name, **_plain_guard(guard)}
+            return compiled, compiled.precision.model, {**recipe, "precision": name, "calibrated": bool(cal)}
         if name == "pruned":
             result = lepton_opt.prune(proto, "channel", input_shapes=shapes, **cal, **guard)
             if result.params_after >= result.params_before:
                 raise _Skip("the sensitivity scan found no channel to remove within the budget")
-            pruned_model["model"] = result.model
+            pruned_model.update(model=result.model, options=_plain_guard(guard))
             return lepton_opt.compile(result.model, **common), result.model, {
-                "prune": "channel", **_plain_guard(guard)}
+                "precision": None, "prune": pruned_model["options"], "calibrated": bool(cal)}
         if name == "pruned+int8":
             if "model" not in pruned_model:
                 raise _Skip("the pruned candidate did not build")
             method = best_int8["method"]
             compiled = lepton_opt.compile(pruned_model["model"], precision="int8", method=method, **cal, **guard,
                                           **common)
-            return compiled, compiled.precision.model, {"prune": "channel", "precision": "int8", "method": method}
+            return compiled, compiled.precision.model, {**recipe, "precision": "int8", "mode": "static",
+                                                        "method": method, "prune": pruned_model["options"]}
         raise ValueError(name)
 
     try:
@@ -436,7 +443,8 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
     chosen = min(measured, key=lambda c: c.median_ms) if measured else fp32
     # Within the noise of one interleaved run, the more accurate candidate is the better choice.
     close = [c for c in measured if c.median_ms <= chosen.median_ms * (1 + NEAR_TIE)]
-    accurate = max(close, key=lambda c: c.score if criterion.min_cosine is not None else -c.score, default=chosen)
+    accurate = max(close, key=lambda c: (c.score if criterion.min_cosine is not None else -c.score, -c.median_ms),
+                   default=chosen)
     tie_note = ""
     if accurate is not chosen:
         tie_note = (f" ({chosen.name} measured {100 * (accurate.median_ms / chosen.median_ms - 1):.1f}% faster, "
@@ -463,7 +471,7 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
                         interrupted=interrupted, notes=notes)
     try:
         if output_dir is not None:
-            _write(result, workdir / chosen.name, models[chosen.name], calibration)
+            _write(result, workdir / chosen.name, models[chosen.name], calibration, split.calibration_labels)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -558,36 +566,40 @@ def _replay(c: Candidate, source: str, shapes: dict, output_dir) -> str:
     if c.status in ("skipped", "failed") or not c.recipe:
         return ""
     out = Path(output_dir) if output_dir is not None else Path("auto")
-    source = source if Path(source).is_file() else "MODEL.onnx"  # a model given as an object has no path
-    shape_flags = " ".join(f"--input-shape {k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
-    cal = f"--data {out / 'calibration.npz'}"
-    recipe, model = c.recipe, source
+    model = source if Path(source).is_file() else "MODEL.onnx"  # a model given as an object has no path
+    shapes_flags = " ".join(f"--input-shape {k}:{'x'.join(map(str, v))}" for k, v in shapes.items())
+    recipe = c.recipe
+    data = f"--data {out / 'calibration.npz'}" if recipe.get("calibrated") else ""
+
+    def budget(options: dict) -> str:
+        flags = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in options.items())
+        return flags + (f" --labels {out / 'calibration_labels.npy'}" if "max_accuracy_drop" in options else "")
+
     steps = []
-    guard = " ".join(f"--{k.replace('_', '-')} {v:g}" for k, v in recipe.items()
-                     if k in ("min_cosine", "max_error", "max_accuracy_drop"))
-    if recipe.get("prune"):
-        steps.append(f"lepton-opt prune {model} -m channel {guard} {cal} -o {out / 'pruned.onnx'} {shape_flags}")
+    if recipe.get("prune") is not None:
+        steps.append(f"lepton-opt prune {model} -m channel {budget(recipe['prune'])} {data} "
+                     f"-o {out / 'pruned.onnx'} {shapes_flags}")
         model = str(out / "pruned.onnx")
     if recipe.get("tuned"):
-        steps.append(f"lepton-opt tune {model} {shape_flags}")
-    if recipe.get("precision") == "int8":
+        steps.append(f"lepton-opt tune {model} {shapes_flags}")
+    precision = recipe.get("precision")
+    if precision == "int8":
         mode = recipe.get("mode", "static")
-        method = f" --method {recipe['method']}" if recipe.get("method") else ""
-        calib = f" {cal}" if mode == "static" else ""
-        steps.append(f"lepton-opt quantize {model} --mode {mode}{method}{calib} {guard if not recipe.get('prune') else ''}"
-                     f" -o {out / 'model.int8.onnx'} {shape_flags}")
+        method = f"--method {recipe['method']}" if recipe.get("method") else ""
+        steps.append(f"lepton-opt quantize {model} --mode {mode} {method} {data if mode == 'static' else ''} "
+                     f"{budget(recipe.get('guard') or {})} -o {out / 'model.int8.onnx'} {shapes_flags}")
         model = str(out / "model.int8.onnx")
-        steps.append(f"lepton-opt compile {model} {shape_flags} -o {out / 'model.lepton'}")
-    elif recipe.get("precision") in ("fp16", "bf16"):
-        steps.append(f"lepton-opt compile {model} --precision {recipe['precision']} {guard} {cal} {shape_flags} "
-                     f"-o {out / 'model.lepton'}")
+        steps.append(f"lepton-opt compile {model} {shapes_flags} -o {out / 'model.lepton'}")
+    elif precision in ("fp16", "bf16"):
+        steps.append(f"lepton-opt compile {model} --precision {precision} {budget(recipe.get('guard') or {})} "
+                     f"{data} {shapes_flags} -o {out / 'model.lepton'}")
     else:
-        steps.append(f"lepton-opt compile {model} {shape_flags} -o {out / 'model.lepton'}")
-    return " && ".join(" ".join(s.split()) for s in steps)
+        steps.append(f"lepton-opt compile {model} {shapes_flags} -o {out / 'model.lepton'}")
+    return " && ".join(" ".join(step.split()) for step in steps)
 
 
 # ----------------------------------------------------------------------------------- output
-def _write(result: AutoResult, artifact: Path, model: onnx.ModelProto, calibration) -> None:
+def _write(result: AutoResult, artifact: Path, model: onnx.ModelProto, calibration, calibration_labels) -> None:
     """The chosen artifact (saved when it was built, its manifest completed here), its ONNX
     model, the calibration split and the reports; each file written whole or not at all."""
     from lepton_opt.targets.artifact import MANIFEST, load_compiled
@@ -604,6 +616,8 @@ def _write(result: AutoResult, artifact: Path, model: onnx.ModelProto, calibrati
     os.replace(tmp, out / "model.onnx")
     if calibration is not None:
         np.savez(out / "calibration.npz", **calibration)
+    if calibration_labels is not None:
+        np.save(out / "calibration_labels.npy", calibration_labels)
     doc = result.to_json()
     (out / "report.json").write_text(json.dumps(_strict(doc), indent=2, allow_nan=False) + "\n")
     (out / "report.md").write_text(markdown_report(result))
