@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
@@ -84,25 +85,6 @@ class ChannelAnalysis:
     flatten_shapes: list[tuple[ir.Value, Layout]]  # Reshape shapes [N, C*H*W] whose C*H*W becomes -1
 
 
-class _UnionFind:
-    def __init__(self):
-        self.parent: dict[int, int] = {}
-
-    def add(self, x: int) -> None:
-        self.parent.setdefault(x, x)
-
-    def find(self, x: int) -> int:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
 def _attr(node: ir.Node, name: str, default):
     attr = node.attributes.get(name)
     if attr is None:
@@ -122,7 +104,9 @@ def _shape(value: ir.Value) -> list[int] | None:
 
 def analyze(model: ir.Model, criterion: str = "l1") -> ChannelAnalysis:
     """Channel spaces of ``model`` and what pruning each would touch; nothing is changed."""
-    uf = _UnionFind()
+    # Channel spaces are nodes, a tie (an Add of two branches, a Concat's parts) an edge: spaces
+    # whose channels must be pruned alike are the connected components.
+    ties = nx.Graph()
     sizes: dict[int, int] = {}
     producers: dict[int, list[tuple[ir.Node, np.ndarray]]] = {}
     frozen: dict[int, str] = {}
@@ -137,7 +121,7 @@ def analyze(model: ir.Model, criterion: str = "l1") -> ChannelAnalysis:
 
     def new_space(node: ir.Node, size: int, importance: np.ndarray) -> int:
         space = len(sizes)
-        uf.add(space)
+        ties.add_node(space)
         sizes[space] = size
         producers[space] = [(node, importance)]
         return space
@@ -167,7 +151,7 @@ def analyze(model: ir.Model, criterion: str = "l1") -> ChannelAnalysis:
                 if other is not None and other in layouts:
                     if i == 1:
                         continue  # handled from input 0
-                    tied = _tie(layout, layouts[other], uf, sizes)
+                    tied = _tie(layout, layouts[other], ties)
                     if tied is None:
                         freeze(layout, f"{where} combines tensors whose channels do not line up")
                         freeze(layouts[other], f"{where} combines tensors whose channels do not line up")
@@ -258,9 +242,7 @@ def analyze(model: ir.Model, criterion: str = "l1") -> ChannelAnalysis:
             freeze(layouts[value], f"its channels reach the graph output {value.name!r}")
 
     # Tied spaces share one fate and one channel choice.
-    roots: dict[int, list[int]] = {}
-    for space in sizes:
-        roots.setdefault(uf.find(space), []).append(space)
+    roots = {min(component): sorted(component) for component in nx.connected_components(ties)}
     groups, importance, space_root = [], {}, {}
     for root, members in sorted(roots.items()):
         why = next((frozen[s] for s in members if s in frozen), None)
@@ -359,13 +341,12 @@ def _following_gain(node: ir.Node) -> np.ndarray | float:
     return np.abs(scale.const_value.numpy().astype(np.float64)) / np.sqrt(var.const_value.numpy() + eps)
 
 
-def _tie(a: Layout, b: Layout, uf: _UnionFind, sizes: Mapping[int, int]) -> bool | None:
+def _tie(a: Layout, b: Layout, ties: nx.Graph) -> bool | None:
     if (a.rank - a.axis) != (b.rank - b.axis) or a.repeat != b.repeat or len(a.segments) != len(b.segments):
         return None
     if any(sa != sb for (_, sa), (_, sb) in zip(a.segments, b.segments)):
         return None
-    for (x, _), (y, _) in zip(a.segments, b.segments):
-        uf.union(x, y)
+    ties.add_edges_from((x, y) for (x, _), (y, _) in zip(a.segments, b.segments))
     return True
 
 
