@@ -181,6 +181,7 @@ def compile(  # noqa: A001 - the public name the product promises
     *,
     input_shapes: InputShapes | None = None,
     mcpu: str | None = None,
+    mattr: str | Sequence[str] | None = None,
     cuda_arch: str | None = None,
     level: str | None = None,
     precision: str | None = None,
@@ -196,6 +197,10 @@ def compile(  # noqa: A001 - the public name the product promises
     ``PartitionedModel``, ``compiled.warnings`` names those nodes and ``manifest["fallback"]``
     says why for each. ``fallback=False`` (CLI ``--no-fallback``) raises
     ``UnsupportedModelError`` listing them instead.
+
+    CPU code (and the host code of CUDA builds) is for this CPU and its features, or for the LLVM
+    CPU ``mcpu`` ("x86-64-v3" for a fleet), with the LLVM features ``mattr`` ("+avx2,-avx512f")
+    added or removed; the manifest records them and loading refuses a host without them.
 
     ``input_shapes`` maps input names to full shapes and fixes dynamic dimensions; dims left
     symbolic are compiled as dynamic where the lowering allows it. ``level`` is the graph
@@ -217,7 +222,7 @@ def compile(  # noqa: A001 - the public name the product promises
     from lepton_opt.targets.compile import compile_model, compile_with_fallback
 
     _check_precision_options(precision, precision_options)
-    spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch)
+    spec = resolve_target(target, mcpu=mcpu, cuda_arch=cuda_arch, mattr=mattr)
     level = level or COMPILE_LEVEL
     prepared = _prepare(model, input_shapes, level, precision, precision_options)
     notes = [str(r) for r in prepared.rolled_back]

@@ -405,7 +405,9 @@ def main() -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Artifact directory to write [default: MODEL name with .lepton].")
 @input_shape_option
-@click.option("--mcpu", help="LLVM CPU name to compile for (default: the host CPU and its features).")
+@click.option("--mcpu", help="LLVM CPU name to compile for, e.g. x86-64-v3 for a fleet of AVX2 machines (default: the "
+                             "host CPU and its features; CUDA builds: their host code).")
+@click.option("--mattr", metavar="+FEAT,-FEAT", help="LLVM CPU features to add or remove, e.g. +avx2,+fma or -avx512f.")
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_80, sm_86, sm_89, sm_90.")
 @click.option("--verify", is_flag=True, help="Compare with onnxruntime on seeded inputs; exit 1 beyond tolerance.")
 @click.option("--atol", type=float, help="Absolute tolerance for --verify [default: 1e-4; 1e-2 with --precision fp16, "
@@ -421,8 +423,8 @@ def main() -> None:
 @functools.partial(precision_options, int8=True)
 @output_options
 @_handle_errors
-def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, atol, rtol, seed, records, no_cache,
-                no_fallback, as_json, **precision):
+def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, verify, atol, rtol, seed, records,
+                no_cache, no_fallback, as_json, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
@@ -434,7 +436,7 @@ def compile_cmd(model, target, output, input_shapes, mcpu, cuda_arch, verify, at
     output = output or Path(model.name).with_suffix(".lepton")
     start = time.perf_counter()
     with _status(f"compiling {model.name} for {target}…"):
-        compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, cuda_arch=cuda_arch,
+        compiled = lepton_opt.compile(model, target, input_shapes=shapes, mcpu=mcpu, mattr=mattr, cuda_arch=cuda_arch,
                                       records=list(records), use_cache=not no_cache, fallback=not no_fallback,
                                       **precision)
     elapsed = time.perf_counter() - start
@@ -872,6 +874,7 @@ def _stats(value: np.ndarray) -> dict:
 def _write_outputs(output_dir: Path, results: dict[str, np.ndarray]) -> None:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    tmp.chmod(0o755)  # readable by other users, as a directory made with mkdir under the usual umask
     try:
         for name, value in results.items():
             np.save(tmp / _output_filename(name), value)

@@ -197,3 +197,36 @@ def test_artifact_for_a_cpu_feature_this_host_lacks_is_refused(tmp_path, monkeyp
     monkeypatch.undo()
     if {"avx2"} <= (artifact.host_cpu_flags() or set()):
         lepton_opt.load_compiled(path)  # the real host has it: loads
+
+
+def test_a_portable_build_for_a_named_cpu_with_features_removed(tmp_path):
+    """--mcpu x86-64-v3 (an AVX2 fleet) with --mattr: the manifest records what the code may use,
+    the build matches onnxruntime here, and the saved directory is readable by other users."""
+    import stat
+
+    from click.testing import CliRunner
+
+    from lepton_opt.cli import main
+    from tests.models import ort_run, random_inputs, tiny_mlp
+
+    model = tiny_mlp()
+    compiled = lepton_opt.compile(model, mcpu="x86-64-v3", mattr="+fma,-avx512f")
+    target = compiled.manifest["target"]
+    assert target["mcpu"] == "x86-64-v3" and target["mattr"] == ["+fma", "-avx512f"], target
+    feeds = random_inputs(model, seed=0)
+    np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-4)
+    path = compiled.save(tmp_path / "portable.lepton")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044 for f in path.iterdir())
+    onnx.save(model, tmp_path / "m.onnx")
+    bad = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "--mattr", "avx2"])
+    assert bad.exit_code == 2 and "+name or -name" in bad.stderr, bad.stderr
+
+
+def test_cuda_host_code_takes_mcpu():
+    from lepton_opt.targets.build import find_nvcc, resolve_target
+
+    if find_nvcc() is None:
+        pytest.skip("no nvcc")
+    spec = resolve_target("cuda", mcpu="x86-64-v3", cuda_arch="sm_90")
+    assert spec.mcpu == "x86-64-v3" and spec.mattr == ()

@@ -52,6 +52,9 @@ from lepton_opt.errors import ArtifactError, InputError
 
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
+# An artifact directory is readable by every user (a serving process often runs as another one);
+# its files get the process's default mode (0644 under the usual umask).
+ARTIFACT_DIR_MODE = 0o755
 FORMAT = "lepton-opt-artifact"
 # 1: the first format; 2: manifest["files"] holds the size and sha256 of every library and
 # segment model (version 1 artifacts still load, unverified).
@@ -229,6 +232,7 @@ class CompiledModel:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
+            tmp.chmod(ARTIFACT_DIR_MODE)  # mkdtemp's 0700 would keep the artifact from other users
             self._write_files(tmp)
             files = {f.name: {"size": f.stat().st_size, "sha256": _sha256(f)}
                      for f in sorted(tmp.iterdir()) if f.name != MANIFEST}

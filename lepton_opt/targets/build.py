@@ -13,6 +13,7 @@ import dataclasses
 import os
 import re
 import shutil
+from collections.abc import Sequence
 
 import tvm
 
@@ -56,24 +57,45 @@ class TargetSpec:
                 if v not in (None, ())}
 
 
-def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None = None) -> TargetSpec:
+def resolve_target(name: str, *, mcpu: str | None = None, cuda_arch: str | None = None,
+                   mattr: str | Sequence[str] | None = None) -> TargetSpec:
+    """The target to build for. CPU code (CPU builds, and the host code of CUDA builds) is for
+    the host CPU and the features it reports, or for ``mcpu`` (an LLVM CPU name such as
+    x86-64-v3: the CPU named, none of the host's features added), with ``mattr`` (LLVM features,
+    "+avx2,-avx512f", comma-separated) added or removed."""
     kind = TARGET_ALIASES.get(str(name).strip().lower())
     if kind is None:
         raise TargetError(f"unknown target {name!r}; use one of: llvm (alias cpu), cuda")
     host_cpu, host_features = detect_host_cpu()
     cores = os.cpu_count() or 1
+    if mcpu and not _valid_mcpu(mcpu):
+        raise TargetError(f"--mcpu {mcpu!r} is not a CPU LLVM knows; try e.g. x86-64-v3, skylake-avx512, znver4")
+    # With an explicit mcpu the user chose the CPU: do not add the host's features to it.
+    features = _features(() if mcpu else host_features, mattr)
     if kind == "llvm":
-        if mcpu and not _valid_mcpu(mcpu):
-            raise TargetError(f"--mcpu {mcpu!r} is not a CPU LLVM knows; try e.g. x86-64-v3, skylake-avx512, znver4")
-        # With an explicit mcpu the user chose the CPU: do not add the host's features to it.
-        return TargetSpec("llvm", mcpu or host_cpu, () if mcpu else host_features, num_cores=cores)
+        return TargetSpec("llvm", mcpu or host_cpu, features, num_cores=cores)
     arch = (cuda_arch or DEFAULT_CUDA_ARCH).strip().lower()
     if not re.fullmatch(r"sm_\d{2,3}[a-z]?", arch):
         raise TargetError(f"--cuda-arch {cuda_arch!r} is not a CUDA architecture; use e.g. sm_80, sm_86, sm_89, sm_90")
     if find_nvcc() is None:
         raise TargetError("--target cuda needs nvcc (the CUDA toolkit) on PATH or in CUDA_HOME; "
                           "install the CUDA toolkit or build for --target llvm")
-    return TargetSpec("cuda", host_cpu, host_features, cuda_arch=arch)
+    return TargetSpec("cuda", mcpu or host_cpu, features, cuda_arch=arch)
+
+
+def _features(base: Sequence[str], mattr: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``base`` with the ``mattr`` features ("+name" adds, "-name" removes) applied."""
+    if mattr is None:
+        return tuple(base)
+    given = [f.strip() for f in (mattr.split(",") if isinstance(mattr, str) else mattr) if f.strip()]
+    bad = [f for f in given if not re.fullmatch(r"[+-][a-z0-9][a-z0-9.\-]*", f)]
+    if bad:
+        raise TargetError(f"--mattr {bad[0]!r}: give LLVM features as +name or -name, comma-separated "
+                          "(e.g. +avx2,+fma,-avx512f)")
+    features = {f[1:]: f for f in base}
+    for feature in given:
+        features[feature[1:]] = feature
+    return tuple(features.values())
 
 
 def find_nvcc() -> str | None:

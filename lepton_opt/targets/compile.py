@@ -18,7 +18,7 @@ from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
 from lepton_opt.targets.artifact import CompiledModel, PartitionedModel, make_manifest, onnxruntime_session
 from lepton_opt.targets.build import TargetSpec, build
 from lepton_opt.targets.lower import DTYPES, Lowerer, LoweredModule
-from lepton_opt.targets.records import load_database, record_dirs
+from lepton_opt.targets.records import load_database, record_dirs, records_digest
 from lepton_opt.targets.ops import converter_table
 from lepton_opt.targets.ops.control import DATA_DEPENDENT_OPS
 
@@ -239,7 +239,8 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     if spec.kind == "llvm":
         dirs = record_dirs(spec.tvm_target(), records, use_cache)
         database, count = load_database(dirs, warn)
-        tuning = {"records": [str(d) for d in dirs if d.is_dir()], "records_read": count, "kernels_tuned": 0}
+        tuning = {"records": [str(d) for d in dirs if d.is_dir()], "records_read": count, "kernels_tuned": 0,
+                  "records_sha256": records_digest(d for d in dirs if d.is_dir()) if count else None}
         if not count:
             database = None
     stats: dict = {}

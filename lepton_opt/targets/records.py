@@ -374,6 +374,20 @@ def record_dirs(target: tvm.target.Target, extra: Iterable[str | os.PathLike] = 
     return dirs
 
 
+def records_digest(dirs: Iterable[Path]) -> str | None:
+    """sha256 (16 hex digits) of the record tables of ``dirs``: two builds that applied
+    different records can be told apart from their manifests. None when there are none."""
+    digest, found = hashlib.sha256(), False
+    for path in dirs:
+        for table in (WORKLOADS, RECORDS):
+            try:
+                digest.update((Path(path) / table).read_bytes())
+                found = True
+            except OSError:
+                continue
+    return digest.hexdigest()[:16] if found else None
+
+
 def load_database(dirs: Iterable[Path], warn: Warn | None = None) -> tuple[ms.database.MemoryDatabase, int]:
     """An in-memory MetaSchedule database with every readable record of ``dirs``, and the
     number of records."""

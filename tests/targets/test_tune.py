@@ -83,8 +83,10 @@ def test_tune_records_are_applied_by_compile_and_reused(cache):
     compiled = lepton_opt.compile(model)
     tuning = compiled.manifest["tuning"]
     assert tuning["kernels_tuned"] == 2 and tuning["records_read"] >= 2, tuning
+    assert len(tuning["records_sha256"]) == 16  # builds from other records can be told apart
     _assert_matches_ort(compiled, model)
-    assert lepton_opt.compile(model, use_cache=False).manifest["tuning"]["kernels_tuned"] == 0
+    untuned = lepton_opt.compile(model, use_cache=False).manifest["tuning"]
+    assert untuned["kernels_tuned"] == 0 and untuned["records_sha256"] is None
 
     # A second run starts from the first: nothing measured twice.
     again = lepton_opt.tune(model, trials=6, confirm=False)
