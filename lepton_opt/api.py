@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import VerifyReport, compare, ort_session, random_feeds
+from lepton_opt.bench.accuracy import VerifyReport, compare, merge_reports, ort_session, random_feeds
 from lepton_opt.errors import LeptonError, OptionError, UnsupportedModelError
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
 from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
@@ -408,23 +408,36 @@ def load_compiled(path: str | os.PathLike):
     return _load(path)
 
 
-def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | None = None,
+def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | None = None, data=None,
            input_shapes: InputShapes | None = None, seed: int = 0, atol: float = 1e-4,
            rtol: float = 1e-4) -> VerifyReport:
-    """Run ``compiled`` and onnxruntime on the same (seeded) inputs and compare every output."""
-    if feeds is None:
+    """Run ``compiled`` and onnxruntime on the same inputs and compare every output: ``feeds``
+    (one run), else every sample of ``data`` (an ``.npz`` path or mapping, input name -> samples
+    on axis 0, run in batches of the compiled batch size; the report holds the worst of them),
+    else seeded inputs (symbolic dims from ``input_shapes``, else 1)."""
+    if feeds is not None:
+        runs = [feeds]
+    elif data is not None:
+        from lepton_opt.bench.data import ModelInput, accuracy_inputs
+
+        inputs = [ModelInput(i["name"], i["dtype"], list(i["shape"])) for i in compiled.inputs]
+        first = compiled.inputs[0]["shape"][0] if compiled.inputs and compiled.inputs[0]["shape"] else 1
+        runs = accuracy_inputs(inputs, first if isinstance(first, int) else 1, data, None, 1, seed,
+                               compiled.manifest.get("source", "model")).feeds
+    else:
         dims = _symbol_values(compiled.inputs, input_shapes or {})
-        feeds = random_feeds(compiled.inputs, seed=seed, dims=dims)
+        runs = [random_feeds(compiled.inputs, seed=seed, dims=dims)]
     loaded = load_model(model)
     try:
         session = ort_session(ir.serde.serialize_model(loaded.model))
         names = [o.name for o in session.get_outputs()]
-        reference = dict(zip(names, session.run(names, _ort_feeds(session, feeds))))
+        references = [dict(zip(names, session.run(names, _ort_feeds(session, f)))) for f in runs]
     except Exception as e:  # noqa: BLE001 - onnxruntime refuses a model lepton-opt compiled
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LeptonError(f"{loaded.source}: onnxruntime cannot run the model to verify against ({first[:300]}); "
                           "compile without --verify") from None
-    return compare(reference, compiled.run(feeds), atol=atol, rtol=rtol)
+    return merge_reports([compare(reference, compiled.run(f), atol=atol, rtol=rtol)
+                          for reference, f in zip(references, runs)])
 
 
 def _ort_feeds(session, feeds: Mapping[str, np.ndarray]) -> dict:

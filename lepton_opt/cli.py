@@ -410,6 +410,9 @@ def main() -> None:
 @click.option("--mattr", metavar="+FEAT,-FEAT", help="LLVM CPU features to add or remove, e.g. +avx2,+fma or -avx512f.")
 @click.option("--cuda-arch", help="CUDA architecture for --target cuda, e.g. sm_80, sm_86, sm_89, sm_90.")
 @click.option("--verify", is_flag=True, help="Compare with onnxruntime on seeded inputs; exit 1 beyond tolerance.")
+@click.option("--verify-data", type=click.Path(path_type=Path),
+              help="Verify on these inputs instead of seeded ones (.npz, one array per input, samples on axis 0; "
+                   "implies --verify).")
 @click.option("--atol", type=float, help="Absolute tolerance for --verify [default: 1e-4; 1e-2 with --precision fp16, "
                                          "5e-2 with bf16].")
 @click.option("--rtol", type=float, help="Relative tolerance for --verify [default: as --atol].")
@@ -423,11 +426,12 @@ def main() -> None:
 @functools.partial(precision_options, int8=True)
 @output_options
 @_handle_errors
-def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, verify, atol, rtol, seed, records,
-                no_cache, no_fallback, as_json, **precision):
+def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, verify, verify_data, atol, rtol, seed,
+                records, no_cache, no_fallback, as_json, **precision):
     """Compile MODEL (.onnx) into an artifact directory (library + manifest.json)."""
     import lepton_opt
 
+    verify = verify or verify_data is not None
     shapes = _input_shapes(input_shapes)
     precision = _precision_kwargs(**precision)
     default_tolerance = _VERIFY_TOLERANCE[precision.get("precision")]
@@ -453,7 +457,8 @@ def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, ver
     if verify:
         with _status("verifying against onnxruntime…"):
             reference = compiled.precision.model if precision.get("precision") == "int8" else model
-            report = lepton_opt.verify(compiled, reference, input_shapes=shapes, seed=seed, atol=atol, rtol=rtol)
+            report = lepton_opt.verify(compiled, reference, data=verify_data, input_shapes=shapes, seed=seed,
+                                       atol=atol, rtol=rtol)
     tuning = compiled.manifest.get("tuning") or {}
     if compiled.precision is not None:
         _warn(compiled.precision.warnings)
@@ -463,7 +468,7 @@ def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, ver
             "inputs": compiled.inputs, "outputs": compiled.outputs, "tuning": tuning or None,
             "precision": None if compiled.precision is None else _precision_facts(compiled.precision),
             "verify": None if report is None else {
-                "ok": report.ok, "atol": atol, "rtol": rtol, "seed": seed,
+                "ok": report.ok, "atol": atol, "rtol": rtol, "seed": seed, "data": verify_data,
                 "outputs": [{"name": o.name, "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine,
                              "nonfinite_mismatch": o.nonfinite_mismatch, "ok": o.ok} for o in report.outputs]},
             "ok": report is None or report.ok, "warnings": compiled.warnings, "notes": notes})
@@ -474,6 +479,9 @@ def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, ver
                  if tuning.get("kernels_tuned") else "")
         out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s{tuned} "
                   f"-> [bold]{output}[/]", highlight=False)
+        if report is not None:
+            out.print(f"  verified on {verify_data.name if verify_data else f'seeded inputs (seed {seed})'}:",
+                      highlight=False)
         for line in report.lines() if report is not None else ():
             out.print(f"  {line}", highlight=False)
     if report is not None and not report.ok:

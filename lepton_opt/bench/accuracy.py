@@ -125,6 +125,19 @@ def compare(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
     return VerifyReport(errors, atol, rtol)
 
 
+def merge_reports(reports: Sequence[VerifyReport]) -> VerifyReport:
+    """One report over several runs (batches of a dataset): per output the worst error and
+    cosine, the non-finite mismatches summed, OK only if every run was."""
+    first = reports[0]
+    merged = []
+    for i, out in enumerate(first.outputs):
+        runs = [r.outputs[i] for r in reports]
+        merged.append(OutputError(out.name, max(o.max_abs for o in runs), max(o.max_rel for o in runs),
+                                  min(o.cosine for o in runs), all(o.ok for o in runs),
+                                  sum(o.nonfinite_mismatch for o in runs)))
+    return VerifyReport(merged, first.atol, first.rtol)
+
+
 @dataclasses.dataclass
 class OutputAccuracy:
     """One output of a variant against the reference, over every evaluated sample.
