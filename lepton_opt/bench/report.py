@@ -152,7 +152,41 @@ def markdown(results: Sequence[BenchmarkResult]) -> str:
         lines += _md_table(COLUMNS, [variant_row(r, v) for v in r.variants]) + [""]
         if len(r.batches) > 1:
             lines += ["Batch sweep:", ""] + _md_table(SWEEP_COLUMNS, sweep_rows(r)) + [""]
+        for v in r.variants:
+            if v.kernels:
+                lines += [f"Where the time goes, {v.name} (slowest kernels, `lepton-opt profile`):", ""]
+                lines += _md_table(KERNEL_COLUMNS, kernel_rows(v)) + [""]
     return "\n".join(lines)
+
+
+KERNEL_COLUMNS = ["kernel", "share", "calls", "ms/run", "rule", "GFLOP/s", "why"]
+
+
+def kernel_rows(v: VariantResult) -> list[list[str]]:
+    return [[k["name"], _pct(k["share"]), f"{k['calls']:g}", _fmt(1e3 * k["seconds"], ".3f"), k.get("rule") or "",
+             _fmt(k.get("gflops"), ".1f"), k.get("why") or ""] for k in v.kernels or []]
+
+
+def kernel_plot(result: BenchmarkResult) -> str | None:
+    """Share of the run per kernel, the slowest first, for each lepton-opt variant."""
+    profiled = [v for v in result.variants if v.kernels]
+    if not profiled:
+        return None
+    fig = _figure(7.5, 1.0 + 0.25 * sum(len(v.kernels) for v in profiled))
+    ax = fig.add_subplot()
+    labels, shares, colors = [], [], []
+    for v in profiled:
+        for k in v.kernels:
+            labels.append(f"{v.name}: {k['name'][:48]}")
+            shares.append(100 * k["share"])
+            colors.append(_color(v.name))
+    ax.barh(range(len(shares)), shares, color=colors)
+    ax.set_yticks(range(len(shares)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the run (%)")
+    ax.set_title(f"{result.name}: where the time goes")
+    ax.grid(axis="x", alpha=0.3)
+    return _svg(fig)
 
 
 # ------------------------------------------------------------------------------------------
@@ -378,6 +412,11 @@ def _html_page(results: Sequence[BenchmarkResult], plots: bool) -> str:
         if len(r.batches) > 1:
             parts.append(_html_table(SWEEP_COLUMNS, sweep_rows(r)))
         parts.append(f"<div class='plots'>{plot(latency_plot, r)}{plot(throughput_plot, r)}</div>")
+        for v in r.variants:
+            if v.kernels:
+                parts.append(f"<h3>Where the time goes: {html.escape(v.name)}</h3>"
+                             + _html_table(KERNEL_COLUMNS, kernel_rows(v)))
+        parts.append(f"<div class='plots'>{plot(kernel_plot, r)}</div>")
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

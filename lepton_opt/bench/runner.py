@@ -67,6 +67,7 @@ class VariantResult:
     latency: dict[int, LatencyStats] = dataclasses.field(default_factory=dict)
     accuracy: AccuracyStats | None = None
     memory: MemoryStats | None = None
+    kernels: list[dict] | None = None  # lepton-opt builds: the slowest kernels (targets.profiling rows)
 
     @property
     def ok(self) -> bool:
@@ -83,6 +84,7 @@ class VariantResult:
                 **dataclasses.asdict(self.accuracy), "max_abs": self.accuracy.max_abs,
                 "max_rel": self.accuracy.max_rel, "cosine": self.accuracy.cosine},
             "memory": None if self.memory is None else dataclasses.asdict(self.memory),
+            "kernels": self.kernels,
         }
 
     @classmethod
@@ -96,7 +98,7 @@ class VariantResult:
             data["name"], data["description"], data["engine"], data["status"], data.get("reason"),
             {int(b): t for b, t in data.get("build_s", {}).items()}, data.get("artifact_bytes"),
             {int(b): LatencyStats(int(b), s["times_ms"]) for b, s in data.get("latency", {}).items()},
-            acc, None if data.get("memory") is None else MemoryStats(**data["memory"]))
+            acc, None if data.get("memory") is None else MemoryStats(**data["memory"]), data.get("kernels"))
 
 
 @dataclasses.dataclass
@@ -202,6 +204,7 @@ def benchmark(
     duration: float = DEFAULT_DURATION_S,
     warmup: int = 5,
     memory: bool = True,
+    kernels: bool = True,
     prune: PruneOptions | None = None,
     calibration: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
     progress: bool = False,
@@ -278,6 +281,8 @@ def benchmark(
                 _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmup, output_names, bar)
                 if batch == first and memory:
                     _measure_memory(built, result, feeds, threads, workdir, bar)
+                if batch == first and kernels:
+                    _measure_kernels(built, result, feeds, bar)
                 for b in built.values():
                     if b.target is not None and "mcpu" in b.target:
                         result.machine.setdefault("llvm_mcpu", b.target["mcpu"])
@@ -431,6 +436,28 @@ def _measure_spinning_baseline(result, model_bytes, feeds, batch, threads, warmu
     runs = min(result.rounds[batch] * (result.block[batch] - 1), 500)
     (times,) = time_interleaved([lambda: session.run(output_names, feeds)], runs, warmup=max(warmup, 1))
     result.ort_spinning_alone[batch] = LatencyStats(batch, times)
+    bar.done(task)
+
+
+KERNEL_ROWS = 10  # kernels kept per lepton-opt variant for the report
+
+
+def _measure_kernels(built, result, feeds, bar):
+    """The per-kernel profile of every lepton-opt CPU build (the report's "where the time goes")."""
+    from lepton_opt.targets.profiling import profile
+
+    compiled = {name: b.compiled for name, b in built.items() if b.compiled is not None
+                and b.compiled.target.get("kind") == "llvm"}
+    task = bar.add("kernel profiles", len(compiled))
+    for name, model in compiled.items():
+        bar.update(task, f"kernel profile: {name}")
+        try:
+            rows = profile(model, feeds, runs=5).rows
+        except LeptonError as e:
+            result.notes.append(f"{name}: no kernel profile ({e})")
+        else:
+            result.variant(name).kernels = [r.to_json() for r in rows[:KERNEL_ROWS]]
+        bar.advance(task)
     bar.done(task)
 
 

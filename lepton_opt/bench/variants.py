@@ -13,6 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,7 @@ class BuiltVariant:
     artifact_bytes: int
     probe: tuple[str, Path]  # (kind, path) for the memory probe: ("onnxruntime", model) or ("lepton-opt", artifact)
     target: dict | None = None
+    compiled: Any = None  # lepton-opt builds: the CompiledModel (kernel profiles)
 
 
 def build_variant(spec: VariantSpec, source, model_bytes: bytes, *, shapes: Mapping[str, list[int]],
@@ -167,4 +169,4 @@ def _lepton_variant(spec, compiled, workdir: Path, tag: str, start: float) -> Bu
         return lambda: compiled.run(feeds)
 
     return BuiltVariant(spec, compiled.run, timed_compiled, build_s, size, ("lepton-opt", Path(path)),
-                        target=compiled.target)
+                        target=compiled.target, compiled=compiled)

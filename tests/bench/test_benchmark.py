@@ -89,8 +89,14 @@ def test_reports_markdown_html_json(cnn_result, tmp_path):
     assert "| variant | p50 ms |" in md and "| fp32 |" in md
     assert "| int8 |" in md and "Batch sweep" in md
     page = paths["html"].read_text()
-    # Plots inline (speed-up, accuracy, latency distribution, throughput over batch), no external resources.
-    assert page.count("<svg") == 4 and "src=\"http" not in page and "<link" not in page
+    # Plots inline (speed-up, accuracy, latency distribution, throughput over batch, kernels), no
+    # external resources.
+    assert page.count("<svg") == 5 and "src=\"http" not in page and "<link" not in page
+    # Where the time goes: the kernel table of each lepton-opt build (not of onnxruntime's)
+    assert "Where the time goes, fp32" in md and "Where the time goes, int8" in md and "| kernel | share |" in md
+    assert cnn_result.variant("ort").kernels is None
+    kernels = cnn_result.variant("fp32").kernels
+    assert kernels and all(k["why"] for k in kernels) and kernels[0]["share"] >= kernels[-1]["share"]
     data = json.loads(paths["json"].read_text())["results"][0]
     fp32 = next(v for v in data["variants"] if v["name"] == "fp32")
     assert fp32["latency"]["1"]["times_ms"] == cnn_result.variant("fp32").latency[1].times_ms
