@@ -230,3 +230,28 @@ def test_cuda_host_code_takes_mcpu():
         pytest.skip("no nvcc")
     spec = resolve_target("cuda", mcpu="x86-64-v3", cuda_arch="sm_90")
     assert spec.mcpu == "x86-64-v3" and spec.mattr == ()
+
+
+def test_repeated_runs_skip_validation_but_not_its_errors():
+    """After a validated call, the same inputs again (names, shapes, types) skip the full check;
+    anything else is checked in full: a wrong dtype is still the one-line error, a non-contiguous
+    or a differently shaped array still gives onnxruntime's result."""
+    from lepton_opt.errors import InputError
+    from tests.models import ort_run
+
+    model = transformer_layer(batch="B", seq=8)
+    compiled = lepton_opt.compile(model)
+    feeds = random_inputs(model, seed=0, shapes={"B": 2})
+    for seed in (0, 1):  # the second call takes the fast path with new values
+        feeds = random_inputs(model, seed=seed, shapes={"B": 2})
+        np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-4)
+    assert compiled._validated is not None
+    wrong = {**feeds, "x": feeds["x"].astype(np.float64)}
+    with pytest.raises(InputError, match="dtype float64"):
+        compiled.run(wrong)
+    strided = {**feeds, "x": np.asfortranarray(feeds["x"])}
+    np.testing.assert_allclose(compiled.run(strided)["y"], ort_run(model, feeds)["y"], rtol=1e-4, atol=1e-4)
+    other = random_inputs(model, seed=2, shapes={"B": 3})
+    np.testing.assert_allclose(compiled.run(other)["y"], ort_run(model, other)["y"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="missing input"):
+        compiled.run({k: v for k, v in other.items() if k != "x"})

@@ -74,8 +74,11 @@ class CompiledModel:
         self._main_fn = None
         self._lock = threading.Lock()
         self._input_buffers: dict[int, tuple[Any, np.ndarray | None]] = {}  # tensor, numpy view
+        self._input_pointers: set[int] | None = None  # addresses of those buffers (no output may be one)
         self._owned_outputs: list[bool] | None = None  # per output: allocated afresh by each run
         self._first_values = None
+        self._validated: list[tuple[str, tuple, np.dtype]] | None = None  # the last fully checked inputs
+        self._output_names = [o["name"] for o in manifest["outputs"]]
         self.precision = None  # set by lepton_opt.compile: the mixed-precision conversion's result, if any
         self.warnings: list[str] = []  # set by lepton_opt.compile: e.g. unreadable tuning-record lines
 
@@ -125,13 +128,33 @@ class CompiledModel:
         copy: 185 us against 13 us for 400 KB), and outputs are handed over without a copy
         (DLPack), except those that are not freshly allocated by each run (a constant output, an
         input passed through), which are copied. Calls from several threads take turns."""
-        args = self._check_feeds(feeds)
+        args = self._repeated_feeds(feeds)
+        if args is None:  # the first call, or inputs unlike the last validated ones: check in full
+            args = self._check_feeds(feeds)
+            self._validated = [(spec["name"], a.shape, a.dtype) for spec, a in zip(self.inputs, args)]
         with self._lock:
             main = self._main()
             inputs = self._input_tensors(args)
             result = main(*inputs)
-            values = list(result) if not hasattr(result, "numpy") else [result]
-            return dict(zip((o["name"] for o in self.outputs), self._hand_over(values, inputs)))
+            # (indexing a TVM array costs about half a microsecond per element)
+            values = [result] if hasattr(result, "numpy") else [result[0]] if len(self.outputs) == 1 else list(result)
+            return dict(zip(self._output_names, self._hand_over(values, inputs)))
+
+    def _repeated_feeds(self, feeds) -> list[np.ndarray] | None:
+        """The input arrays, when ``feeds`` holds exactly the inputs of the last validated call
+        again (same names, shapes and types, contiguous): a tiny model run every few milliseconds
+        then pays no per-call validation beyond these comparisons (1.7 of 8.4 us per call)."""
+        validated = self._validated
+        if validated is None or type(feeds) is not dict or len(feeds) != len(validated):
+            return None
+        arrays = []
+        for name, shape, dtype in validated:
+            array = feeds.get(name)
+            if type(array) is not np.ndarray or array.shape != shape or array.dtype != dtype \
+                    or not array.flags.c_contiguous:
+                return None
+            arrays.append(array)
+        return arrays
 
     def _main(self):
         if self._main_fn is None:
@@ -153,6 +176,7 @@ class CompiledModel:
                 if view is not None and view.dtype != array.dtype:
                     view = None
                 self._input_buffers[i] = (buffer, view)
+                self._input_pointers = None
             tensors.append(buffer)
         return tensors
 
@@ -168,7 +192,9 @@ class CompiledModel:
             first_pointers = self._first_values[1]
             self._owned_outputs = [p is not None and p != q for p, q in zip(pointers, first_pointers)]
             self._first_values = None
-        taken = {_data_ptr(t) for t in inputs}
+        if self._input_pointers is None:  # the input buffers changed since the last run
+            self._input_pointers = {_data_ptr(t) for t in inputs}
+        taken = self._input_pointers
         return [_zero_copy(v) if owned and p not in taken else _to_numpy(v)
                 for v, p, owned in zip(values, pointers, self._owned_outputs)]
 
