@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import VerifyReport, compare, merge_reports, ort_session, random_feeds
-from lepton_opt.errors import LeptonError, OptionError, UnsupportedModelError
+from lepton_opt.errors import LeptonError, OptionError, UnsupportedModelError, first_line
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
 from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
 from lepton_opt.passes.registry import DEFAULT_LEVEL, FUSIONS, build_passes, pipeline_names
@@ -433,7 +433,7 @@ def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | No
         names = [o.name for o in session.get_outputs()]
         references = [dict(zip(names, session.run(names, _ort_feeds(session, f)))) for f in runs]
     except Exception as e:  # noqa: BLE001 - onnxruntime refuses a model lepton-opt compiled
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise LeptonError(f"{loaded.source}: onnxruntime cannot run the model to verify against ({first[:300]}); "
                           "compile without --verify") from None
     return merge_reports([compare(reference, compiled.run(f), atol=atol, rtol=rtol)

@@ -48,7 +48,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import compare, ort_session
-from lepton_opt.errors import InputError, LeptonError, OptionError, VerificationError
+from lepton_opt.errors import InputError, LeptonError, OptionError, VerificationError, first_line
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 from lepton_opt.passes.precision import name_nodes
 
@@ -366,7 +366,7 @@ def _run_ort(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], what: str)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, dict(feeds))))
     except Exception as e:  # noqa: BLE001 - onnxruntime's errors all mean the same to the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise LeptonError(f"debug needs onnxruntime to run {what}, and it cannot: {first}") from None
 
 

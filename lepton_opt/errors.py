@@ -47,3 +47,15 @@ class VerificationError(LeptonError):
 
 class OptionError(LeptonError):
     """An option names something that does not exist: an unknown pass or optimization level."""
+
+
+def first_line(error: BaseException, *, with_type: bool = False, limit: int | None = 300) -> str:
+    """The first line of ``error``'s message that says something (not blank, not a traceback
+    line), cut to ``limit`` characters; with ``with_type`` prefixed with the exception's type.
+    The one-line form every message that quotes another library's error uses."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Traceback", "File ")):
+            text = f"{type(error).__name__}: {line}" if with_type else line
+            return text[:limit] if limit else text
+    return type(error).__name__

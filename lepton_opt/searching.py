@@ -50,7 +50,7 @@ import onnx
 from lepton_opt.bench.accuracy import accuracy_stats, nonfinite_mismatch, ort_session
 from lepton_opt.bench.data import Batches, accuracy_inputs, input_specs, load_data, load_labels, resolve_batches, shapes_at, stack_outputs
 from lepton_opt.bench.latency import time_interleaved
-from lepton_opt.errors import InputError, LeptonError, OptionError
+from lepton_opt.errors import InputError, LeptonError, OptionError, first_line
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 
 SCHEMA_VERSION = 1
@@ -385,7 +385,7 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
             except LeptonError as e:
                 if candidate.name == "fp32":
                     raise
-                candidate.status, candidate.reason = "failed", _first_line(e)
+                candidate.status, candidate.reason = "failed", first_line(e)
                 continue
             candidate.build_s = time.perf_counter() - start
             candidate.recipe = recipe
@@ -496,11 +496,6 @@ def _plain_guard(guard: dict) -> dict:
 
 def _better(criterion: Budget, a: float, b: float) -> bool:
     return a > b if criterion.min_cosine is not None else a < b
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _serialize(model) -> bytes:

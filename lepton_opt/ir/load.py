@@ -25,7 +25,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from google.protobuf.message import DecodeError
 
-from lepton_opt.errors import ModelLoadError, ShapeError
+from lepton_opt.errors import ModelLoadError, ShapeError, first_line
 
 ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto, ir.Model]
 InputShapes = Mapping[str, Sequence[Union[int, str]]]
@@ -50,13 +50,13 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx-ir rejects malformed graphs (dangling names, bad attributes)
-        raise ModelLoadError(f"{name}: cannot read the ONNX graph: {_first_line(e)}") from e
+        raise ModelLoadError(f"{name}: cannot read the ONNX graph: {first_line(e, limit=None)}") from e
     try:
         # ONNX requires topological order, but some tools (fp16 converters among them) append
         # nodes at the end; every later stage walks the graph in order.
         model.graph.sort()
     except Exception as e:
-        raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {_first_line(e)}") from e
+        raise ModelLoadError(f"{name}: the graph cannot be put in topological order (a cycle?): {first_line(e, limit=None)}") from e
     _check_defined(model, name)
     _initializers_are_not_inputs(model)
     _unknown_dims_to_symbolic(model)
@@ -108,7 +108,7 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeWarning, ValueError) as e:
         raise ModelLoadError(
-            f"{name}: not an ONNX model or truncated protobuf ({_first_line(e)}); re-export or re-download it"
+            f"{name}: not an ONNX model or truncated protobuf ({first_line(e, limit=None)}); re-export or re-download it"
         ) from e
     if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
         raise ModelLoadError(f"{name}: parsed as protobuf but holds no ONNX graph; is it an ONNX model?")
@@ -325,11 +325,6 @@ def _all_values(graph: ir.Graph):
 
 def _fmt_shape(shape: ir.Shape) -> str:
     return "x".join(str(d.value if isinstance(d, ir.SymbolicDim) else d) for d in shape)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _sha256(data: bytes) -> str:

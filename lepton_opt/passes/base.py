@@ -29,7 +29,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.bench.accuracy import compare, ort_session, random_feeds
-from lepton_opt.errors import LeptonError, VerificationError
+from lepton_opt.errors import LeptonError, VerificationError, first_line
 
 DEFAULT_MAX_ITERATIONS = 8
 
@@ -170,14 +170,14 @@ class Verifier:
             self.reference = run_onnxruntime(model, self.feeds)
         except Exception as e:  # noqa: BLE001 - any onnxruntime failure means the same to the user
             raise LeptonError(f"verify-each needs onnxruntime to run the input model, and it cannot: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e, with_type=True, limit=None)}") from None
 
     def check(self, model: ir.Model, pass_name: str) -> None:
         try:
             outputs = run_onnxruntime(model, self.feeds)
         except Exception as e:  # noqa: BLE001
             raise VerificationError(f"pass {pass_name!r} broke the model: onnxruntime cannot run it "
-                                    f"after the pass ({_first_line(e)})") from None
+                                    f"after the pass ({first_line(e, with_type=True, limit=None)})") from None
         report = compare(self.reference, outputs, atol=self.atol, rtol=self.rtol)
         bad = [o for o in report.outputs if not o.ok]
         if bad:
@@ -225,11 +225,6 @@ def run_onnxruntime(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[st
 def _run(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, dict(feeds))))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 @contextlib.contextmanager
@@ -315,7 +310,7 @@ class PassManager(ir.passes.InPlacePass):
                     problem = checker.problem(model) if result.modified or dict(op_histogram(model)) != before \
                         else None
                 except Exception as e:  # noqa: BLE001 - any failure of a pass is rolled back and reported
-                    problem = f"it raised {_first_line(e)}"
+                    problem = f"it raised {first_line(e, with_type=True, limit=None)}"
                 seconds = time.perf_counter() - start
                 if problem is not None:
                     _restore(model, snapshot)
@@ -399,7 +394,7 @@ class ModelChecker:
                         output.CopyFrom(inferred[output.name])
             onnx.checker.check_model(proto, full_check=level == "full")
         except Exception as e:  # noqa: BLE001 - checker, shape-inference and serializer errors alike
-            return _first_line(e)
+            return first_line(e, with_type=True, limit=None)
         return None
 
 

@@ -48,7 +48,7 @@ import numpy as np
 import tvm
 from tvm.runtime.vm import VirtualMachine
 
-from lepton_opt.errors import ArtifactError, InputError
+from lepton_opt.errors import ArtifactError, InputError, first_line
 
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
@@ -609,7 +609,7 @@ def _load_library(root: Path, lib: Path, manifest: dict, top: dict) -> CompiledM
     try:
         module = tvm.runtime.load_module(str(lib))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if manifest["target"].get("kind") == "cuda":
             raise ArtifactError(f"{root}: a CUDA artifact cannot be loaded without the CUDA driver ({first}); "
                                 "load it on a machine with an NVIDIA GPU") from None

@@ -14,7 +14,7 @@ import onnx_ir as ir
 from tvm import relax
 from tvm import tirx as tir
 
-from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError
+from lepton_opt.errors import LeptonError, ShapeError, UnsupportedModelError, first_line
 from lepton_opt.targets.artifact import CompiledModel, PartitionedModel, make_manifest, onnxruntime_session
 from lepton_opt.targets.build import TargetSpec, build
 from lepton_opt.targets.lower import DTYPES, Lowerer, LoweredModule
@@ -250,7 +250,7 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
     except LeptonError:
         raise
     except Exception as e:
-        first = _first_line(e)
+        first = first_line(e)
         if lowered.symbols:
             names = ", ".join(f"{o.input_name}[{o.axis}]" for o in lowered.symbols.values())
             raise ShapeError(f"{source}: building with dynamic dimensions ({names}) failed ({first}); "
@@ -333,10 +333,3 @@ def _dims(sinfo: relax.TensorType) -> list:
     if sinfo.shape is None:
         return [f"d{i}" for i in range(sinfo.ndim)]
     return [int(d) if isinstance(d, tir.IntImm) else str(d) for d in sinfo.shape.values]
-
-
-def _first_line(e: BaseException) -> str:
-    for line in str(e).splitlines():
-        if line.strip() and not line.strip().startswith(("Traceback", "File ", "  ")):
-            return line.strip()[:300]
-    return type(e).__name__

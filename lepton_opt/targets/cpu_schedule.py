@@ -70,7 +70,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import tvm

@@ -33,7 +33,7 @@ from tvm.ir import expr as ir_expr
 from tvm import tirx as tir
 from tvm.ir.prim import expr as prim
 
-from lepton_opt.errors import ModelLoadError, ShapeError, UnsupportedModelError
+from lepton_opt.errors import ModelLoadError, ShapeError, UnsupportedModelError, first_line
 
 # ONNX element types the lowering accepts, as TVM dtype strings.
 DTYPES: dict[ir.DataType, str] = {
@@ -303,7 +303,7 @@ class Lowerer:
         try:
             array = tensor.numpy()
         except Exception as e:  # noqa: BLE001 - data that does not fit its type or shape
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e, limit=None)
             raise ModelLoadError(f"{self.source}: initializer {value.name!r} holds data that does not fit its "
                                  f"type {tensor.dtype} and shape {tensor.shape} ({first}); the model is malformed: "
                                  "re-export it") from None
@@ -373,7 +373,7 @@ class Lowerer:
                 if isinstance(e, KeyError) and op_key(node) not in self.converters:
                     reason = f"{op_key(node)} node {node.name or '?'!r}: no lowering for {op_key(node)}"
                 else:
-                    reason = f"{node.op_type} node {node.name or '?'!r}: {_first_line(e)}"
+                    reason = f"{node.op_type} node {node.name or '?'!r}: {first_line(e, with_type=not isinstance(e, LoweringError))}"
                 failures.append(reason)
                 if top:
                     self.failed_nodes.append((node, reason))
@@ -547,11 +547,3 @@ def _identifier(name: str) -> str:
 
 def _abbrev(names: list[str], limit: int = 5) -> list[str]:
     return names[:limit] + ([f"+{len(names) - limit} more"] if len(names) > limit else [])
-
-
-def _first_line(e: BaseException) -> str:
-    for line in str(e).splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Traceback", "File ")):
-            return f"{type(e).__name__}: {line}"[:300] if not isinstance(e, LoweringError) else line[:300]
-    return type(e).__name__

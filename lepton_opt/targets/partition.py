@@ -23,9 +23,8 @@ import dataclasses
 from collections.abc import Callable, Iterable
 
 import onnx
-import onnx_ir as ir
 
-from lepton_opt.errors import UnsupportedModelError
+from lepton_opt.errors import UnsupportedModelError, first_line
 
 TVM = "tvm"
 ORT = "onnxruntime"
@@ -262,7 +261,7 @@ def plan(model: onnx.ModelProto, failed: dict[int, str],
                 except Exception as e:  # noqa: BLE001 - onnxruntime's own error, reported below
                     names = ", ".join(f"{_op(graph.node[i])} node {graph.node[i].name or '?'!r}"
                                       for i in seg.nodes if i in reasons)
-                    raise OnnxruntimeRefused(f"onnxruntime cannot run {names} either ({_first_line(e)})") from None
+                    raise OnnxruntimeRefused(f"onnxruntime cannot run {names} either ({first_line(e)})") from None
                 inferred = ort_output_types(sub, session)
                 inferred.update(_sampled_static_types(sub, session, inferred, notes))
                 for name, info in inferred.items():
@@ -317,7 +316,7 @@ def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict,
             if notes is not None:
                 names = ", ".join(o.name for o in model.graph.output)
                 notes.append(f"onnxruntime segment outputs {names} stay dynamic in the compiled code behind "
-                             f"them: a sample run to fix their shapes failed ({_first_line(e)})")
+                             f"them: a sample run to fix their shapes failed ({first_line(e)})")
             return {}
         shapes.append([o.shape for o in outs])
     if shapes[0] != shapes[1]:
@@ -343,10 +342,3 @@ def _merge_value_info(model: onnx.ModelProto, types: dict[str, onnx.ValueInfoPro
             declared[name].CopyFrom(info)
         else:
             graph.value_info.append(info)
-
-
-def _first_line(e: BaseException) -> str:
-    for line in str(e).splitlines():
-        if line.strip():
-            return line.strip()[:300]
-    return type(e).__name__
