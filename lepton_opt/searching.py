@@ -52,6 +52,7 @@ from lepton_opt.bench.data import Batches, accuracy_inputs, input_specs, load_da
 from lepton_opt.bench.latency import time_interleaved
 from lepton_opt.errors import InputError, LeptonError, OptionError, first_line
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
+from lepton_opt.passes.budget import meets
 
 SCHEMA_VERSION = 1
 # Seeded inputs when no data is given: this many to calibrate, this many to judge.
@@ -102,12 +103,13 @@ class Budget:
             return f"cosine similarity to fp32 at least {self.min_cosine:g} on every output"
         return f"error at most {self.max_error:g} of the largest fp32 output value"
 
+    @property
+    def value(self) -> float:
+        return next(v for v in (self.max_accuracy_drop, self.min_cosine, self.max_error) if v is not None)
+
     def meets(self, score: float) -> bool:
-        if self.max_accuracy_drop is not None:
-            return score <= self.max_accuracy_drop + 1e-9
-        if self.min_cosine is not None:
-            return score >= self.min_cosine
-        return score <= self.max_error
+        # (accuracy points are counted in steps of 100/n: a drop equal to the budget meets it)
+        return meets(self.metric, self.value + (1e-9 if self.metric == "accuracy_drop" else 0.0), score)
 
     def guard_options(self, kind: str, labels) -> dict:
         """The options that make a conversion's own guard aim at this budget (the held-out

@@ -49,6 +49,7 @@ import onnx
 import onnx_ir as ir
 
 from lepton_opt.errors import OptionError
+from lepton_opt.passes.budget import fewest_kept, meets
 from lepton_opt.passes.calibration import Evaluator, value_errors, value_peaks
 
 logger = logging.getLogger(__name__)
@@ -508,12 +509,6 @@ def apply_plan(model: ir.Model, plan: PrecisionPlan, *, keep_io_types: bool = Tr
 # The accuracy guard
 # ----------------------------------------------------------------------------------------
 
-def _meets(metric: str, budget: float, score: float) -> bool:
-    if np.isnan(score):
-        return False
-    return score <= budget if metric == "max_error" else score >= budget
-
-
 class _Guard:
     def __init__(self, model: ir.Model, plan: PrecisionPlan, keep_io_types: bool, evaluator, metric: str,
                  budget: float):
@@ -527,7 +522,7 @@ class _Guard:
         return stats.max_rel if self.metric == "max_error" else stats.cosine
 
     def ok(self, score: float) -> bool:
-        return _meets(self.metric, self.budget, score)
+        return meets(self.metric, self.budget, score)
 
     def _nodes(self) -> dict[str, ir.Node]:
         return {n.name: n for n in self.model.graph}
@@ -604,39 +599,18 @@ class _Guard:
         ranked = self.ranked()
         nodes = self._nodes()
 
-        def trial(k: int) -> tuple[PrecisionPlan, float, list[KeptNode]]:
+        def trial(k: int) -> tuple[tuple[PrecisionPlan, list[KeptNode]], float]:
             plan = dataclasses.replace(self.plan, converted=set(self.plan.converted), kept=dict(self.plan.kept))
             added = [self._keep(plan, nodes[name], f"adds {gain:.3g} relative error at its output "
                                                      f"(rank {rank + 1} of {len(ranked)})")
                      for rank, (name, gain) in enumerate(ranked[:k])]
-            return plan, self.score(plan), added
+            return (plan, added), self.score(plan)
 
         order_of = {name: rank for rank, (name, _gain) in enumerate(ranked)}
-        lo, k, best = 0, 1, None
-        while k <= len(ranked):
-            note(f"keeping the {k} most sensitive node(s) in float32")
-            plan, score, added = trial(k)
-            if self.ok(score):
-                best = (plan, score, added)
-                break
-            lo, k = k, k * 2
-        if best is None and ranked:
-            k = len(ranked)
-            plan, score, added = trial(k)
-            if self.ok(score):
-                best = (plan, score, added)
-        if best is None:
+        k, found, score = fewest_kept(len(ranked), trial, self.ok, note, where="in float32")
+        if k is None:
             return naive, current, kept  # the caller reports the miss
-        hi = k
-        while hi - lo > 1:  # the fewest nodes that still meet the budget
-            mid = (lo + hi) // 2
-            note(f"bisecting: {mid} node(s)")
-            plan, score, added = trial(mid)
-            if self.ok(score):
-                best, hi = (plan, score, added), mid
-            else:
-                lo = mid
-        plan, score, added = best
+        plan, added = found
         # The ranking is local (a node whose rounding only hurts after a later cancellation
         # ranks low): give back, least blamed first, every kept node the budget does not need.
         for node in sorted(added, key=lambda k: -order_of[k.name])[:_MAX_GIVE_BACK]:
@@ -723,7 +697,7 @@ def convert_precision(
                                  "activation ranges of real inputs may differ")
         naive, final, kept = _Guard(ir_model, plan, keep_io_types, evaluator, metric, budget).run(progress)
         guard = GuardReport(metric, budget, evaluator.description, naive, final, kept, evaluator.count)
-        if not _meets(metric, budget, final):
+        if not meets(metric, budget, final):
             plan.warnings.append(f"the accuracy budget is not met: {metric} {final:.4g} against {budget:g}")
     converted, casts, weights, weights_kept = apply_plan(ir_model, plan, keep_io_types=keep_io_types)
     return PrecisionResult(converted, plan, casts, weights, weights_kept, guard,

@@ -43,6 +43,7 @@ import onnx
 from onnx import numpy_helper
 
 from lepton_opt.errors import InputError, OptionError
+from lepton_opt.passes.budget import fewest_kept, meets
 
 MODES = ("static", "dynamic", "weight-only")
 METHODS = ("minmax", "percentile", "entropy")
@@ -161,7 +162,7 @@ def quantize(
             metric, budget = ("cosine", min_cosine) if min_cosine is not None else ("accuracy_drop", max_accuracy_drop)
             guard, result = _guard(quantizer, evaluator, metric, budget, result, note)
             excluded += guard.kept
-            if not _meets(metric, budget, guard.final):
+            if not meets(metric, budget, guard.final):
                 warnings.append(f"the accuracy budget is not met: {_metric_text(metric, guard.final)} against "
                                 f"{budget:g}, with every candidate node kept float")
     kept = {k.name for k in (guard.kept if guard else [])}
@@ -421,12 +422,6 @@ def _weight_only(proto: onnx.ModelProto, candidates: list[str], per_channel: boo
 # Accuracy guard
 # ----------------------------------------------------------------------------------------
 
-def _meets(metric: str, budget: float, score: float) -> bool:
-    if np.isnan(score):
-        return False
-    return score >= budget if metric == "cosine" else score <= budget
-
-
 def _metric_text(metric: str, score: float) -> str:
     return f"cosine {score:.6f}" if metric == "cosine" else f"accuracy drop {score:.2f} points"
 
@@ -458,43 +453,23 @@ def _guard(quantizer: _Quantizer, evaluator, metric: str, budget: float, quantiz
            note) -> tuple[QuantizeGuard, onnx.ModelProto]:
     note("scoring the quantized model")
     first = _score(evaluator, metric, quantized)
-    if _meets(metric, budget, first):
+    if meets(metric, budget, first):
         return QuantizeGuard(metric, budget, evaluator.description, first, first, [], evaluator.count), quantized
     note("ranking nodes by the error quantization adds")
     ranked = _ranked(quantizer, evaluator, quantized)
     ops = {n.name: n.op_type for n in quantizer.proto.graph.node}
 
     def trial(k: int):
-        keep = {name for name, _ in ranked[:k]}
-        model = quantizer.quantize(keep)
+        model = quantizer.quantize({name for name, _ in ranked[:k]})
         return model, _score(evaluator, metric, model)
 
-    lo, k, best = 0, 1, None
-    while best is None:
-        k = min(k, len(ranked))
-        note(f"keeping the {k} most sensitive node(s) in float")
-        model, score = trial(k)
-        if _meets(metric, budget, score):
-            best = (k, model, score)
-        elif k == len(ranked):
-            break
-        else:
-            lo, k = k, k * 2
-    if best is None:
+    k, model, score = fewest_kept(len(ranked), trial, lambda s: meets(metric, budget, s), note,
+                                  max_bisections=_MAX_GUARD_TRIALS)
+    if k is None:
+        if model is None:  # nothing ranked to keep in float
+            model, score = quantized, first
         kept = [ExcludedNode(n, ops[n], "kept float by the accuracy guard (budget not met)") for n, _ in ranked]
         return QuantizeGuard(metric, budget, evaluator.description, first, score, kept, evaluator.count), model
-    hi = best[0]
-    trials = 0
-    while hi - lo > 1 and trials < _MAX_GUARD_TRIALS:
-        mid = (lo + hi) // 2
-        note(f"bisecting: {mid} node(s) in float")
-        model, score = trial(mid)
-        trials += 1
-        if _meets(metric, budget, score):
-            best, hi = (mid, model, score), mid
-        else:
-            lo = mid
-    k, model, score = best
     kept = [ExcludedNode(name, ops[name], f"kept float by the accuracy guard: quantizing it adds {gain:.3g} "
                                           f"relative error at its output (rank {rank + 1} of {len(ranked)})")
             for rank, (name, gain) in enumerate(ranked[:k])]
