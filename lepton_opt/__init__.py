@@ -9,7 +9,7 @@ Public API::
     cm = lepton_opt.load_compiled("model.lepton")
 
     result = lepton_opt.optimize("model.onnx", "O2")   # a smaller, standard .onnx
-    onnx.save(result.model, "model.opt.onnx")
+    lepton_opt.save_model(result.model, "model.opt.onnx")   # checked, written whole or not at all
 
     pruned = lepton_opt.prune("model.onnx", "channel", 0.3)   # also "magnitude", "2:4", budgets
     onnx.save(pruned.model, "model.pruned.onnx")
@@ -41,10 +41,10 @@ __version__ = "0.1.0"
 # deployment that only loads and runs artifacts (lepton_opt.load_compiled, lepton_opt.runtime)
 # never imports the compiler stack (onnx, onnx-ir, onnxscript, onnxruntime, TVM's compiler).
 _API = ("OptimizeResult", "benchmark", "compile", "inspect_model", "load", "optimize", "profile", "prune",
-        "quantize", "tune", "verify")
+        "quantize", "save_model", "tune", "verify")
 
 __all__ = ["LeptonError", "OptimizeResult", "__version__", "auto", "benchmark", "compile", "debug", "inspect_model", "load",
-           "load_compiled", "optimize", "profile", "prune", "quantize", "tune", "verify"]
+           "load_compiled", "optimize", "profile", "prune", "quantize", "save_model", "tune", "verify"]
 
 
 def __getattr__(name: str):

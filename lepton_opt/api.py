@@ -401,6 +401,54 @@ def profile(model, *, feeds: Mapping[str, np.ndarray] | None = None, runs: int =
     return profile_kernels(model, feeds, runs=runs, warmup=warmup)
 
 
+def save_model(model, path: str | os.PathLike, *, source: str | os.PathLike | None = None) -> list[str]:
+    """Write ``model`` (an ``onnx.ModelProto`` or ``ir.Model``) to ``path`` whole or not at all:
+    through a temporary file in the same directory and a rename, after ``onnx.checker`` accepted
+    it. An invalid result is an error (a pass produced it), unless ``source`` (the model it was
+    made from) fails the checker too: then it is written, and the returned notes say so. Models
+    too large for one protobuf (2 GB) keep their weights in ``PATH.data`` beside it."""
+    import shutil
+    import tempfile
+
+    output = Path(path)
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    notes = []
+    try:
+        if weights < _SINGLE_FILE_LIMIT:
+            ir.save(model, tmp / output.name)
+        else:
+            ir.save(model, tmp / output.name, external_data=output.name + ".data")
+        try:
+            onnx.checker.check_model(str(tmp / output.name))
+        except onnx.checker.ValidationError as e:
+            if source is None or _passes_checker(source):
+                raise  # a pass produced invalid ONNX: a lepton-opt bug, raised before anything is renamed
+            notes.append(f"{Path(source).name} itself fails onnx.checker, and so does the output: {first_line(e)}")
+        for f in tmp.iterdir():
+            if f.name != output.name:
+                os.replace(f, output.parent / f.name)
+        os.replace(tmp / output.name, output)  # the model last: it is what users look for
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return notes
+
+
+# Protobuf cannot hold 2 GB; keep a margin for the graph itself.
+_SINGLE_FILE_LIMIT = 1_800_000_000
+
+
+def _passes_checker(path: str | os.PathLike) -> bool:
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError:
+        return False
+    return True
+
+
 def load_compiled(path: str | os.PathLike):
     """Load a compiled artifact directory (``lepton-opt compile -o DIR``)."""
     from lepton_opt.targets.artifact import load_compiled as _load

@@ -525,7 +525,7 @@ def optimize_cmd(model, output, level, passes, input_shapes, verify_each, atol, 
         result = lepton_opt.optimize(model, f"O{level}", passes=passes, input_shapes=_input_shapes(input_shapes),
                                      verify_each=verify_each, seed=seed, atol=atol, rtol=rtol,
                                      **({**precision, "progress": progress} if precision else {}))
-        _save_model_atomically(result.ir_model, output, model)
+        _save_model(result.ir_model, output, model)
     elapsed = time.perf_counter() - start
     _warn(result.warnings)
     if result.precision is not None:
@@ -572,49 +572,11 @@ def _output_path(model: Path, output: Path | None, suffix: str) -> Path:
     return output
 
 
-def _passes_checker(path: Path) -> bool:
-    import onnx
+def _save_model(model, output: Path, source: Path) -> None:
+    import lepton_opt
 
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError:
-        return False
-    return True
-
-
-def _save_model_atomically(model, output: Path, source: Path) -> None:
-    """Write ``model`` to ``output`` through a temporary file in the same directory and a rename,
-    after ``onnx.checker`` accepted it (unless ``source`` fails it too), so an error never leaves a
-    half-written or invalid file. Models too large for one protobuf (2 GB) keep their weights in
-    ``OUTPUT.data`` beside it."""
-    import onnx
-    import onnx_ir as ir
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    weights = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        if weights < _SINGLE_FILE_LIMIT:
-            ir.save(model, tmp / output.name)
-        else:
-            ir.save(model, tmp / output.name, external_data=output.name + ".data")
-        try:
-            onnx.checker.check_model(str(tmp / output.name))
-        except onnx.checker.ValidationError as e:
-            if _passes_checker(source):
-                raise  # a pass produced invalid ONNX: our bug, exit 3 before anything is renamed
-            _note(f"{source.name} itself fails onnx.checker, and so does the output: "
-                  f"{str(e).strip().splitlines()[0]}")
-        for f in tmp.iterdir():
-            if f.name != output.name:
-                os.replace(f, output.parent / f.name)
-        os.replace(tmp / output.name, output)  # the model last: it is what users look for
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# Protobuf cannot hold 2 GB; keep a margin for the graph itself.
-_SINGLE_FILE_LIMIT = 1_800_000_000
+    for note in lepton_opt.save_model(model, output, source=source):
+        _note(note)
 
 
 @main.command("auto")
@@ -980,9 +942,7 @@ def prune_cmd(model, method, sparsity, scope, criterion, channel_multiple, layer
                                   channel_multiple=channel_multiple, layers=patterns,
                                   max_error=max_error, max_accuracy_drop=max_accuracy_drop, data=data,
                                   labels=labels, samples=samples, input_shapes=_input_shapes(input_shapes))
-        import onnx_ir as ir
-
-        _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+        _save_model(result.model, output, model)
 
     def scan_error(row) -> float | None:
         """The scan's error for the share it chose for this layer (None without a scan)."""
@@ -1070,8 +1030,6 @@ def quantize_cmd(model, output, mode, data, samples, method, percentile, per_ten
                  max_accuracy_drop, labels, level, seed, input_shapes, as_json):
     """Quantize MODEL (.onnx) to int8 and write a standard ONNX model (QDQ) that onnxruntime runs
     and `lepton-opt compile` builds on integer kernels."""
-    import onnx_ir as ir
-
     import lepton_opt
 
     output = _output_path(model, output, ".int8.onnx")
@@ -1085,7 +1043,7 @@ def quantize_cmd(model, output, mode, data, samples, method, percentile, per_ten
             exclude_nodes=_names(exclude_nodes) or (), exclude_op_types=_names(exclude_op_types) or (),
             keep_first_last=keep_first_last, min_cosine=min_cosine, max_accuracy_drop=max_accuracy_drop,
             labels=labels_array, seed=seed, progress=lambda msg: status.update(f"quantizing {model.name}: {msg}…"))
-        _save_model_atomically(ir.serde.deserialize_model(result.model), output, model)
+        _save_model(result.model, output, model)
     elapsed = time.perf_counter() - start
     _warn(result.warnings)
     if as_json:

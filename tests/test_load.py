@@ -93,3 +93,21 @@ def test_parse_input_shape(text, expected):
 def test_parse_input_shape_rejects(text):
     with pytest.raises(ShapeError, match="--input-shape"):
         parse_input_shape(text)
+
+
+def test_save_model_writes_a_checked_model_whole_or_not_at_all(tmp_path):
+    import onnx
+    from onnx import helper
+
+    import lepton_opt
+    from tests.models import tiny_mlp
+
+    out = tmp_path / "sub" / "m.onnx"
+    assert lepton_opt.save_model(tiny_mlp(), out) == []
+    onnx.checker.check_model(str(out))
+    broken = tiny_mlp()
+    broken.graph.node.append(helper.make_node("Relu", ["nowhere"], ["y2"]))  # reads a value nobody makes
+    target = tmp_path / "broken.onnx"
+    with pytest.raises(onnx.checker.ValidationError):
+        lepton_opt.save_model(broken, target)
+    assert not target.exists() and [p.name for p in tmp_path.iterdir()] == ["sub"]
