@@ -28,7 +28,7 @@ def main() -> int:
     from torch import nn
 
     import lepton_opt
-    from lepton_opt.bench.accuracy import ort_session, random_feeds
+    from lepton_opt.evaluation.accuracy import ort_session, random_feeds
     from lepton_opt.passes.base import input_specs
 
     warnings.filterwarnings("ignore")

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import lepton_opt
-    from lepton_opt.bench.accuracy import random_feeds
+    from lepton_opt.evaluation.accuracy import random_feeds
 
     names = args.only.split(",") if args.only else list(bench_models.MODELS)
     rows, failed = [], False

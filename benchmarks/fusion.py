@@ -91,13 +91,13 @@ def print_kernels(name: str, table: dict[str, dict[str, float]], top: int = 12) 
 
 def main(argv=None) -> int:
     args = _parse(argv)
-    from lepton_opt.bench.latency import set_runtime_threads
+    from lepton_opt.evaluation.latency import set_runtime_threads
 
     set_runtime_threads(args.threads)
     import numpy as np
 
     import lepton_opt
-    from lepton_opt.bench.accuracy import ort_session, random_feeds
+    from lepton_opt.evaluation.accuracy import ort_session, random_feeds
     from lepton_opt.passes.base import input_specs
 
     rows = []

@@ -731,7 +731,7 @@ def check_outputs(folder: Path, compiled: bool, optimized: bool) -> int:
     import onnxruntime as ort
 
     from lepton_opt.api import _ort_feeds
-    from lepton_opt.bench.accuracy import random_feeds
+    from lepton_opt.evaluation.accuracy import random_feeds
 
     verdicts = {"compile": "not-run", "optimize": "not-run"}
     model_path = folder / "model.onnx"

@@ -99,7 +99,7 @@ def _kernel_counts(qdq: onnx.ModelProto) -> dict[str, int]:
 
 
 def _errors(ref: dict, got: dict, steps: dict) -> dict:
-    from lepton_opt.bench.accuracy import compare
+    from lepton_opt.evaluation.accuracy import compare
 
     report = compare(ref, got)
     return {e.name: {"max_abs": e.max_abs, "steps": e.max_abs / steps[e.name] if e.name in steps else None,
@@ -108,8 +108,8 @@ def _errors(ref: dict, got: dict, steps: dict) -> dict:
 
 def measure(name: str, model_dir: Path, threads: int, duration: float) -> dict:
     import lepton_opt
-    from lepton_opt.bench.accuracy import ort_session
-    from lepton_opt.bench.latency import time_interleaved
+    from lepton_opt.evaluation.accuracy import ort_session
+    from lepton_opt.evaluation.latency import time_interleaved
 
     src = model_dir / f"{name}.onnx"
     if not src.exists():
@@ -198,7 +198,7 @@ def _print(row: dict) -> None:
 def main(argv=None) -> int:
     args = _parse(argv)
     sys.path.insert(0, str(HERE))
-    from lepton_opt.bench.latency import set_runtime_threads
+    from lepton_opt.evaluation.latency import set_runtime_threads
 
     set_runtime_threads(args.threads)
     rows = []

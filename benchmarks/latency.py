@@ -42,7 +42,7 @@ def _parse(argv):
 def main(argv=None) -> int:
     args = _parse(argv)
     # The TVM thread pool reads this when it starts: set it before lepton_opt loads TVM.
-    from lepton_opt.bench.latency import compare_latency, set_runtime_threads
+    from lepton_opt.evaluation.latency import compare_latency, set_runtime_threads
     from lepton_opt.bench.runner import cpu_name
 
     set_runtime_threads(args.threads)

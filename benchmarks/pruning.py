@@ -68,7 +68,7 @@ def digits_scan(model_dir: Path, budget: float, threads: int) -> list[dict]:
     import digits
 
     import lepton_opt
-    from lepton_opt.bench.accuracy import ort_session, task_accuracy
+    from lepton_opt.evaluation.accuracy import ort_session, task_accuracy
 
     art = digits.train_and_export(model_dir)
     x_test, y_test = np.load(art.data)["input"], np.load(art.labels)
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import models as bench_models
 
-    from lepton_opt.bench.latency import set_runtime_threads
+    from lepton_opt.evaluation.latency import set_runtime_threads
 
     set_runtime_threads(args.threads)
     resnet = args.model_dir / "resnet50.onnx"

@@ -95,7 +95,7 @@ def _bench(name: str, path: Path, threads: int, duration: float) -> dict:
 def _reuse(name: str, path: Path) -> dict:
     """Two compiles from the cache, no tuning: kernels tuned, and their latencies interleaved."""
     import lepton_opt
-    from lepton_opt.bench.latency import time_interleaved
+    from lepton_opt.evaluation.latency import time_interleaved
 
     builds, seconds = [], []
     for _ in range(2):
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     if args.fresh and CACHE.exists():
         shutil.rmtree(CACHE)
     os.environ["LEPTON_OPT_CACHE"] = str(CACHE)
-    from lepton_opt.bench.latency import set_runtime_threads
+    from lepton_opt.evaluation.latency import set_runtime_threads
 
     set_runtime_threads(args.threads)
     import lepton_opt

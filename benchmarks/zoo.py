@@ -128,7 +128,7 @@ def compare_outputs(reference: dict, got: dict) -> dict:
     one side only (or non-finite differently)."""
     import numpy as np
 
-    from lepton_opt.bench.accuracy import nonfinite_mismatch
+    from lepton_opt.evaluation.accuracy import nonfinite_mismatch
 
     worst = {"max_abs": 0.0, "max_rel": 0.0, "cosine": 1.0, "int_mismatch": 0, "nonfinite_mismatch": 0,
              "shape_mismatch": []}
@@ -158,15 +158,15 @@ def compare_outputs(reference: dict, got: dict) -> dict:
 
 def evaluate_one(name: str, latency: bool, threads: int) -> dict:
     """Compile, check and time one zoo model (run in a subprocess of its own)."""
-    from lepton_opt.bench.latency import set_runtime_threads
+    from lepton_opt.evaluation.latency import set_runtime_threads
 
     set_runtime_threads(threads)
     import numpy as np
     import onnx
 
     import lepton_opt
-    from lepton_opt.bench.accuracy import ort_session
-    from lepton_opt.bench.latency import compare_latency
+    from lepton_opt.evaluation.accuracy import ort_session
+    from lepton_opt.evaluation.latency import compare_latency
     from lepton_opt.errors import LeptonError
 
     spec = json.loads((MODELS / f"{name}.json").read_text())

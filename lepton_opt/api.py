@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import VerifyReport, compare, merge_reports, ort_session, random_feeds
+from lepton_opt.evaluation.accuracy import VerifyReport, compare, merge_reports, ort_session, random_feeds
 from lepton_opt.errors import LeptonError, OptionError, UnsupportedModelError, first_line
 from lepton_opt.ir.load import InputShapes, LoadedModel, ModelSource, load_model
 from lepton_opt.passes.base import OpCounts, PassManager, PassRecord, PassSummary, RolledBack, Verifier, op_histogram
@@ -466,7 +466,7 @@ def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | No
     if feeds is not None:
         runs = [feeds]
     elif data is not None:
-        from lepton_opt.bench.data import ModelInput, accuracy_inputs
+        from lepton_opt.evaluation.data import ModelInput, accuracy_inputs
 
         inputs = [ModelInput(i["name"], i["dtype"], list(i["shape"])) for i in compiled.inputs]
         first = compiled.inputs[0]["shape"][0] if compiled.inputs and compiled.inputs[0]["shape"] else 1

@@ -736,7 +736,7 @@ def _print_debug(report, max_rows: int) -> None:
 def run_cmd(artifact, inputs, output_dir, seed, profile, repeat, top, as_json):
     """Run a compiled ARTIFACT directory on inputs from .npy files (and profile it: --profile)."""
     import lepton_opt
-    from lepton_opt.bench.accuracy import random_feeds
+    from lepton_opt.evaluation.accuracy import random_feeds
 
     compiled = lepton_opt.load_compiled(artifact)
     feeds, sources = {}, {}

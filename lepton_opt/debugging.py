@@ -4,7 +4,7 @@
 loaded with every value a node computes exposed as a graph output (Polygraphy's
 ``--onnx-outputs mark all``), and a *candidate* with its values exposed the same way, on the
 same inputs. It compares each value the candidate still has, under the same name, in the
-reference's topological order (:func:`lepton_opt.bench.accuracy.compare`: a value non-finite on
+reference's topological order (:func:`lepton_opt.evaluation.accuracy.compare`: a value non-finite on
 one side only is a failure, with the count of such elements) and names the first node whose
 output is beyond ``atol``/``rtol``. The candidates:
 
@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import compare, ort_session
+from lepton_opt.evaluation.accuracy import compare, ort_session
 from lepton_opt.errors import InputError, LeptonError, OptionError, VerificationError, first_line
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 from lepton_opt.passes.precision import name_nodes
@@ -66,7 +66,7 @@ class DebugRow:
     """One value computed by a node of the reference, against the candidate's value of that name.
 
     ``max_abs``, ``max_rel``, ``cosine``, ``nonfinite`` and ``ok`` are
-    :func:`lepton_opt.bench.accuracy.compare`'s (``nonfinite``: elements non-finite on one side
+    :func:`lepton_opt.evaluation.accuracy.compare`'s (``nonfinite``: elements non-finite on one side
     only; then ``max_abs`` is infinite and ``cosine`` 0). ``error`` is ``max_abs`` over the
     largest finite reference magnitude of the value; ``added`` is ``error`` minus the largest
     ``error`` of the node's compared inputs (0 where an input is already non-finite)."""
@@ -289,7 +289,7 @@ def _mode(precision, passes, artifact, build) -> str:
 
 
 def _feeds(model: ir.Model, feeds, data, seed: int, source: str) -> tuple[dict[str, np.ndarray], str]:
-    from lepton_opt.bench.data import accuracy_inputs, input_specs, resolve_batches
+    from lepton_opt.evaluation.data import accuracy_inputs, input_specs, resolve_batches
 
     specs = input_specs(model, None, source)
     if feeds is not None:

@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lepton_opt.bench.accuracy import accuracy_stats, nonfinite_mismatch, ort_session
-from lepton_opt.bench.data import Batches, accuracy_inputs, input_specs, load_data, load_labels, resolve_batches, shapes_at, stack_outputs
-from lepton_opt.bench.latency import time_interleaved
+from lepton_opt.evaluation.accuracy import accuracy_stats, nonfinite_mismatch, ort_session
+from lepton_opt.evaluation.data import Batches, accuracy_inputs, input_specs, load_data, load_labels, resolve_batches, shapes_at, stack_outputs
+from lepton_opt.evaluation.latency import time_interleaved
 from lepton_opt.errors import InputError, LeptonError, OptionError, first_line
 from lepton_opt.ir.load import InputShapes, ModelSource, load_model
 from lepton_opt.passes.budget import meets

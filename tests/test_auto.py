@@ -12,7 +12,7 @@ import pytest
 
 import lepton_opt
 from lepton_opt.searching import Budget, _recipes, split_data
-from lepton_opt.bench.data import input_specs
+from lepton_opt.evaluation.data import input_specs
 from lepton_opt.errors import OptionError
 from lepton_opt.ir.load import load_model
 from tests.models import ort_run, resnet_cnn, tiny_mlp

@@ -1,1 +1,2 @@
-"""Running models side by side with onnxruntime: accuracy now, latency and reports later."""
+"""``lepton-opt bench``: the benchmark runner, its variants, the memory probe and the reports,
+built on :mod:`lepton_opt.evaluation` (sessions, comparisons, data, interleaved timing)."""

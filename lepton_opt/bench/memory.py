@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     if kind == "onnxruntime":
-        from lepton_opt.bench.accuracy import ort_session
+        from lepton_opt.evaluation.accuracy import ort_session
 
         imported = _rss_kb()
         session = ort_session(str(path), threads=threads, optimize=True, spinning=False)

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import AccuracyStats, OutputAccuracy, accuracy_stats, classifier_output, ort_session, random_feeds
-from lepton_opt.bench.data import accuracy_inputs, feed_specs, input_specs, resolve_batches, shapes_at, stack_outputs
-from lepton_opt.bench.latency import LatencyStats, time_interleaved
+from lepton_opt.evaluation.accuracy import AccuracyStats, OutputAccuracy, accuracy_stats, classifier_output, ort_session, random_feeds
+from lepton_opt.evaluation.data import accuracy_inputs, feed_specs, input_specs, resolve_batches, shapes_at, stack_outputs
+from lepton_opt.evaluation.latency import LatencyStats, time_interleaved
 from lepton_opt.bench.memory import MemoryStats
 from lepton_opt.bench.variants import BASELINE, BuiltVariant, PruneOptions, VariantSpec, build_variant, resolve_variants
 from lepton_opt.errors import InputError, LeptonError, OptionError, TargetError

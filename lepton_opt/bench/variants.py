@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton_opt.bench.accuracy import ort_session
+from lepton_opt.evaluation.accuracy import ort_session
 from lepton_opt.errors import OptionError
 
 

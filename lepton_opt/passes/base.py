@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import compare, ort_session, random_feeds
+from lepton_opt.evaluation.accuracy import compare, ort_session, random_feeds
 from lepton_opt.errors import LeptonError, VerificationError, first_line
 
 DEFAULT_MAX_ITERATIONS = 8

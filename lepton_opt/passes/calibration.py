@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import (AccuracyStats, accuracy_stats, classifier_output, nonfinite_mismatch,
+from lepton_opt.evaluation.accuracy import (AccuracyStats, accuracy_stats, classifier_output, nonfinite_mismatch,
                                        ort_session, task_accuracy)
-from lepton_opt.bench.data import accuracy_inputs, input_specs, resolve_batches, stack_outputs
+from lepton_opt.evaluation.data import accuracy_inputs, input_specs, resolve_batches, stack_outputs
 from lepton_opt.errors import InputError, OptionError
 
 

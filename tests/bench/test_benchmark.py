@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 
 import lepton_opt
-from lepton_opt.bench.accuracy import accuracy_stats, compare
-from lepton_opt.bench.latency import LatencyStats, time_interleaved
+from lepton_opt.evaluation.accuracy import accuracy_stats, compare
+from lepton_opt.evaluation.latency import LatencyStats, time_interleaved
 from lepton_opt.bench.report import write_reports
 from lepton_opt.errors import InputError, OptionError
 from tests.models import resnet_cnn, tiny_mlp

@@ -203,7 +203,7 @@ def test_sensitivity_scan_respects_a_max_error_budget():
     assert result.scan is not None and result.scan.ratios and result.scan.achieved <= 0.05
     assert all(0 < r <= 0.9 for r in result.scan.ratios.values())
     # Measured independently on the same seeded inputs the scan used.
-    from lepton_opt.bench.accuracy import random_feeds
+    from lepton_opt.evaluation.accuracy import random_feeds
 
     errors = []
     for seed in range(4):

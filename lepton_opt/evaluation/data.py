@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from lepton_opt.bench.accuracy import random_feeds
+from lepton_opt.evaluation.accuracy import random_feeds
 from lepton_opt.errors import InputError, OptionError
 from lepton_opt.ir.load import InputShapes
 

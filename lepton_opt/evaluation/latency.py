@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lepton_opt.bench.accuracy import ort_session
+from lepton_opt.evaluation.accuracy import ort_session
 
 DEFAULT_THREADS = 2
 
