@@ -3,8 +3,8 @@
 A deployment engineer's question is "the fastest thing that is still accurate enough". ``auto``
 tries the builds lepton-opt can make of the model -- fp32, fp32 with tuned kernels, fp16/bf16
 mixed precision with the accuracy guard, int8 (static with three calibration methods, dynamic,
-weight-only), channel-pruned at the sparsity the sensitivity scan allows, and pruned + int8 --
-and keeps the fastest one that meets the budget, with the evidence:
+weight-only), channel-pruned at the sparsity the sensitivity scan allows, pruned + int8, and the
+best static int8 with tuned integer kernels -- and keeps the fastest one that meets the budget, with the evidence:
 
 1. **Splits** ``data`` into a calibration half (what int8 calibrates on, what the guards and the
    pruning scan score on) and a held-out half that only judges the candidates (or takes
@@ -219,6 +219,7 @@ def _recipes(ops: set[str], target_features: set[str]) -> list[tuple[Candidate, 
         (Candidate("pruned+int8", "the pruned model, then int8 static QDQ with the best calibration found"),
          None if prunable and weighted else "no Conv, Gemm or MatMul to prune"),
         (Candidate("fp32-tuned", "fp32 with kernels tuned (records in the user cache)"), None),
+        (Candidate("int8-tuned", "the best static int8 build with its integer kernels tuned"), no_int8),
     ]
     return found
 
@@ -356,6 +357,16 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
             pruned_model.update(model=result.model, options=_plain_guard(guard))
             return lepton_opt.compile(result.model, **common), result.model, {
                 "precision": None, "prune": pruned_model["options"], "calibrated": bool(cal)}
+        if name == "int8-tuned":
+            if best_int8["score"] is None:
+                raise _Skip("no static int8 build met the budget")
+            method = best_int8["method"]
+            int8 = {"precision": "int8", "method": method, **cal, **guard}
+            left = deadline - time.perf_counter()
+            lepton_opt.tune(proto, input_shapes=shapes, budget=max(60.0, left / 2), **int8)
+            compiled = lepton_opt.compile(proto, **int8, **common)
+            return compiled, compiled.precision.model, {**recipe, "precision": "int8", "mode": "static",
+                                                        "method": method, "tuned": True}
         if name == "pruned+int8":
             if "model" not in pruned_model:
                 raise _Skip("the pruned candidate did not build")
@@ -369,7 +380,7 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
     try:
         for candidate, skip in _recipes(ops, {f.lstrip("+") for f in spec.mattr}):
             candidates.append(candidate)
-            if skip is None and candidate.name == "fp32-tuned" and deadline - time.perf_counter() < MIN_TUNE_S:
+            if skip is None and candidate.name.endswith("-tuned") and deadline - time.perf_counter() < MIN_TUNE_S:
                 skip = (f"less than {MIN_TUNE_S / 60:.0f} minutes of the time budget left for tuning "
                         "(give a larger --budget)")
             if skip is None and candidate.name != "fp32" and time.perf_counter() > deadline:
@@ -577,8 +588,7 @@ def _replay(c: Candidate, source: str, shapes: dict, output_dir) -> str:
         steps.append(f"lepton-opt prune {model} -m channel {budget(recipe['prune'])} {data} "
                      f"-o {out / 'pruned.onnx'} {shapes_flags}")
         model = str(out / "pruned.onnx")
-    if recipe.get("tuned"):
-        steps.append(f"lepton-opt tune {model} {shapes_flags}")
+    tune = f"lepton-opt tune {{model}} {shapes_flags}" if recipe.get("tuned") else ""
     precision = recipe.get("precision")
     if precision == "int8":
         mode = recipe.get("mode", "static")
@@ -586,11 +596,13 @@ def _replay(c: Candidate, source: str, shapes: dict, output_dir) -> str:
         steps.append(f"lepton-opt quantize {model} --mode {mode} {method} {data if mode == 'static' else ''} "
                      f"{budget(recipe.get('guard') or {})} -o {out / 'model.int8.onnx'} {shapes_flags}")
         model = str(out / "model.int8.onnx")
+        steps += [tune.format(model=model)] if tune else []
         steps.append(f"lepton-opt compile {model} {shapes_flags} -o {out / 'model.lepton'}")
     elif precision in ("fp16", "bf16"):
         steps.append(f"lepton-opt compile {model} --precision {precision} {budget(recipe.get('guard') or {})} "
                      f"{data} {shapes_flags} -o {out / 'model.lepton'}")
     else:
+        steps += [tune.format(model=model)] if tune else []
         steps.append(f"lepton-opt compile {model} {shapes_flags} -o {out / 'model.lepton'}")
     return " && ".join(" ".join(step.split()) for step in steps)
 

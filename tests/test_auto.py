@@ -72,22 +72,23 @@ def test_a_budget_only_fp32_meets_returns_fp32_with_the_evidence(tmp_path):
         assert by_name[name].status == "rejected" and "misses the budget" in by_name[name].reason
         assert by_name[name].score > 1e-6
     assert by_name["fp32-tuned"].status == "skipped" and "time budget" in by_name["fp32-tuned"].reason
+    assert by_name["int8-tuned"].status == "skipped"
     assert result.chosen.replay.startswith("lepton-opt compile MODEL.onnx")
 
 
 def test_search_on_a_cnn_chooses_a_build_within_the_budget_and_writes_it(tmp_path):
     model = resnet_cnn()
     rng = np.random.default_rng(0)
-    data = {"input": rng.standard_normal((12, 3, 32, 32)).astype(np.float32)}
+    data = {"input": rng.standard_normal((8, 3, 32, 32)).astype(np.float32)}
     out = tmp_path / "auto"
-    result = lepton_opt.auto(model, data=data, min_cosine=0.995, budget="3m", output_dir=out)
+    result = lepton_opt.auto(model, data=data, min_cosine=0.99, budget="3m", output_dir=out)
     names = [c.name for c in result.candidates]
     assert names[0] == "fp32" and {"int8-minmax", "int8-entropy", "pruned", "pruned+int8"} <= set(names)
     assert all(c.status in ("skipped", "failed", "rejected", "slow", "measured") for c in result.candidates)
     chosen = result.chosen
-    assert chosen.chosen and chosen.status == "measured" and chosen.score >= 0.995 and not chosen.nonfinite
+    assert chosen.chosen and chosen.status == "measured" and chosen.score >= 0.99 and not chosen.nonfinite
     assert [c.name for c in result.candidates if c.chosen] == [chosen.name]
-    assert "6 held out" in result.data or "6-11 are held out" in result.data
+    assert "4-7 are held out" in result.data
     # measured candidates carry both ratios; the Pareto front is not empty
     assert all(c.vs_onnxruntime and c.vs_fp32 for c in result.candidates if c.status == "measured")
     assert any(c.pareto for c in result.candidates)
@@ -97,12 +98,12 @@ def test_search_on_a_cnn_chooses_a_build_within_the_budget_and_writes_it(tmp_pat
     artifact = lepton_opt.load_compiled(out / "model.lepton")
     assert artifact.manifest["auto"]["candidate"] == chosen.name and artifact.manifest["auto"]["replay"]
     with np.load(out / "calibration.npz") as cal:
-        np.testing.assert_array_equal(cal["input"], data["input"][:6])
+        np.testing.assert_array_equal(cal["input"], data["input"][:4])
     report = _strict((out / "report.json").read_text())
     assert report["chosen"] == chosen.name and len(report["candidates"]) == len(result.candidates)
     assert "<svg" in (out / "report.html").read_text() and chosen.name in (out / "report.md").read_text()
     # the artifact computes what its ONNX model computes (onnxruntime)
-    feeds = {"input": data["input"][6:7]}
+    feeds = {"input": data["input"][4:5]}
     expected = ort_run(onnx.load(out / "model.onnx"), feeds)["logits"]
     got = artifact.run(feeds)["logits"]
     np.testing.assert_allclose(got, expected, atol=5e-2 if "int8" in chosen.name else 1e-4, rtol=1e-2)
