@@ -340,6 +340,16 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
             mode = name.split("-", 1)[1]
             compiled = lepton_opt.compile(proto, precision="int8", mode=mode, **common)
             return compiled, compiled.precision.model, {"precision": "int8", "mode": mode}
+        if name == "int8-tuned":
+            if best_int8["score"] is None:
+                raise _Skip("no static int8 build met the budget")
+            method = best_int8["method"]
+            int8 = {"precision": "int8", "method": method, **cal, **guard}
+            left = deadline - time.perf_counter()
+            lepton_opt.tune(proto, input_shapes=shapes, budget=max(60.0, left / 2), **int8)
+            compiled = lepton_opt.compile(proto, **int8, **common)
+            return compiled, compiled.precision.model, {**recipe, "precision": "int8", "mode": "static",
+                                                        "method": method, "tuned": True}
         if name.startswith("int8-"):
             method = name.split("-", 1)[1]
             compiled = lepton_opt.compile(proto, precision="int8", method=method, **cal, **guard, **common)
@@ -357,16 +367,6 @@ def auto(model: ModelSource, *, data=None, labels=None, eval_data=None, eval_lab
             pruned_model.update(model=result.model, options=_plain_guard(guard))
             return lepton_opt.compile(result.model, **common), result.model, {
                 "precision": None, "prune": pruned_model["options"], "calibrated": bool(cal)}
-        if name == "int8-tuned":
-            if best_int8["score"] is None:
-                raise _Skip("no static int8 build met the budget")
-            method = best_int8["method"]
-            int8 = {"precision": "int8", "method": method, **cal, **guard}
-            left = deadline - time.perf_counter()
-            lepton_opt.tune(proto, input_shapes=shapes, budget=max(60.0, left / 2), **int8)
-            compiled = lepton_opt.compile(proto, **int8, **common)
-            return compiled, compiled.precision.model, {**recipe, "precision": "int8", "mode": "static",
-                                                        "method": method, "tuned": True}
         if name == "pruned+int8":
             if "model" not in pruned_model:
                 raise _Skip("the pruned candidate did not build")
@@ -621,6 +621,8 @@ def _write(result: AutoResult, artifact: Path, model: onnx.ModelProto, calibrati
     (artifact / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # the manifest is not hashed
     load_compiled(artifact).save(out / "model.lepton")
     tmp = out / ".model.onnx.tmp"
+    if not isinstance(model, onnx.ModelProto):  # mixed precision gives an onnx-ir model
+        model = onnx.ModelProto.FromString(_serialize(model))
     onnx.save(model, tmp)
     os.replace(tmp, out / "model.onnx")
     if calibration is not None:
