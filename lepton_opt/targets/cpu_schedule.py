@@ -79,6 +79,7 @@ from tvm.relax.backend.cpu_generic import pipeline as _cpu_pipeline
 from tvm.sym import Analyzer
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 
+from lepton_opt.errors import first_line
 from lepton_opt.targets import attention as _attention
 from lepton_opt.targets import int8 as _int8
 from lepton_opt.targets import winograd as _winograd
@@ -1810,16 +1811,18 @@ def kernel_info_pass(info: dict[str, dict], rules: dict[str, str], values: dict)
             if not isinstance(func, tirx.PrimFunc) or gv.name_hint not in called:
                 continue  # weight-repacking kernels, evaluated at build time
             nbytes = _argument_bytes(func)
-            flops = None  # a kernel with a shape known at run time only has no fixed count
+            flops, note = None, None  # a kernel with a shape known at run time only has no fixed count
             if nbytes is not None:
                 try:
                     flops = int(s_tir.analysis.estimate_tir_flops(tvm.IRModule({gv: func})))
-                except Exception:  # noqa: BLE001 - TVM cannot count this kernel's loops
-                    flops = None
+                except Exception as e:  # noqa: BLE001 - TVM cannot count this kernel's loops: said in the facts
+                    note = f"no FLOP count: {first_line(e, with_type=True)}"
             origin = gv.name_hint.removesuffix(_PREPACKED)  # the kernel before its weight was repacked
             fused = _named_after(origin, values)
             info[gv.name_hint] = {"rule": rules.get(origin, rules.get(gv.name_hint)), "flops": flops,
                                   "bytes": nbytes, "values": values[fused] if fused else []}
+            if note:
+                info[gv.name_hint]["note"] = note
         return mod
 
     return _pass

@@ -248,6 +248,8 @@ def _why(row: KernelRow, facts: dict | None, flops, nbytes, peak: MachinePeak, m
         notes.append("runs unfused: Softmax in a kernel of its own (attention not fused)")
     if nbytes is None and row.kind == "kernel":
         notes.append("shapes known at run time only: no FLOP or byte counts")
+    if (facts or {}).get("note"):
+        notes.append(facts["note"])
     if not notes and row.rule:
         notes.append(f"{row.rule} schedule")
     return "; ".join(notes)
