@@ -53,8 +53,6 @@ def compile_with_fallback(model: ir.Model, spec: TargetSpec, *, source: str, sha
         failed = getattr(e, "failed_nodes", None)
         if not failed or (refuse is not None and refuse([n for n, _ in failed])):
             raise _refused(model, source, str(e)) from None
-        if len(failed) == len(model.graph):
-            raise _refused(model, source, str(e)) from None  # nothing would be compiled
         return _compile_partitioned(model, spec, failed, source=source, sha256=sha256, opset=opset,
                                     passes=passes, records=records, use_cache=use_cache, warn=warn,
                                     first_error=str(e))
@@ -148,11 +146,19 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
                 raise e.error from None
             reasons.update(more)
     first = next((p for p in parts if isinstance(p, CompiledModel)), None)
-    if first is None:
-        raise _refused(model, source, first_error, "running these nodes in onnxruntime would leave nothing to compile")
-    manifest = dict(first.manifest)
-    manifest.pop("tuning", None)
-    manifest.pop("library", None)
+    if first is not None:
+        manifest = dict(first.manifest)
+        manifest.pop("tuning", None)
+        manifest.pop("library", None)
+    else:
+        # Nothing lowers (a scikit-learn pipeline of ai.onnx.ml ops, say): the artifact is the model
+        # run by onnxruntime, said as such, rather than a refusal of a model onnxruntime runs.
+        manifest = make_manifest(inputs=[], outputs=[], target=spec.to_json(), tvm_target=_target_json(spec),
+                                 passes=options["passes"], source=source, sha256=options["sha256"],
+                                 opset=options["opset"])
+        manifest.pop("library")
+        notes.insert(0, f"nothing in {source} lowers to compiled code: onnxruntime runs all of it "
+                        "(the artifact is no faster than onnxruntime)")
     manifest["inputs"] = [_value_spec(v) for v in model.graph.inputs if not v.is_initializer()]
     manifest["outputs"] = [_value_spec(v) for v in model.graph.outputs]
     manifest["segments"] = described

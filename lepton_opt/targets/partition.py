@@ -142,17 +142,38 @@ def _rank_known(info: onnx.ValueInfoProto | None) -> bool:
 
 
 def ort_output_types(model: onnx.ModelProto, session) -> dict[str, onnx.ValueInfoProto]:
-    """Value infos of an onnxruntime segment's outputs, as onnxruntime's session infers them."""
+    """Value infos of an onnxruntime segment's outputs, as onnxruntime's session infers them.
+
+    onnxruntime reports ``[]`` both for a scalar and for an output whose shape it does not know
+    (an ``ai.onnx.ml`` ``Scaler``'s): ``[]`` is taken as a scalar only where ONNX's shape
+    inference says rank 0 too; otherwise the output stays untyped, which its readers then see."""
     result = {}
+    scalars: set[str] | None = None
     for out in session.get_outputs():
         elem = _ORT_TYPES.get(out.type)
         if elem is None or out.shape is None:
             continue
+        if not out.shape:
+            if scalars is None:
+                scalars = _inferred_scalars(model)
+            if out.name not in scalars:
+                continue
         dims = [d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) and d else None)
                 for d in out.shape]
         dims = [f"{_identifier(out.name)}_dim{axis}" if d is None else d for axis, d in enumerate(dims)]
         result[out.name] = onnx.helper.make_tensor_value_info(out.name, elem, dims)
     return result
+
+
+def _inferred_scalars(model: onnx.ModelProto) -> set[str]:
+    """The graph outputs ONNX's shape inference finds to be rank 0."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no inference, no evidence of a scalar: the output stays untyped
+        return set()
+    return {o.name for o in inferred.graph.output
+            if o.type.HasField("tensor_type") and o.type.tensor_type.HasField("shape")
+            and not o.type.tensor_type.shape.dim}
 
 
 _ORT_TYPES = {
@@ -299,7 +320,8 @@ def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict,
     import numpy as np
 
     if any(n.op_type in _VALUE_SHAPED_OPS for n in model.graph.node) or \
-            not all(_static(i) for i in model.graph.input) or all(_static(v) for v in inferred.values()):
+            not all(_static(i) for i in model.graph.input) or \
+            all(_static(inferred.get(o.name)) for o in model.graph.output):
         return {}
     shapes = []
     for seed in (0, 1):

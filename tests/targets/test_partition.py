@@ -283,3 +283,58 @@ def test_onnxruntime_segment_output_dims_are_sampled_only_when_shapes_follow_inp
     topk = topk_model()
     session = onnxruntime_session(topk.SerializeToString())
     assert partition._sampled_static_types(topk, session, {"y": open_dims["y"]}) == {}
+
+
+def _scaler_classifier(batch) -> onnx.ModelProto:
+    """What skl2onnx writes for StandardScaler + LogisticRegression (zipmap=False): ai.onnx.ml
+    ops only, none of which lowers, whose outputs ONNX's shape inference leaves untyped."""
+    coefficients = RNG.standard_normal(12).astype(np.float32).round(3).tolist()
+    nodes = [
+        helper.make_node("Scaler", ["x"], ["scaled"], domain="ai.onnx.ml", offset=[0.5, -0.2, 1.0, 0.1],
+                         scale=[2.0, 0.5, 1.5, 1.0]),
+        helper.make_node("LinearClassifier", ["scaled"], ["label", "scores"], domain="ai.onnx.ml",
+                         classlabels_ints=[0, 1, 2], coefficients=coefficients, intercepts=[0.1, -0.3, 0.2],
+                         multi_class=1, post_transform="NONE"),
+        helper.make_node("Normalizer", ["scores"], ["probabilities"], domain="ai.onnx.ml", norm="L1"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4])],
+                  [helper.make_tensor_value_info("label", TensorProto.INT64, [batch]),
+                   helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, 3])],
+                  {}, opset=15, domains=("ai.onnx.ml",))
+
+
+def test_model_with_nothing_to_compile_runs_in_onnxruntime(tmp_path):
+    """A model none of whose nodes lowers (a scikit-learn pipeline) is not refused: the artifact
+    runs it in onnxruntime, and the warnings say that nothing was compiled."""
+    feeds = {"x": RNG.uniform(0.0, 3.0, (6, 4)).astype(np.float32)}
+    with pytest.warns(UserWarning, match=r"nothing in .* lowers to compiled code: onnxruntime runs all of it"):
+        compiled = _check(_scaler_classifier(None), feeds, tmp_path)
+    assert _kinds(compiled) == ["onnxruntime"]
+    assert sorted(p.name for p in (tmp_path / "m.lepton").iterdir()) == ["manifest.json", "segment0.onnx"]
+    assert [o["name"] for o in compiled.outputs] == ["label", "probabilities"]
+    assert "library" not in compiled.manifest
+
+
+def test_onnxruntime_output_of_unknown_shape_is_not_taken_for_a_scalar(tmp_path):
+    """onnxruntime reports the shape of an ai.onnx.ml Scaler's output as [], as it does for a
+    scalar: taken as rank 0, the MatMul behind it was lowered for a scalar input. It now follows
+    the sampled shape ([6, 4]), and the MatMul compiles."""
+    from lepton_opt.targets import partition
+
+    model = _scaler_classifier(6)
+    del model.graph.node[1:]
+    model.graph.node.extend([helper.make_node("MatMul", ["scaled", "w"], ["h"]),
+                             helper.make_node("Relu", ["h"], ["y"])])
+    model.graph.initializer.append(numpy_helper.from_array(RNG.standard_normal((4, 5)).astype(np.float32), "w"))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 5]))
+    scaler_only = _scaler_classifier(None)
+    del scaler_only.graph.node[1:]
+    del scaler_only.graph.output[:]
+    scaler_only.graph.output.append(helper.make_empty_tensor_value_info("scaled"))
+    session = __import__("onnxruntime").InferenceSession(scaler_only.SerializeToString())
+    assert session.get_outputs()[0].shape == []  # what onnxruntime says
+    assert "scaled" not in partition.ort_output_types(scaler_only, session)
+    feeds = {"x": RNG.uniform(0.0, 3.0, (6, 4)).astype(np.float32)}
+    compiled = _check(model, feeds, tmp_path)
+    assert _kinds(compiled) == ["onnxruntime", "tvm"]
