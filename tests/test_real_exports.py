@@ -498,3 +498,31 @@ def test_weight_only_4bit_models_from_onnxruntimes_quantizer(form, symmetric):
     assert not isinstance(compiled, PartitionedModel)
     feeds = {"ids": rng.integers(0, vocab, (2, 7))}
     np.testing.assert_allclose(compiled.run(feeds)["y"], ort_run(quantized, feeds)["y"], atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- skl2onnx's ZipMap (maps)
+def test_zipmap_output_is_one_line_naming_the_node_and_the_remedy(tmp_path):
+    """skl2onnx's default classifier output is a ZipMap: a sequence of maps, which onnx-ir cannot
+    read. The user gets one line naming the output, the node and the converter option, not the
+    reader's internal error; the model file is untouched."""
+    from tests.test_cli import assert_user_error, lepton
+
+    nodes = [helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                              classlabels_ints=[0, 1], coefficients=[0.5, -0.5, 1.0, 0.2], intercepts=[0.0, 0.1]),
+             helper.make_node("ZipMap", ["scores"], ["probabilities"], domain="ai.onnx.ml", classlabels_int64s=[0, 1],
+                              name="ZipMap")]
+    seq_map = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(nodes, "skl", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+                               helper.make_value_info("probabilities", seq_map)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 1)])
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(model, path)
+    before = path.read_bytes()
+    ort_run(model, {"x": np.ones((2, 2), np.float32)})  # onnxruntime runs it
+    for command in ("inspect", "compile"):
+        line = assert_user_error(lepton(command, path), "'probabilities' made by ZipMap node 'ZipMap'",
+                                 "sequence(map(int64, tensor(float32)))", "'zipmap': False")
+        assert "_deserialize_graph" not in line
+    assert path.read_bytes() == before

@@ -46,6 +46,7 @@ def load_model(source: ModelSource, input_shapes: InputShapes | None = None) -> 
     """Read ``source`` into a fresh onnx-ir model and apply ``input_shapes``."""
     proto, name, digest = _read(source)
     _check_versions(proto, name)
+    _check_no_maps(proto, name)
     _declare_used_domains(proto)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -164,6 +165,46 @@ def _declare_used_domains(proto: onnx.ModelProto) -> None:
     walk(proto.graph)
     for domain in sorted(used - imported - {"", "ai.onnx"}):
         proto.opset_import.append(onnx.helper.make_opsetid(domain, 1))
+
+
+def _has_map(ty: onnx.TypeProto) -> bool:
+    kind = ty.WhichOneof("value")
+    if kind == "map_type":
+        return True
+    if kind in ("sequence_type", "optional_type"):
+        return _has_map(getattr(ty, kind).elem_type)
+    return False
+
+
+def _type_text(ty: onnx.TypeProto) -> str:
+    kind = ty.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({onnx.helper.tensor_dtype_to_np_dtype(ty.tensor_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.helper.tensor_dtype_to_np_dtype(ty.map_type.key_type)
+        return f"map({key}, {_type_text(ty.map_type.value_type)})"
+    if kind in ("sequence_type", "optional_type"):
+        return f"{kind.split('_')[0]}({_type_text(getattr(ty, kind).elem_type)})"
+    return "?"
+
+
+def _check_no_maps(proto: onnx.ModelProto, name: str) -> None:
+    """Values of map type (what an ai.onnx.ml ``ZipMap`` makes of a classifier's probabilities,
+    and ``DictVectorizer`` takes) have no representation in onnx-ir: one line naming the value,
+    the node that makes it and what to do, rather than the reader's own error."""
+    graph = proto.graph
+    maps = [v for v in [*graph.input, *graph.output, *graph.value_info] if _has_map(v.type)]
+    if not maps:
+        return
+    value = maps[0]
+    producer = next((n for n in graph.node if value.name in n.output), None)
+    made_by = f" made by {producer.op_type} node {producer.name or '?'!r}" if producer is not None else ""
+    remedy = ("convert the classifier without it (skl2onnx: options={id(model): {'zipmap': False}}; "
+              "onnxmltools: zipmap=False), or remove the ZipMap node and read its input"
+              if producer is not None and producer.op_type == "ZipMap" else "feed and return tensors instead")
+    kind = "input" if any(v.name == value.name for v in graph.input) else "value"
+    raise ModelLoadError(f"{name}: {kind} {value.name!r}{made_by} is a map "
+                         f"({_type_text(value.type)}), which lepton-opt cannot represent; {remedy}")
 
 
 def _check_versions(proto: onnx.ModelProto, name: str) -> None:
