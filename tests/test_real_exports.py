@@ -526,3 +526,32 @@ def test_zipmap_output_is_one_line_naming_the_node_and_the_remedy(tmp_path):
                                  "sequence(map(int64, tensor(float32)))", "'zipmap': False")
         assert "_deserialize_graph" not in line
     assert path.read_bytes() == before
+
+
+# ----------------------------------------------------------------- RoBERTa position ids, dynamic
+def test_roberta_position_ids_compile_with_dynamic_batch_and_sequence():
+    """RoBERTa / XLM-R / MPNet exports compute position ids as CumSum over the padding mask of
+    the input ids. Compiled without --input-shape (batch and sequence symbolic), TVM's
+    layout-free-buffer pass re-declared the scan kernel's output with fresh shape variables and
+    the build failed; it now runs for any batch and length, as onnxruntime does."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((40, 8)).astype(np.float32)
+    nodes = [helper.make_node("Equal", ["ids", "pad"], ["eq"]), helper.make_node("Not", ["eq"], ["ne"]),
+             helper.make_node("Cast", ["ne"], ["m"], to=TensorProto.INT32),
+             helper.make_node("CumSum", ["m", "axis"], ["cs"]), helper.make_node("Mul", ["cs", "m"], ["pm"]),
+             helper.make_node("Cast", ["pm"], ["pm64"], to=TensorProto.INT64),
+             helper.make_node("Add", ["pm64", "pad"], ["pos"]),
+             helper.make_node("Gather", ["table", "pos"], ["emb"]), helper.make_node("MatMul", ["emb", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "roberta_positions", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])],
+        [numpy_helper.from_array(np.array(1, np.int64), "pad"), numpy_helper.from_array(np.array(1, np.int32), "axis"),
+         numpy_helper.from_array(table, "table"), numpy_helper.from_array(_weights(rng, 8, 4), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    for batch, length in ((1, 7), (3, 19)):
+        ids = rng.integers(2, 30, (batch, length)).astype(np.int64)
+        ids[:, length - 3:] = 1  # padding
+        expected = ort_run(model, {"ids": ids})["y"]
+        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], expected, atol=1e-5, rtol=1e-5)

@@ -1672,8 +1672,38 @@ def _pre_schedule_passes(target: tvm.target.Target, values: dict | None = None) 
         cpu_graph_passes(target)
         + _cpu_pipeline.library_dispatch_passes(target)
         + legalize
-        + [relax.transform.AttachAttrLayoutFreeBuffers()]
+        + [_attach_layout_free_buffers()]
     )
+
+
+def _attach_layout_free_buffers() -> tvm.transform.Pass:
+    """TVM's AttachAttrLayoutFreeBuffers (which parameters of each kernel are bound to constants,
+    for the schedules to repack), except that a kernel with no such parameter keeps its function as
+    it was. The pass copies every kernel, and its copy of a scan with symbolic shapes (a CumSum
+    over a dynamic sequence axis: RoBERTa-style position ids) declares the output buffer's layout
+    with fresh shape variables, which the build then rejects ("variables (batch, sequence) are
+    used, but are not passed in as API arguments"). Kernels are matched by their call sites,
+    which the pass keeps in order while it renames the kernels."""
+
+    def calls(mod: tvm.IRModule) -> dict[str, list]:
+        return {gv.name_hint: [b.value.args[0] for block in func.body.blocks for b in block.bindings
+                               if _is_call_tir(b.value)]
+                for gv, func in mod.functions_items() if isinstance(func, relax.Function) and not _is_fused(func)}
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonAttachAttrLayoutFreeBuffers")
+    def _pass(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        out = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+        before = calls(mod)
+        for name, kernels in calls(out).items():
+            if len(before.get(name, ())) != len(kernels):
+                continue
+            for old, new in zip(before[name], kernels):
+                func = out[new]
+                if isinstance(func, tirx.PrimFunc) and not list(func.attrs.get("layout_free_buffers", [])):
+                    out[new] = mod[old].with_attr("layout_free_buffers", func.attrs["layout_free_buffers"])
+        return out
+
+    return _pass
 
 
 def _record_kernel_values(values: dict[str, list[str]]) -> tuple[tvm.transform.Pass, tvm.transform.Pass]:
