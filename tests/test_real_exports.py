@@ -555,3 +555,37 @@ def test_roberta_position_ids_compile_with_dynamic_batch_and_sequence():
         ids[:, length - 3:] = 1  # padding
         expected = ort_run(model, {"ids": ids})["y"]
         np.testing.assert_allclose(compiled.run({"ids": ids})["y"], expected, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------- BERT buffers cut to the length
+def test_bert_position_and_token_type_buffers_cut_to_a_dynamic_length():
+    """BERT-family exports without a token_type_ids input (ELECTRA, MobileBERT, DistilBERT's
+    positions) cut constant buffers to the input's length: Slice(buffer, 0, Shape(ids)[1]). With the
+    length symbolic the Slice was refused ("Slice's ends needs a fixed value"); it now compiles for
+    any length."""
+    rng = np.random.default_rng(1)
+    positions = rng.standard_normal((64, 8)).astype(np.float32)
+    nodes = [helper.make_node("Shape", ["ids"], ["shape"]),
+             helper.make_node("Gather", ["shape", "one"], ["length"], axis=0),
+             helper.make_node("Unsqueeze", ["length", "zero_axis"], ["end"]),
+             helper.make_node("Slice", ["position_ids", "zero", "end", "one_axis"], ["pos"]),
+             helper.make_node("Slice", ["token_types", "zero", "end", "one_axis"], ["types"]),
+             helper.make_node("Gather", ["words", "ids"], ["w"]),
+             helper.make_node("Gather", ["table", "pos"], ["p"]),
+             helper.make_node("Cast", ["types"], ["tf"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["tf", "last_axis"], ["t3"]),
+             helper.make_node("Add", ["w", "p"], ["wp"]), helper.make_node("Add", ["wp", "t3"], ["y"])]
+    inits = {"one": np.array(1, np.int64), "zero_axis": np.array([0], np.int64), "zero": np.array([0], np.int64),
+             "one_axis": np.array([1], np.int64), "last_axis": np.array([2], np.int64),
+             "position_ids": np.arange(64, dtype=np.int64)[None], "token_types": np.zeros((1, 64), np.int64),
+             "words": rng.standard_normal((50, 8)).astype(np.float32), "table": positions}
+    graph = helper.make_graph(
+        nodes, "bert_buffers", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 8])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    for batch, length in ((1, 5), (2, 33)):
+        ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
+        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], ort_run(model, {"ids": ids})["y"], atol=1e-6)

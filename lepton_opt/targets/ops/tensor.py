@@ -146,8 +146,12 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
     elif any(_runtime(ctx, i) for i in range(1, 5)):
         return _reference_or_declared(ctx, x, "Slice", "Slice's starts/ends/axes/steps")
     else:
-        starts, ends = ctx.static(1, "Slice's starts"), ctx.static(2, "Slice's ends")
+        starts = ctx.static(1, "Slice's starts")
         axes_v, steps_v = ctx.static(3, "Slice's axes"), ctx.static(4, "Slice's steps")
+        known_ends = ctx.known(2)
+        if known_ends is not None and known_ends.is_symbolic:
+            return _slice_to_symbolic_end(ctx, x, starts, known_ends.array.reshape(-1).tolist(), axes_v, steps_v)
+        ends = ctx.static(2, "Slice's ends")
     starts = [int(s) for s in np.asarray(starts).reshape(-1)]
     ends = [int(e) for e in np.asarray(ends).reshape(-1)]
     axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
@@ -168,6 +172,33 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
         end.append(e)
         stride.append(st)
     return op.strided_slice(x, axes_v, begin, end, stride)
+
+
+def _slice_to_symbolic_end(ctx, x, starts, ends, axes_v, steps_v):
+    """A Slice whose end is a symbolic dim: a constant table cut to the input's length, as BERT-style
+    exports do for the position ids and token type ids they keep as buffers
+    (``buffer[:, :sequence]``). The cut is written with that end, in bounds (onnxruntime's clamping
+    to the table's length has no symbolic form; a longer input than the table is the model's
+    own error). Any other form is the user's to fix with --input-shape."""
+    dims = shape_of(x)
+    rank = len(dims)
+    starts = [int(v) for v in np.asarray(starts).reshape(-1)]
+    axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
+    steps_v = [1] * len(starts) if steps_v is None else [int(v) for v in np.asarray(steps_v).reshape(-1)]
+    begin, end = [], []
+    for ax, start, stop, step in zip(axes_v, starts, ends, steps_v):
+        dim = dims[ax]
+        if isinstance(stop, int):
+            if not isinstance(dim, int) or step == 0:
+                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
+            start, stop, step = slice(start, stop, step).indices(dim)
+            if step != 1:
+                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
+        elif step != 1 or not 0 <= start or (isinstance(dim, int) and start > dim):
+            raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
+        begin.append(start)
+        end.append(stop)
+    return op.strided_slice(x, axes_v, begin, end, assume_inbound=True)
 
 
 def _reference_or_declared(ctx, x, op_type, what):
