@@ -14,7 +14,10 @@ classifiers / segmentation / detection (``weights=None``), timm (``pretrained=Fa
 built from small configs in code (``Model(config)``, never ``from_pretrained``), plus a streaming LSTM
 keyword-spotting net and two models with data-dependent control flow (torch.cond -> If, a scripted loop ->
 Loop). Dynamic batch / sequence axes are declared the way users declare them (``dynamic_axes`` for
-TorchScript, ``dynamic_shapes`` with ``torch.export.Dim`` for dynamo).
+TorchScript, ``dynamic_shapes`` with ``torch.export.Dim`` for dynamo). Beside the hand-picked models, the
+"families" tables (``TIMM_FAMILIES``, the ``_hf_family`` calls) take one model of each of 60 timm architecture
+families and 30 transformers model classes, for breadth: the exports that failed in torch itself are left out
+(a comment names them).
 
 One deviation from the dynamo defaults: ``external_data=False``. With the default (True) torch writes every
 model's weights into ``NAME.onnx.data`` whatever its size; the zoo keeps single-file models below 2 GB. The
@@ -695,6 +698,132 @@ MODELS: dict[str, Model] = {
         "sequence classification", {"x": f32([1, 20, 32], -1.0, 1.0)}, {"x": {0: "batch", 1: "time"}}, opset=13,
         outputs=["logits"], notes="Loop with a trip count taken from the input's shape"),
 }
+
+
+# ---------------------------------------------------------------- families: one of each (2026-12-08)
+# timm architectures at _SMALL input sizes, each with one exporter (TorchScript at opsets 11/13/17 or dynamo),
+# and transformers model classes from _SMALL configs, each with both exporters: breadth over the families users
+# bring (reparameterizable, hybrid conv-attention, window/relative attention, MLP-mixer-style, NF-nets; decoder-only
+# LMs with rotary/ALiBi/sliding window, encoders with relative positions, speech encoders, depth estimation,
+# detection transformers). Arch, exporter, TorchScript opset, input size:
+# Left out, because torch 2.14 / timm 1.0.31 / transformers 5.25 do not export them at these settings: timm
+# efficientformerv2_s0, gcvit_xxtiny, nest_tiny, visformer_tiny, levit_conv_128s (fixed-size reshapes at 160 px),
+# maxvit_nano_rw_256, crossvit_tiny_240, cait_xxs24_224, hiera_tiny_224 (SDPA below opset 14), volo_d1_224
+# (col2im below opset 18), twins_svt_small, halonet26t, convit_tiny (dynamo); transformers Encodec, RT-DETR,
+# Whisper encoder-decoder (aten::diff), BEiT (dynamo).
+TIMM_FAMILIES = [
+    ('ghostnetv2_100', 'torchscript', 11, 100),
+    ('repvgg_a0', 'dynamo', None, 160),
+    ('mobileone_s0', 'torchscript', 13, 160),
+    ('fastvit_t8', 'dynamo', None, 160),
+    ('tiny_vit_5m_224', 'dynamo', None, 224),
+    ('coatnet_nano_rw_224', 'dynamo', None, 224),
+    ('convnextv2_atto', 'torchscript', 13, 160),
+    ('hgnetv2_b0', 'dynamo', None, 160),
+    ('mobilenetv4_conv_small', 'torchscript', 17, 160),
+    ('mobilenetv4_hybrid_medium', 'dynamo', None, 160),
+    ('dm_nfnet_f0', 'torchscript', 11, 160),
+    ('resnest14d', 'dynamo', None, 160),
+    ('res2net50_14w_8s', 'torchscript', 13, 160),
+    ('cspdarknet53', 'dynamo', None, 160),
+    ('dla34', 'torchscript', 17, 160),
+    ('rexnet_100', 'dynamo', None, 100),
+    ('mixnet_s', 'torchscript', 11, 160),
+    ('xcit_nano_12_p16_224', 'dynamo', None, 224),
+    ('pit_ti_224', 'dynamo', None, 224),
+    ('edgenext_xx_small', 'torchscript', 17, 160),
+    ('caformer_s18', 'dynamo', None, 160),
+    ('inception_next_tiny', 'torchscript', 11, 160),
+    ('efficientvit_m0', 'dynamo', None, 160),
+    ('davit_tiny', 'dynamo', None, 160),
+    ('mvitv2_tiny', 'torchscript', 17, 160),
+    ('eva02_tiny_patch14_224', 'dynamo', None, 224),
+    ('sequencer2d_s', 'dynamo', None, 160),
+    ('poolformerv2_s12', 'torchscript', 17, 160),
+    ('lcnet_050', 'dynamo', None, 50),
+    ('selecsls42b', 'torchscript', 11, 160),
+    ('dpn68', 'dynamo', None, 160),
+    ('botnet26t_256', 'torchscript', 17, 256),
+    ('tnt_s_patch16_224', 'dynamo', None, 224),
+    ('ese_vovnet19b_dw', 'dynamo', None, 160),
+    ('regnetz_b16', 'torchscript', 13, 160),
+    ('swinv2_cr_tiny_ns_224', 'dynamo', None, 224),
+    ('starnet_s1', 'dynamo', None, 160),
+    ('repghostnet_050', 'torchscript', 11, 50),
+    ('efficientnet_b0', 'dynamo', None, 160),
+    ('mambaout_femto', 'torchscript', 13, 160),
+    ('fastvit_mci0', 'dynamo', None, 160),
+    ('vit_tiny_patch16_384', 'torchscript', 17, 384),
+    ('deit3_small_patch16_224', 'dynamo', None, 224),
+    ('rdnet_tiny', 'dynamo', None, 160),
+    ('nextvit_small', 'torchscript', 17, 160),
+    ('tresnet_m', 'dynamo', None, 160),
+    ('ghostnet_100', 'torchscript', 11, 100),
+    ('gernet_s', 'dynamo', None, 160),
+    ('cs3darknet_s', 'torchscript', 13, 160),
+    ('resnetv2_50x1_bit', 'dynamo', None, 160),
+    ('resnet50_gn', 'torchscript', 17, 160),
+    ('inception_v3', 'dynamo', None, 160),
+    ('inception_v4', 'torchscript', 11, 160),
+    ('xception41', 'dynamo', None, 160),
+    ('densenet121', 'torchscript', 13, 160),
+    ('fbnetc_100', 'dynamo', None, 100),
+    ('mnasnet_small', 'torchscript', 17, 160),
+    ('tinynet_e', 'dynamo', None, 160),
+    ('hardcorenas_a', 'torchscript', 11, 160),
+    ('hrnet_w18_small_v2', 'dynamo', None, 160),
+]
+for _arch, _exporter, _opset, _size in TIMM_FAMILIES:
+    MODELS[f"timm_{_arch}_" + (f"ts{_opset}" if _exporter == "torchscript" else "dynamo")] = Model(
+        _exporter, timm_model(_arch), f"timm {_arch}", "classification", {"x": f32([1, 3, _size, _size])}, BATCH,
+        opset=_opset)
+
+
+def _hf_family(name: str, cls: str, cfg: str, config: dict, inputs: dict, outputs: list[str], dyn: dict = TEXT_DYN,
+               opset: int = 14, skip: tuple[str, ...] = ()) -> None:
+    """One transformers class in both exporters (TorchScript at ``opset``, dynamo at its default)."""
+    for exporter, suffix in (("torchscript", f"ts{opset}"), ("dynamo", "dynamo")):
+        if exporter in skip:
+            continue
+        MODELS[f"hf_{name}_{suffix}"] = Model(
+            exporter, hf(cls, cfg, **config), f"transformers {cls}", "transformers family", inputs,
+            {k: v for k, v in dyn.items() if k in inputs}, opset=opset if exporter == "torchscript" else None,
+            hf=True, outputs=outputs)
+
+
+_TXT24 = {"input_ids": ids([1, 24], VOCAB), "attention_mask": mask([1, 24])}
+_SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+_IMG112 = {"pixel_values": f32([1, 3, 112, 112])}
+_PIXEL_DYN = {"pixel_values": {0: "batch"}}
+_hf_family("deberta_v2", "DebertaV2Model", "DebertaV2Config", dict(vocab_size=VOCAB, **_SMALL, max_position_embeddings=128, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"]), _TXT24, ["last_hidden_state"])
+_hf_family("albert", "AlbertModel", "AlbertConfig", dict(vocab_size=VOCAB, embedding_size=32, **_SMALL), _TXT24, ["last_hidden_state", "pooler_output"])
+_hf_family("mobilebert", "MobileBertModel", "MobileBertConfig", dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32), _TXT24, ["last_hidden_state", "pooler_output"])
+_hf_family("electra", "ElectraForSequenceClassification", "ElectraConfig", dict(vocab_size=VOCAB, embedding_size=32, **_SMALL), _TXT24, ["logits"])
+_hf_family("mpnet", "MPNetModel", "MPNetConfig", dict(vocab_size=VOCAB, **_SMALL), _TXT24, ["last_hidden_state", "pooler_output"])
+_hf_family("roformer", "RoFormerModel", "RoFormerConfig", dict(vocab_size=VOCAB, embedding_size=64, **_SMALL), _TXT24, ["last_hidden_state"])
+_hf_family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False), _TXT24, ["logits"])
+_hf_family("mistral", "MistralForCausalLM", "MistralConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8, use_cache=False), _TXT24, ["logits"])
+_hf_family("phi", "PhiForCausalLM", "PhiConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, partial_rotary_factor=0.5, use_cache=False), _TXT24, ["logits"])
+_hf_family("gemma", "GemmaForCausalLM", "GemmaConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16, use_cache=False), _TXT24, ["logits"])
+_hf_family("gptneox", "GPTNeoXForCausalLM", "GPTNeoXConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.25, use_cache=False), _TXT24, ["logits"])
+_hf_family("bloom", "BloomForCausalLM", "BloomConfig", dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, use_cache=False), _TXT24, ["logits"])
+_hf_family("opt", "OPTForCausalLM", "OPTConfig", dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, use_cache=False), _TXT24, ["logits"])
+_hf_family("falcon", "FalconForCausalLM", "FalconConfig", dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, use_cache=False), _TXT24, ["logits"])
+_hf_family("marian", "MarianMTModel", "MarianConfig", dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, pad_token_id=0, decoder_start_token_id=0, use_cache=False), {**_TXT24, "decoder_input_ids": ids([1, 8], VOCAB)}, ["logits"])
+_hf_family("dinov2", "Dinov2Model", "Dinov2Config", dict(**_SMALL, image_size=112, patch_size=14), _IMG112, ["last_hidden_state"], dyn=_PIXEL_DYN)
+_hf_family("dpt_dinov2", "DepthAnythingForDepthEstimation", "DepthAnythingConfig", dict(backbone_config=dict(model_type="dinov2", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=112, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False), reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=16, patch_size=14), _IMG112, ["predicted_depth"], dyn=_PIXEL_DYN)
+_hf_family("beit", "BeitForImageClassification", "BeitConfig", dict(**_SMALL, image_size=112, patch_size=16, use_relative_position_bias=True, num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN, skip=('dynamo',))
+_hf_family("convnextv2", "ConvNextV2ForImageClassification", "ConvNextV2Config", dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
+_hf_family("swinv2", "Swinv2ForImageClassification", "Swinv2Config", dict(image_size=112, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=7, num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
+_hf_family("mobilevit", "MobileViTForImageClassification", "MobileViTConfig", dict(image_size=128, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80], num_labels=10), {"pixel_values": f32([1, 3, 128, 128])}, ["logits"], dyn=_PIXEL_DYN)
+_hf_family("hubert", "HubertModel", "HubertConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
+_hf_family("wavlm", "WavLMModel", "WavLMConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
+_hf_family("ast", "ASTForAudioClassification", "ASTConfig", dict(**_SMALL, num_mel_bins=64, max_length=100, num_labels=5), {"input_values": f32([1, 100, 64], -1, 1)}, ["logits"], dyn={"input_values": {0: "batch"}})
+_hf_family("detr", "DetrForObjectDetection", "DetrConfig", dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], out_features=["stage4"]), d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, num_labels=5), {"pixel_values": f32([1, 3, 128, 128])}, ["logits", "pred_boxes"], dyn={})
+_hf_family("segformer_b", "SegformerForSemanticSegmentation", "SegformerConfig", dict(hidden_sizes=[16, 32, 64, 128], num_labels=5, decoder_hidden_size=64), _IMG112, ["logits"], dyn=_PIXEL_DYN)
+_hf_family("vitmatte_like_convnext", "ConvNextForImageClassification", "ConvNextConfig", dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
+_hf_family("siglip_vision", "SiglipVisionModel", "SiglipVisionConfig", dict(**_SMALL, image_size=112, patch_size=16), _IMG112, ["last_hidden_state", "pooler_output"], dyn=_PIXEL_DYN)
+_hf_family("speecht5_enc", "Wav2Vec2ConformerModel", "Wav2Vec2ConformerConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, position_embeddings_type="rotary", num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
 
 
 # ------------------------------------------------------------------------------ export
