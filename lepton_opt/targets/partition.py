@@ -340,6 +340,8 @@ def _sampled_static_types(model: onnx.ModelProto, session, inferred: dict,
                 notes.append(f"onnxruntime segment outputs {names} stay dynamic in the compiled code behind "
                              f"them: a sample run to fix their shapes failed ({first_line(e)})")
             return {}
+        if not all(isinstance(o, np.ndarray) for o in outs):
+            return {}  # a sequence or map output: no tensor shape to fix
         shapes.append([o.shape for o in outs])
     if shapes[0] != shapes[1]:
         return {}
