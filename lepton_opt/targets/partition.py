@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 
 import onnx
@@ -169,7 +170,9 @@ def _inferred_scalars(model: onnx.ModelProto) -> set[str]:
     """The graph outputs ONNX's shape inference finds to be rank 0."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - no inference, no evidence of a scalar: the output stays untyped
+    except Exception as e:  # noqa: BLE001 - no inference, no evidence of a scalar: the output stays untyped
+        logging.getLogger(__name__).info("partition: ONNX shape inference failed on a segment (%s); its outputs "
+                                         "onnxruntime reports as [] stay untyped", first_line(e))
         return set()
     return {o.name for o in inferred.graph.output
             if o.type.HasField("tensor_type") and o.type.tensor_type.HasField("shape")
