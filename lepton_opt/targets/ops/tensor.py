@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 from tvm import relax
 from tvm import tirx as tir
+from tvm.ir.prim import expr as prim
 
 from lepton_opt.targets.lower import DTYPES, LoweringError, dtype_of, shape_of
 from lepton_opt.targets.ops.elementwise import in_float32, scalar
@@ -140,6 +141,7 @@ def _as_list(ctx, tuple_expr, n):
 def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **attrs):
     dims = shape_of(x)
     rank = len(dims)
+    symbolic_end = False
     if ctx.opset < 10:
         starts, ends = attrs["starts"], attrs["ends"]
         axes_v, steps_v = attrs.get("axes"), None
@@ -149,11 +151,12 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
         starts = ctx.static(1, "Slice's starts")
         axes_v, steps_v = ctx.static(3, "Slice's axes"), ctx.static(4, "Slice's steps")
         known_ends = ctx.known(2)
-        if known_ends is not None and known_ends.is_symbolic:
-            return _slice_to_symbolic_end(ctx, x, starts, known_ends.array.reshape(-1).tolist(), axes_v, steps_v)
-        ends = ctx.static(2, "Slice's ends")
+        # An end that is a symbolic dim: a constant table cut to the input's length, as BERT-style
+        # exports do with the position ids and token types they keep as buffers (buffer[:, :sequence]).
+        symbolic_end = known_ends is not None and known_ends.is_symbolic
+        ends = known_ends.array if symbolic_end else ctx.static(2, "Slice's ends")
     starts = [int(s) for s in np.asarray(starts).reshape(-1)]
-    ends = [int(e) for e in np.asarray(ends).reshape(-1)]
+    ends = [e if isinstance(e, prim.Expr) else int(e) for e in np.asarray(ends).reshape(-1).tolist()]
     axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
     steps_v = [1] * len(starts) if steps_v is None else [int(s) for s in np.asarray(steps_v).reshape(-1)]
     begin, end, stride = [], [], []
@@ -161,44 +164,26 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
         dim = dims[ax]
         if st == 0:
             raise LoweringError("Slice step must not be 0")
-        if isinstance(dim, int):
+        if isinstance(e, prim.Expr):
+            # Written with that end and in bounds: onnxruntime's clamping to the table's length has no
+            # symbolic form (an input longer than the table is the model's own error).
+            if st != 1 or s < 0 or (isinstance(dim, int) and s > dim):
+                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
+        elif isinstance(dim, int):
             s, e, st = slice(s, e, st).indices(dim)
             if st < 0 and e < 0:
+                if symbolic_end:  # not in bounds in Relax's convention: the user's to fix
+                    raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
                 e = -(2**31)  # "before index 0" in Relax's end convention for negative strides
         else:
+            if symbolic_end:  # a clamped end beside the symbolic one: no in-bounds form
+                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
             s = max(min(s, 2**62), -(2**62))
             e = max(min(e, 2**62), -(2**62))
         begin.append(s)
         end.append(e)
         stride.append(st)
-    return op.strided_slice(x, axes_v, begin, end, stride)
-
-
-def _slice_to_symbolic_end(ctx, x, starts, ends, axes_v, steps_v):
-    """A Slice whose end is a symbolic dim: a constant table cut to the input's length, as BERT-style
-    exports do for the position ids and token type ids they keep as buffers
-    (``buffer[:, :sequence]``). The cut is written with that end, in bounds (onnxruntime's clamping
-    to the table's length has no symbolic form; a longer input than the table is the model's
-    own error). Any other form is the user's to fix with --input-shape."""
-    dims = shape_of(x)
-    rank = len(dims)
-    starts = [int(v) for v in np.asarray(starts).reshape(-1)]
-    axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
-    steps_v = [1] * len(starts) if steps_v is None else [int(v) for v in np.asarray(steps_v).reshape(-1)]
-    begin, end = [], []
-    for ax, start, stop, step in zip(axes_v, starts, ends, steps_v):
-        dim = dims[ax]
-        if isinstance(stop, int):
-            if not isinstance(dim, int) or step == 0:
-                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
-            start, stop, step = slice(start, stop, step).indices(dim)
-            if step != 1:
-                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
-        elif step != 1 or not 0 <= start or (isinstance(dim, int) and start > dim):
-            raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
-        begin.append(start)
-        end.append(stop)
-    return op.strided_slice(x, axes_v, begin, end, assume_inbound=True)
+    return op.strided_slice(x, axes_v, begin, end, stride, assume_inbound=symbolic_end)
 
 
 def _reference_or_declared(ctx, x, op_type, what):
