@@ -589,3 +589,46 @@ def test_bert_position_and_token_type_buffers_cut_to_a_dynamic_length():
     for batch, length in ((1, 5), (2, 33)):
         ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
         np.testing.assert_allclose(compiled.run({"ids": ids})["y"], ort_run(model, {"ids": ids})["y"], atol=1e-6)
+
+
+# ----------------------------------------------------------------- wav2vec2-family audio, dynamic
+def _positional_conv_model() -> onnx.ModelProto:
+    """wav2vec2 / HuBERT / WavLM's positional embedding: a grouped Conv1d with even kernel, the
+    last frame dropped (x[..., :-1]), GELU, added back to the frames; and WavLM's position bias
+    repeated over the batch (Tile with repeats [batch, 1, 1])."""
+    rng = np.random.default_rng(0)
+    channels, groups, kernel = 16, 4, 16
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["t", "w", "b"], ["c"], pads=[kernel // 2, kernel // 2], group=groups,
+                              kernel_shape=[kernel]),
+             helper.make_node("Slice", ["c", "zero", "minus_one", "two"], ["s"]),
+             helper.make_node("Gelu", ["s"], ["g"], domain=""),
+             helper.make_node("Transpose", ["g"], ["t2"], perm=[0, 2, 1]),
+             helper.make_node("Add", ["x", "t2"], ["y"]),
+             helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "zero0"], ["batch"]),
+             helper.make_node("Concat", ["batch", "one", "one"], ["repeats"], axis=0),
+             helper.make_node("Tile", ["bias", "repeats"], ["bias_b"]),
+             helper.make_node("MatMul", ["y", "bias_b"], ["z"])]
+    inits = {"w": (rng.standard_normal((channels, channels // groups, kernel)) * 0.1).astype(np.float32),
+             "b": rng.standard_normal(channels).astype(np.float32), "zero": np.array([0], np.int64),
+             "minus_one": np.array([-1], np.int64), "two": np.array([2], np.int64), "zero0": np.array([0], np.int64),
+             "one": np.array([1], np.int64), "bias": rng.standard_normal((1, channels, 8)).astype(np.float32)}
+    graph = helper.make_graph(nodes, "w2v2_pos_conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "frames", channels])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", "frames", 8])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+
+
+def test_wav2vec2_positional_conv_and_repeated_bias_compile_with_dynamic_frames():
+    """Audio encoders are compiled for any length. The dropped last frame was left to the slice's
+    clamping, a max/min length no broadcast could match with the frames it is added to (HuBERT:
+    "a tensor of unknown rank", then a FuseTIR failure), and Tile refused a symbolic repeat (WavLM);
+    both now compile fully, for every batch and length, as onnxruntime runs them."""
+    model = _positional_conv_model()
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    rng = np.random.default_rng(1)
+    for batch, frames in ((1, 25), (3, 40)):
+        x = rng.standard_normal((batch, frames, 16)).astype(np.float32)
+        np.testing.assert_allclose(compiled.run({"x": x})["z"], ort_run(model, {"x": x})["z"], atol=1e-4, rtol=1e-4)

@@ -160,6 +160,8 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
     axes_v = list(range(len(starts))) if axes_v is None else [_norm_axis(a, rank) for a in np.asarray(axes_v).reshape(-1)]
     steps_v = [1] * len(starts) if steps_v is None else [int(s) for s in np.asarray(steps_v).reshape(-1)]
     begin, end, stride = [], [], []
+    inbound = True  # every axis written in bounds, which the slice may then assume
+    trimmed = {}  # position -> the negative end an axis had before it was written as dim + end
     for ax, s, e, st in zip(axes_v, starts, ends, steps_v):
         dim = dims[ax]
         if st == 0:
@@ -172,18 +174,27 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
         elif isinstance(dim, int):
             s, e, st = slice(s, e, st).indices(dim)
             if st < 0 and e < 0:
-                if symbolic_end:  # not in bounds in Relax's convention: the user's to fix
-                    raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
-                e = -(2**31)  # "before index 0" in Relax's end convention for negative strides
+                e, inbound = -(2**31), False  # "before index 0" in Relax's end convention for negative strides
+        elif st == 1 and 0 <= s < 2**31 and -(2**31) < e < 0:
+            # The last -e elements dropped from a symbolic axis (x[..., :-1], the "same"-padding remover
+            # of wav2vec2/HuBERT/WavLM's positional convolution): written as dim + e, in bounds, the
+            # length simplifies (frames + 1 - 1 is frames) and the value adds to others of that length.
+            # Left to the slice's clamping it is a max/min expression that no broadcast can match
+            # ("a tensor of unknown rank" at the residual Add). A shorter axis than -e + start, which
+            # onnxruntime would slice to nothing, fails at run time instead.
+            trimmed[len(end)] = e
+            e = dim + e
         else:
-            if symbolic_end:  # a clamped end beside the symbolic one: no in-bounds form
-                raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
-            s = max(min(s, 2**62), -(2**62))
-            e = max(min(e, 2**62), -(2**62))
+            s, e, inbound = max(min(s, 2**62), -(2**62)), max(min(e, 2**62), -(2**62)), False
         begin.append(s)
         end.append(e)
         stride.append(st)
-    return op.strided_slice(x, axes_v, begin, end, stride, assume_inbound=symbolic_end)
+    if not inbound:
+        if symbolic_end:  # a clamped axis beside the symbolic end: no in-bounds form
+            raise ctx.lowerer.symbolic_error(np.array(ends, dtype=object), "Slice's ends")
+        for position, e in trimmed.items():
+            end[position] = e
+    return op.strided_slice(x, axes_v, begin, end, stride, assume_inbound=inbound and bool(symbolic_end or trimmed))
 
 
 def _reference_or_declared(ctx, x, op_type, what):
@@ -456,6 +467,19 @@ def Tile(ctx, x, repeats):
         if not all(isinstance(d, int) for d in dims):
             raise LoweringError("Tile with run-time repeats needs static input dimensions")
         return op.tile(x, [o // d if d else 1 for o, d in zip(out, dims)])
+    known = ctx.known(1)
+    if known is not None and known.is_symbolic:
+        # Repeats that are a symbolic dim (WavLM's relative position bias repeated over the batch,
+        # ``bias.repeat(batch, 1, 1)``): each axis d becomes [1, d], broadcast to [r, d] and merged
+        # to r * d, which Relax takes with symbolic r where tile wants integers.
+        reps = known.array.reshape(-1).tolist()
+        dims = shape_of(x)
+        if len(reps) != len(dims):
+            raise LoweringError(f"Tile's repeats has {len(reps)} values for a rank-{len(dims)} input")
+        pairs = [v for d in dims for v in (1, d)]
+        spread = [v for r, d in zip(reps, dims) for v in (r, d)]
+        y = ctx.emit(op.broadcast_to(ctx.emit(op.reshape(x, pairs)), spread))
+        return op.reshape(y, [r * d for r, d in zip(reps, dims)])
     reps = ctx.static(1, "Tile's repeats")
     return op.tile(x, [int(r) for r in reps.reshape(-1)])
 
