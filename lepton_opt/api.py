@@ -462,30 +462,76 @@ def verify(compiled, model: ModelSource, *, feeds: Mapping[str, np.ndarray] | No
     """Run ``compiled`` and onnxruntime on the same inputs and compare every output: ``feeds``
     (one run), else every sample of ``data`` (an ``.npz`` path or mapping, input name -> samples
     on axis 0, run in batches of the compiled batch size; the report holds the worst of them),
-    else seeded inputs (symbolic dims from ``input_shapes``, else 1)."""
-    if feeds is not None:
-        runs = [feeds]
-    elif data is not None:
-        from lepton_opt.evaluation.data import ModelInput, accuracy_inputs
-
-        inputs = [ModelInput(i["name"], i["dtype"], list(i["shape"])) for i in compiled.inputs]
-        first = compiled.inputs[0]["shape"][0] if compiled.inputs and compiled.inputs[0]["shape"] else 1
-        runs = accuracy_inputs(inputs, first if isinstance(first, int) else 1, data, None, 1, seed,
-                               compiled.manifest.get("source", "model")).feeds
-    else:
-        dims = _symbol_values(compiled.inputs, input_shapes or {})
-        runs = [random_feeds(compiled.inputs, seed=seed, dims=dims)]
+    else seeded inputs (symbolic dims from ``input_shapes``, else 1, or longer where onnxruntime
+    cannot run the model that short: ``report.dims`` names the sizes taken)."""
     loaded = load_model(model)
     try:
         session = ort_session(ir.serde.serialize_model(loaded.model))
-        names = [o.name for o in session.get_outputs()]
-        references = [dict(zip(names, session.run(names, _ort_feeds(session, f)))) for f in runs]
     except Exception as e:  # noqa: BLE001 - onnxruntime refuses a model lepton-opt compiled
-        first = first_line(e)
-        raise LeptonError(f"{loaded.source}: onnxruntime cannot run the model to verify against ({first[:300]}); "
-                          "compile without --verify") from None
-    return merge_reports([compare(reference, compiled.run(f), atol=atol, rtol=rtol)
-                          for reference, f in zip(references, runs)])
+        raise _cannot_verify(loaded.source, e) from None
+    names = [o.name for o in session.get_outputs()]
+
+    def references(runs: list) -> list[dict]:
+        return [dict(zip(names, session.run(names, _ort_feeds(session, f)))) for f in runs]
+
+    dims: dict[str, int] = {}
+    if feeds is not None or data is not None:
+        if feeds is not None:
+            runs = [feeds]
+        else:
+            from lepton_opt.evaluation.data import ModelInput, accuracy_inputs
+
+            inputs = [ModelInput(i["name"], i["dtype"], list(i["shape"])) for i in compiled.inputs]
+            first = compiled.inputs[0]["shape"][0] if compiled.inputs and compiled.inputs[0]["shape"] else 1
+            runs = accuracy_inputs(inputs, first if isinstance(first, int) else 1, data, None, 1, seed,
+                                   compiled.manifest.get("source", "model")).feeds
+        try:
+            expected = references(runs)
+        except Exception as e:  # noqa: BLE001 - onnxruntime cannot run the model on these inputs
+            raise _cannot_verify(loaded.source, e) from None
+    else:
+        # Symbolic dims the user did not fix take 1, unless onnxruntime cannot run the model that
+        # short (an audio encoder's convolution front end needs hundreds of samples): then the
+        # free dims grow until it can, and the report says which sizes were used.
+        given = _symbol_values(compiled.inputs, input_shapes or {})
+        free = sorted({d for i in compiled.inputs for d in i["shape"] if isinstance(d, str)} - set(given))
+        failure = None
+        for sizes in _verify_dim_candidates(free):
+            dims = {**sizes, **given}
+            runs = [random_feeds(compiled.inputs, seed=seed, dims=dims)]
+            try:
+                expected = references(runs)
+                break
+            except Exception as e:  # noqa: BLE001 - too short for the model: the next size is tried
+                failure = failure or e
+        else:
+            raise _cannot_verify(loaded.source, failure) from None
+    report = merge_reports([compare(reference, compiled.run(f), atol=atol, rtol=rtol)
+                            for reference, f in zip(expected, runs)])
+    report.dims = {d: v for d, v in dims.items() if v != 1}
+    return report
+
+
+# The sizes symbolic dims take in seeded verification, shortest first (see verify).
+VERIFY_DIM_SIZES = (1, 16, 256, 4096, 16000)
+
+
+def _verify_dim_candidates(free: list[str]):
+    """Sizes for the free symbolic dims, in the order verify tries them: all 1; then one dim grown
+    at a time (an audio length, with the batch left at 1); then all grown together."""
+    ones = dict.fromkeys(free, 1)
+    yield ones
+    for dim in free:
+        for size in VERIFY_DIM_SIZES[1:]:
+            yield {**ones, dim: size}
+    if len(free) > 1:
+        for size in VERIFY_DIM_SIZES[1:]:
+            yield dict.fromkeys(free, size)
+
+
+def _cannot_verify(source: str, error: BaseException) -> LeptonError:
+    return LeptonError(f"{source}: onnxruntime cannot run the model to verify against ({first_line(error)[:300]}); "
+                       "compile without --verify, or verify on real inputs with --verify-data")
 
 
 def _ort_feeds(session, feeds: Mapping[str, np.ndarray]) -> dict:

@@ -468,7 +468,7 @@ def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, ver
             "inputs": compiled.inputs, "outputs": compiled.outputs, "tuning": tuning or None,
             "precision": None if compiled.precision is None else _precision_facts(compiled.precision),
             "verify": None if report is None else {
-                "ok": report.ok, "atol": atol, "rtol": rtol, "seed": seed, "data": verify_data,
+                "ok": report.ok, "atol": atol, "rtol": rtol, "seed": seed, "data": verify_data, "dims": report.dims,
                 "outputs": [{"name": o.name, "max_abs": o.max_abs, "max_rel": o.max_rel, "cosine": o.cosine,
                              "nonfinite_mismatch": o.nonfinite_mismatch, "ok": o.ok} for o in report.outputs]},
             "ok": report is None or report.ok, "warnings": compiled.warnings, "notes": notes})
@@ -480,7 +480,8 @@ def compile_cmd(model, target, output, input_shapes, mcpu, mattr, cuda_arch, ver
         out.print(f"compiled [bold]{model}[/] for {_describe_target(compiled.target)} in {elapsed:.1f} s{tuned} "
                   f"-> [bold]{output}[/]", highlight=False)
         if report is not None:
-            out.print(f"  verified on {verify_data.name if verify_data else f'seeded inputs (seed {seed})'}:",
+            sizes = "".join(f", {dim}={size}" for dim, size in report.dims.items())
+            out.print(f"  verified on {verify_data.name if verify_data else f'seeded inputs (seed {seed}{sizes})'}:",
                       highlight=False)
         for line in report.lines() if report is not None else ():
             out.print(f"  {line}", highlight=False)

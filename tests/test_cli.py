@@ -138,10 +138,10 @@ def test_unsupported_ops_listed_in_one_line(tmp_path):
 
 
 def test_dynamic_dim_error_names_input_and_flag(tmp_path):
-    from tests.test_errors import _tile_by_batch_model
+    from tests.test_errors import _slice_from_batch_model
 
-    path = tmp_path / "tile.onnx"
-    onnx.save(_tile_by_batch_model(), path)
+    path = tmp_path / "slice.onnx"
+    onnx.save(_slice_from_batch_model(), path)
     assert_user_error(lepton("compile", path, cwd=tmp_path), "'x'", "--input-shape x:")
     assert lepton("compile", path, "--input-shape", "x:3x4", cwd=tmp_path).returncode == 0
 

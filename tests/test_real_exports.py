@@ -632,3 +632,28 @@ def test_wav2vec2_positional_conv_and_repeated_bias_compile_with_dynamic_frames(
     for batch, frames in ((1, 25), (3, 40)):
         x = rng.standard_normal((batch, frames, 16)).astype(np.float32)
         np.testing.assert_allclose(compiled.run({"x": x})["z"], ort_run(model, {"x": x})["z"], atol=1e-4, rtol=1e-4)
+
+
+def test_seeded_verification_of_an_audio_front_end_takes_a_length_it_can_run(tmp_path):
+    """A dynamic-length audio model cannot run on one sample (a 400-sample convolution window):
+    verification gave up ("onnxruntime cannot run the model"). The seeded inputs now grow the
+    length, batch kept at 1, until onnxruntime runs it, and say which length was used."""
+    from tests.test_cli import lepton
+
+    rng = np.random.default_rng(2)
+    nodes = [helper.make_node("Unsqueeze", ["wave", "one"], ["w3"]),
+             helper.make_node("Conv", ["w3", "kernel"], ["frames"], strides=[160]),
+             helper.make_node("Relu", ["frames"], ["y"])]
+    wave = helper.make_tensor_value_info("wave", TensorProto.FLOAT, ["batch", "samples"])
+    graph = helper.make_graph(nodes, "audio", [wave],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, "frames"])],
+                              [numpy_helper.from_array(np.array([1], np.int64), "one"),
+                               numpy_helper.from_array(_weights(rng, 8, 1, 400), "kernel")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    report = lepton_opt.verify(lepton_opt.compile(model), model)
+    assert report.ok and report.dims == {"samples": 4096}
+    path = tmp_path / "audio.onnx"
+    onnx.save(model, path)
+    result = lepton("compile", path, "-o", tmp_path / "audio.lepton", "--verify")
+    assert result.returncode == 0, result.stderr
+    assert "seeded inputs (seed 0, samples=4096)" in result.stdout

@@ -795,35 +795,400 @@ _TXT24 = {"input_ids": ids([1, 24], VOCAB), "attention_mask": mask([1, 24])}
 _SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 _IMG112 = {"pixel_values": f32([1, 3, 112, 112])}
 _PIXEL_DYN = {"pixel_values": {0: "batch"}}
-_hf_family("deberta_v2", "DebertaV2Model", "DebertaV2Config", dict(vocab_size=VOCAB, **_SMALL, max_position_embeddings=128, relative_attention=True, position_buckets=32, pos_att_type=["p2c", "c2p"]), _TXT24, ["last_hidden_state"])
-_hf_family("albert", "AlbertModel", "AlbertConfig", dict(vocab_size=VOCAB, embedding_size=32, **_SMALL), _TXT24, ["last_hidden_state", "pooler_output"])
-_hf_family("mobilebert", "MobileBertModel", "MobileBertConfig", dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, embedding_size=32, intra_bottleneck_size=32, true_hidden_size=32), _TXT24, ["last_hidden_state", "pooler_output"])
-_hf_family("electra", "ElectraForSequenceClassification", "ElectraConfig", dict(vocab_size=VOCAB, embedding_size=32, **_SMALL), _TXT24, ["logits"])
-_hf_family("mpnet", "MPNetModel", "MPNetConfig", dict(vocab_size=VOCAB, **_SMALL), _TXT24, ["last_hidden_state", "pooler_output"])
-_hf_family("roformer", "RoFormerModel", "RoFormerConfig", dict(vocab_size=VOCAB, embedding_size=64, **_SMALL), _TXT24, ["last_hidden_state"])
-_hf_family("qwen2", "Qwen2ForCausalLM", "Qwen2Config", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, use_cache=False), _TXT24, ["logits"])
-_hf_family("mistral", "MistralForCausalLM", "MistralConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, sliding_window=8, use_cache=False), _TXT24, ["logits"])
-_hf_family("phi", "PhiForCausalLM", "PhiConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, partial_rotary_factor=0.5, use_cache=False), _TXT24, ["logits"])
-_hf_family("gemma", "GemmaForCausalLM", "GemmaConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, head_dim=16, use_cache=False), _TXT24, ["logits"])
-_hf_family("gptneox", "GPTNeoXForCausalLM", "GPTNeoXConfig", dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.25, use_cache=False), _TXT24, ["logits"])
-_hf_family("bloom", "BloomForCausalLM", "BloomConfig", dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, use_cache=False), _TXT24, ["logits"])
-_hf_family("opt", "OPTForCausalLM", "OPTConfig", dict(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, word_embed_proj_dim=64, use_cache=False), _TXT24, ["logits"])
-_hf_family("falcon", "FalconForCausalLM", "FalconConfig", dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, use_cache=False), _TXT24, ["logits"])
-_hf_family("marian", "MarianMTModel", "MarianConfig", dict(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, pad_token_id=0, decoder_start_token_id=0, use_cache=False), {**_TXT24, "decoder_input_ids": ids([1, 8], VOCAB)}, ["logits"])
-_hf_family("dinov2", "Dinov2Model", "Dinov2Config", dict(**_SMALL, image_size=112, patch_size=14), _IMG112, ["last_hidden_state"], dyn=_PIXEL_DYN)
-_hf_family("dpt_dinov2", "DepthAnythingForDepthEstimation", "DepthAnythingConfig", dict(backbone_config=dict(model_type="dinov2", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=112, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False), reassemble_hidden_size=64, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=16, patch_size=14), _IMG112, ["predicted_depth"], dyn=_PIXEL_DYN)
-_hf_family("beit", "BeitForImageClassification", "BeitConfig", dict(**_SMALL, image_size=112, patch_size=16, use_relative_position_bias=True, num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN, skip=('dynamo',))
-_hf_family("convnextv2", "ConvNextV2ForImageClassification", "ConvNextV2Config", dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
-_hf_family("swinv2", "Swinv2ForImageClassification", "Swinv2Config", dict(image_size=112, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=7, num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
-_hf_family("mobilevit", "MobileViTForImageClassification", "MobileViTConfig", dict(image_size=128, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80], num_labels=10), {"pixel_values": f32([1, 3, 128, 128])}, ["logits"], dyn=_PIXEL_DYN)
-_hf_family("hubert", "HubertModel", "HubertConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
-_hf_family("wavlm", "WavLMModel", "WavLMConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
-_hf_family("ast", "ASTForAudioClassification", "ASTConfig", dict(**_SMALL, num_mel_bins=64, max_length=100, num_labels=5), {"input_values": f32([1, 100, 64], -1, 1)}, ["logits"], dyn={"input_values": {0: "batch"}})
-_hf_family("detr", "DetrForObjectDetection", "DetrConfig", dict(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], out_features=["stage4"]), d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=10, num_labels=5), {"pixel_values": f32([1, 3, 128, 128])}, ["logits", "pred_boxes"], dyn={})
-_hf_family("segformer_b", "SegformerForSemanticSegmentation", "SegformerConfig", dict(hidden_sizes=[16, 32, 64, 128], num_labels=5, decoder_hidden_size=64), _IMG112, ["logits"], dyn=_PIXEL_DYN)
-_hf_family("vitmatte_like_convnext", "ConvNextForImageClassification", "ConvNextConfig", dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10), _IMG112, ["logits"], dyn=_PIXEL_DYN)
-_hf_family("siglip_vision", "SiglipVisionModel", "SiglipVisionConfig", dict(**_SMALL, image_size=112, patch_size=16), _IMG112, ["last_hidden_state", "pooler_output"], dyn=_PIXEL_DYN)
-_hf_family("speecht5_enc", "Wav2Vec2ConformerModel", "Wav2Vec2ConformerConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, conv_dim=(32,) * 7, position_embeddings_type="rotary", num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4), {"input_values": f32([1, 8000], -1, 1)}, ["last_hidden_state"], dyn={"input_values": {0: "batch", 1: "samples"}})
+_hf_family(
+    "deberta_v2",
+    "DebertaV2Model",
+    "DebertaV2Config",
+    dict(
+        vocab_size=VOCAB,
+        **_SMALL,
+        max_position_embeddings=128,
+        relative_attention=True,
+        position_buckets=32,
+        pos_att_type=["p2c", "c2p"]
+    ),
+    _TXT24,
+    ["last_hidden_state"],
+)
+_hf_family(
+    "albert",
+    "AlbertModel",
+    "AlbertConfig",
+    dict(vocab_size=VOCAB, embedding_size=32, **_SMALL),
+    _TXT24,
+    ["last_hidden_state", "pooler_output"],
+)
+_hf_family(
+    "mobilebert",
+    "MobileBertModel",
+    "MobileBertConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        embedding_size=32,
+        intra_bottleneck_size=32,
+        true_hidden_size=32,
+    ),
+    _TXT24,
+    ["last_hidden_state", "pooler_output"],
+)
+_hf_family(
+    "electra",
+    "ElectraForSequenceClassification",
+    "ElectraConfig",
+    dict(vocab_size=VOCAB, embedding_size=32, **_SMALL),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "mpnet",
+    "MPNetModel",
+    "MPNetConfig",
+    dict(vocab_size=VOCAB, **_SMALL),
+    _TXT24,
+    ["last_hidden_state", "pooler_output"],
+)
+_hf_family(
+    "roformer",
+    "RoFormerModel",
+    "RoFormerConfig",
+    dict(vocab_size=VOCAB, embedding_size=64, **_SMALL),
+    _TXT24,
+    ["last_hidden_state"],
+)
+_hf_family(
+    "qwen2",
+    "Qwen2ForCausalLM",
+    "Qwen2Config",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "mistral",
+    "MistralForCausalLM",
+    "MistralConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=8,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "phi",
+    "PhiForCausalLM",
+    "PhiConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        partial_rotary_factor=0.5,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "gemma",
+    "GemmaForCausalLM",
+    "GemmaConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "gptneox",
+    "GPTNeoXForCausalLM",
+    "GPTNeoXConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        rotary_pct=0.25,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "bloom",
+    "BloomForCausalLM",
+    "BloomConfig",
+    dict(vocab_size=VOCAB, hidden_size=64, n_layer=2, n_head=4, use_cache=False),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "opt",
+    "OPTForCausalLM",
+    "OPTConfig",
+    dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        ffn_dim=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=64,
+        use_cache=False,
+    ),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "falcon",
+    "FalconForCausalLM",
+    "FalconConfig",
+    dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, use_cache=False),
+    _TXT24,
+    ["logits"],
+)
+_hf_family(
+    "marian",
+    "MarianMTModel",
+    "MarianConfig",
+    dict(
+        vocab_size=VOCAB,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        pad_token_id=0,
+        decoder_start_token_id=0,
+        use_cache=False,
+    ),
+    {**_TXT24, "decoder_input_ids": ids([1, 8], VOCAB)},
+    ["logits"],
+)
+_hf_family(
+    "dinov2",
+    "Dinov2Model",
+    "Dinov2Config",
+    dict(**_SMALL, image_size=112, patch_size=14),
+    _IMG112,
+    ["last_hidden_state"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "dpt_dinov2",
+    "DepthAnythingForDepthEstimation",
+    "DepthAnythingConfig",
+    dict(
+        backbone_config=dict(
+            model_type="dinov2",
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            image_size=112,
+            patch_size=14,
+            out_indices=[1, 2, 3, 4],
+            reshape_hidden_states=False,
+        ),
+        reassemble_hidden_size=64,
+        neck_hidden_sizes=[16, 32, 64, 64],
+        fusion_hidden_size=32,
+        head_hidden_size=16,
+        patch_size=14,
+    ),
+    _IMG112,
+    ["predicted_depth"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "beit",
+    "BeitForImageClassification",
+    "BeitConfig",
+    dict(**_SMALL, image_size=112, patch_size=16, use_relative_position_bias=True, num_labels=10),
+    _IMG112,
+    ["logits"],
+    dyn=_PIXEL_DYN,
+    skip=("dynamo",),
+)
+_hf_family(
+    "convnextv2",
+    "ConvNextV2ForImageClassification",
+    "ConvNextV2Config",
+    dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10),
+    _IMG112,
+    ["logits"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "swinv2",
+    "Swinv2ForImageClassification",
+    "Swinv2Config",
+    dict(
+        image_size=112,
+        patch_size=4,
+        embed_dim=32,
+        depths=[1, 1, 2, 1],
+        num_heads=[1, 2, 4, 8],
+        window_size=7,
+        num_labels=10,
+    ),
+    _IMG112,
+    ["logits"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "mobilevit",
+    "MobileViTForImageClassification",
+    "MobileViTConfig",
+    dict(image_size=128, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 8, 16, 24, 32, 40, 80], num_labels=10),
+    {"pixel_values": f32([1, 3, 128, 128])},
+    ["logits"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "hubert",
+    "HubertModel",
+    "HubertConfig",
+    dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    {"input_values": f32([1, 8000], -1, 1)},
+    ["last_hidden_state"],
+    dyn={"input_values": {0: "batch", 1: "samples"}},
+)
+_hf_family(
+    "wavlm",
+    "WavLMModel",
+    "WavLMConfig",
+    dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    {"input_values": f32([1, 8000], -1, 1)},
+    ["last_hidden_state"],
+    dyn={"input_values": {0: "batch", 1: "samples"}},
+)
+_hf_family(
+    "ast",
+    "ASTForAudioClassification",
+    "ASTConfig",
+    dict(**_SMALL, num_mel_bins=64, max_length=100, num_labels=5),
+    {"input_values": f32([1, 100, 64], -1, 1)},
+    ["logits"],
+    dyn={"input_values": {0: "batch"}},
+)
+_hf_family(
+    "detr",
+    "DetrForObjectDetection",
+    "DetrConfig",
+    dict(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=dict(
+            model_type="resnet",
+            embedding_size=16,
+            hidden_sizes=[16, 32, 64, 128],
+            depths=[1, 1, 1, 1],
+            out_features=["stage4"],
+        ),
+        d_model=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        num_queries=10,
+        num_labels=5,
+    ),
+    {"pixel_values": f32([1, 3, 128, 128])},
+    ["logits", "pred_boxes"],
+    dyn={},
+)
+_hf_family(
+    "segformer_b",
+    "SegformerForSemanticSegmentation",
+    "SegformerConfig",
+    dict(hidden_sizes=[16, 32, 64, 128], num_labels=5, decoder_hidden_size=64),
+    _IMG112,
+    ["logits"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "convnext",
+    "ConvNextForImageClassification",
+    "ConvNextConfig",
+    dict(hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 2, 1], num_labels=10),
+    _IMG112,
+    ["logits"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "siglip_vision",
+    "SiglipVisionModel",
+    "SiglipVisionConfig",
+    dict(**_SMALL, image_size=112, patch_size=16),
+    _IMG112,
+    ["last_hidden_state", "pooler_output"],
+    dyn=_PIXEL_DYN,
+)
+_hf_family(
+    "w2v2_conformer_rotary",
+    "Wav2Vec2ConformerModel",
+    "Wav2Vec2ConformerConfig",
+    dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        conv_dim=(32,) * 7,
+        position_embeddings_type="rotary",
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    ),
+    {"input_values": f32([1, 8000], -1, 1)},
+    ["last_hidden_state"],
+    dyn={"input_values": {0: "batch", 1: "samples"}},
+)
 
 
 # ------------------------------------------------------------------------------ export

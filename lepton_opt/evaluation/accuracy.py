@@ -24,6 +24,7 @@ class VerifyReport:
     outputs: list[OutputError]
     atol: float
     rtol: float
+    dims: dict = dataclasses.field(default_factory=dict)  # symbolic dim -> the size the seeded inputs took
 
     @property
     def ok(self) -> bool:
@@ -135,7 +136,7 @@ def merge_reports(reports: Sequence[VerifyReport]) -> VerifyReport:
         merged.append(OutputError(out.name, max(o.max_abs for o in runs), max(o.max_rel for o in runs),
                                   min(o.cosine for o in runs), all(o.ok for o in runs),
                                   sum(o.nonfinite_mismatch for o in runs)))
-    return VerifyReport(merged, first.atol, first.rtol)
+    return VerifyReport(merged, first.atol, first.rtol, first.dims)
 
 
 @dataclasses.dataclass
