@@ -657,3 +657,31 @@ def test_seeded_verification_of_an_audio_front_end_takes_a_length_it_can_run(tmp
     result = lepton("compile", path, "-o", tmp_path / "audio.lepton", "--verify")
     assert result.returncode == 0, result.stderr
     assert "seeded inputs (seed 0, samples=4096)" in result.stdout
+
+
+def test_mobilebert_trigram_embedding_compiles_with_a_dynamic_length():
+    """MobileBERT concatenates each token's embedding with its neighbours': pad(x[:, 1:]), x,
+    pad(x[:, :-1]). With the length symbolic, the clamped slice lengths plus the padding did not
+    simplify to the length of x and the Concat's shape was lost ("a tensor of unknown rank")."""
+    rng = np.random.default_rng(3)
+    nodes = [helper.make_node("Gather", ["words", "ids"], ["x"]),
+             helper.make_node("Slice", ["x", "one", "to_end", "one"], ["after"]),
+             helper.make_node("Pad", ["after", "pad_end"], ["after_p"]),
+             helper.make_node("Slice", ["x", "zero", "minus_one", "one"], ["before"]),
+             helper.make_node("Pad", ["before", "pad_start"], ["before_p"]),
+             helper.make_node("Concat", ["after_p", "x", "before_p"], ["tri"], axis=2),
+             helper.make_node("MatMul", ["tri", "w"], ["y"])]
+    inits = {"words": rng.standard_normal((50, 4)).astype(np.float32), "one": np.array([1], np.int64),
+             "to_end": np.array([2**63 - 1], np.int64), "zero": np.array([0], np.int64),
+             "minus_one": np.array([-1], np.int64), "pad_end": np.array([0, 0, 0, 0, 1, 0], np.int64),
+             "pad_start": np.array([0, 1, 0, 0, 0, 0], np.int64), "w": _weights(rng, 12, 6)}
+    graph = helper.make_graph(nodes, "mobilebert_trigram",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 6])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    for batch, length in ((1, 6), (2, 31)):
+        ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
+        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], ort_run(model, {"ids": ids})["y"], atol=1e-5)

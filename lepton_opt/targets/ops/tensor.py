@@ -175,15 +175,16 @@ def Slice(ctx, x, starts_in=None, ends_in=None, axes_in=None, steps_in=None, **a
             s, e, st = slice(s, e, st).indices(dim)
             if st < 0 and e < 0:
                 e, inbound = -(2**31), False  # "before index 0" in Relax's end convention for negative strides
-        elif st == 1 and 0 <= s < 2**31 and -(2**31) < e < 0:
-            # The last -e elements dropped from a symbolic axis (x[..., :-1], the "same"-padding remover
-            # of wav2vec2/HuBERT/WavLM's positional convolution): written as dim + e, in bounds, the
-            # length simplifies (frames + 1 - 1 is frames) and the value adds to others of that length.
-            # Left to the slice's clamping it is a max/min expression that no broadcast can match
-            # ("a tensor of unknown rank" at the residual Add). A shorter axis than -e + start, which
-            # onnxruntime would slice to nothing, fails at run time instead.
+        elif st == 1 and 0 <= s < 2**31 and (-(2**31) < e < 0 or e >= 2**31 - 1):
+            # The first or last elements dropped from a symbolic axis (x[..., :-1], the "same"-padding
+            # remover of wav2vec2/HuBERT/WavLM's positional convolution; x[:, 1:], MobileBERT's trigram
+            # embedding): written in bounds as dim + e (or dim), the length simplifies (frames + 1 - 1 is
+            # frames) and the value adds to, or concatenates with, others of that length. Left to the
+            # slice's clamping it is a max/min expression that no broadcast can match ("a tensor of
+            # unknown rank" behind it). An axis too short for the cut, which onnxruntime would slice
+            # to nothing, fails at run time instead.
             trimmed[len(end)] = e
-            e = dim + e
+            e = dim + e if e < 0 else dim
         else:
             s, e, inbound = max(min(s, 2**62), -(2**62)), max(min(e, 2**62), -(2**62)), False
         begin.append(s)
