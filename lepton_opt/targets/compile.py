@@ -96,6 +96,7 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
     proto = ir.serde.serialize_model(model)
     user_inputs = {v.name for v in model.graph.inputs}
     lowerings: dict[tuple[str, ...], LoweredModule] = {}
+    built: dict[tuple[str, ...], CompiledModel] = {}  # segment -> its build, across the partition's rounds
 
     def lower(sub: onnx.ModelProto) -> tuple[list[tuple[int, str]], dict[str, onnx.ValueInfoProto]]:
         sub_model = ir.serde.deserialize_model(sub)
@@ -134,14 +135,22 @@ def _compile_partitioned(model: ir.Model, spec: TargetSpec, failed: list[tuple[i
             raise _refused(model, source, first_error, f"running these nodes in onnxruntime would leave "
                            f"{plan.uncompiled_share():.0%} of the model's convolutions/matmuls uncompiled")
         try:
-            parts, described = _build_segments(plan, spec, source, warn, options, lowerings)
+            parts, described = _build_segments(plan, spec, source, warn, options, lowerings, built)
             break
         except _SegmentBuildError as e:
             # A compiled segment that lowered but did not build: its data-dependent ops (see
             # DATA_DEPENDENT_OPS) go to onnxruntime, if that changes anything.
+            why = getattr(e.error, "first_line", None) or first_line(e.error)
             more = {i: f"{nodes[i].op_type} node {nodes[i].name or '?'!r}: its output shape depends on the data "
-                       f"and the build failed with it ({e.error.first_line})"
+                       f"and the build failed with it ({why})"
                     for i in e.segment.nodes if nodes[i].op_type in DATA_DEPENDENT_OPS and i not in reasons}
+            if not more and isinstance(e.error, ShapeError) and not set(e.segment.inputs) <= user_inputs:
+                # Its dynamic dims come from an onnxruntime segment, not from the user's inputs, so
+                # --input-shape cannot fix them (a DPT neck behind a run-time Resize): the segment runs
+                # in onnxruntime too, within the share of uncompiled convolutions/matmuls checked above.
+                more = {i: f"{nodes[i].op_type} node {nodes[i].name or '?'!r}: behind an onnxruntime segment, "
+                           f"its segment did not build with the dims computed there ({why})"
+                        for i in e.segment.nodes if i not in reasons}
             if not more:
                 raise e.error from None
             reasons.update(more)
@@ -185,7 +194,7 @@ def _refused(model: ir.Model, source: str, error: str, note: str = "") -> Unsupp
 
 
 class _SegmentBuildError(Exception):
-    def __init__(self, segment, error: BuildError):
+    def __init__(self, segment, error: BuildError | ShapeError):
         super().__init__(str(error))
         self.segment, self.error = segment, error
 
@@ -195,7 +204,7 @@ def _segment_key(sub: onnx.ModelProto) -> tuple[str, ...]:
 
 
 def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict,
-                    lowerings: dict[tuple[str, ...], LoweredModule]):
+                    lowerings: dict[tuple[str, ...], LoweredModule], built: dict[tuple[str, ...], CompiledModel]):
     from lepton_opt.targets import partition
 
     parts: list[CompiledModel | bytes] = []
@@ -203,11 +212,15 @@ def _build_segments(plan, spec: TargetSpec, source: str, warn, options: dict,
     for k, (seg, sub) in enumerate(zip(plan.segments, plan.models)):
         entry = {"kind": seg.kind, "inputs": seg.inputs, "outputs": seg.outputs, "nodes": len(seg.nodes)}
         if seg.kind == partition.TVM:
-            try:
-                part = compile_model(ir.serde.deserialize_model(sub), spec, source=f"{source} (segment {k})",
-                                     warn=warn, lowered=lowerings.get(_segment_key(sub)), **options)
-            except BuildError as e:
-                raise _SegmentBuildError(seg, e) from None
+            key = _segment_key(sub)
+            part = built.get(key)  # built in an earlier round of the partition, unchanged since
+            if part is None:
+                try:
+                    part = compile_model(ir.serde.deserialize_model(sub), spec, source=f"{source} (segment {k})",
+                                         warn=warn, lowered=lowerings.get(key), **options)
+                except (BuildError, ShapeError) as e:
+                    raise _SegmentBuildError(seg, e) from None
+                built[key] = part
             entry.update(library=f"segment{k}.so", manifest=part.manifest)
         else:
             part = sub.SerializeToString()
@@ -259,8 +272,10 @@ def compile_model(model: ir.Model, spec: TargetSpec, *, source: str, sha256: str
         first = first_line(e)
         if lowered.symbols:
             names = ", ".join(f"{o.input_name}[{o.axis}]" for o in lowered.symbols.values())
-            raise ShapeError(f"{source}: building with dynamic dimensions ({names}) failed ({first}); "
-                             "fix them with --input-shape NAME:DIMS") from e
+            error = ShapeError(f"{source}: building with dynamic dimensions ({names}) failed ({first}); "
+                               "fix them with --input-shape NAME:DIMS")
+            error.first_line = first  # TVM's own line, for a partition that moves the segment (see above)
+            raise error from e
         raise BuildError(f"{source}: TVM failed to build the model for {spec.kind}: {first}", first) from e
     func = lowered.mod["main"]
     inputs = [{"name": name, "shape": _dims(p.ty), "dtype": str(p.ty.dtype)}

@@ -338,3 +338,47 @@ def test_onnxruntime_output_of_unknown_shape_is_not_taken_for_a_scalar(tmp_path)
     feeds = {"x": RNG.uniform(0.0, 3.0, (6, 4)).astype(np.float32)}
     compiled = _check(model, feeds, tmp_path)
     assert _kinds(compiled) == ["onnxruntime", "tvm"]
+
+
+def _conv_topk_matmul_model() -> onnx.ModelProto:
+    """Conv -> Flatten -> TopK with k an input (onnxruntime) -> MatMul -> Relu: a compiled segment
+    behind an onnxruntime one, whose dims come from there."""
+    return _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Flatten", ["c"], ["f"]),
+         helper.make_node("TopK", ["f", "k"], ["v", "i"]), helper.make_node("Unsqueeze", ["v", "last"], ["v2"]),
+         helper.make_node("MatMul", ["v2", "m"], ["h"]), helper.make_node("Relu", ["h"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        {"w": RNG.standard_normal((4, 3, 3, 3)).astype(np.float32), "last": np.array([2], np.int64),
+         "m": RNG.standard_normal((1, 6)).astype(np.float32)})
+
+
+def test_segment_behind_onnxruntime_that_does_not_build_with_its_dims_runs_there(tmp_path, monkeypatch):
+    """A compiled segment behind an onnxruntime segment takes dims onnxruntime computes at run time,
+    which --input-shape cannot fix; where TVM cannot build it with them (DPT's neck behind a run-time
+    Resize, MobileViT's transformer behind a run-time Reshape), it runs in onnxruntime too, with why;
+    the same failure in a segment of the user's own dims still asks for --input-shape."""
+    from lepton_opt.errors import ShapeError
+    from lepton_opt.targets import compile as target_compile
+
+    real = target_compile.compile_model
+
+    def failing(model, spec, *, source, **options):
+        if source.endswith("(segment 2)") or (fail_first and source.endswith("(segment 0)")):
+            error = ShapeError(f"{source}: building with dynamic dimensions (v[1]) failed (emit_te now only "
+                               "supports Tensor that has ShapeExpr shape); fix them with --input-shape NAME:DIMS")
+            error.first_line = "emit_te now only supports Tensor that has ShapeExpr shape"
+            raise error
+        return real(model, spec, source=source, **options)
+
+    monkeypatch.setattr(target_compile, "compile_model", failing)
+    fail_first = False
+    feeds = {"x": RNG.standard_normal((1, 3, 8, 8)).astype(np.float32), "k": np.array([5], np.int64)}
+    compiled = _check(_conv_topk_matmul_model(), feeds, tmp_path)
+    assert _kinds(compiled) == ["tvm", "onnxruntime"]
+    reasons = compiled.manifest["fallback"]["nodes"]
+    assert any("behind an onnxruntime segment" in why and "emit_te" in why for why in reasons.values())
+    fail_first = True
+    with pytest.raises(ShapeError, match="--input-shape"):
+        lepton_opt.compile(_conv_topk_matmul_model())
