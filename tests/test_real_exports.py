@@ -29,6 +29,27 @@ def _assert_matches(model, feeds, atol=1e-4, **compile_options):
         np.testing.assert_allclose(got[name], ref, atol=atol, rtol=1e-4, err_msg=name)
 
 
+def _assert_compiles_whole_for_each(model, feeds_list, *, atol, rtol=1e-7):
+    """Compiled without input shapes: one compiled module (no onnxruntime segment) that matches
+    onnxruntime on each of ``feeds_list`` (other batch sizes and lengths)."""
+    compiled = lepton_opt.compile(model)
+    assert not isinstance(compiled, PartitionedModel)
+    for feeds in feeds_list:
+        expected = ort_run(model, feeds)
+        got = compiled.run(feeds)
+        for name, ref in expected.items():
+            np.testing.assert_allclose(got[name], ref, atol=atol, rtol=rtol, err_msg=name)
+
+
+def _ids_model(name: str, nodes, inits: dict, width: int) -> onnx.ModelProto:
+    """ids [batch, sequence] int64 -> y [batch, sequence, width] float, opset 14."""
+    graph = helper.make_graph(
+        nodes, name, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", width])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
 # ----------------------------------------------------------------- dim_value: -1 (paddle2onnx)
 def _paddle_style_cnn() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
@@ -542,19 +563,14 @@ def test_roberta_position_ids_compile_with_dynamic_batch_and_sequence():
              helper.make_node("Cast", ["pm"], ["pm64"], to=TensorProto.INT64),
              helper.make_node("Add", ["pm64", "pad"], ["pos"]),
              helper.make_node("Gather", ["table", "pos"], ["emb"]), helper.make_node("MatMul", ["emb", "w"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "roberta_positions", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 4])],
-        [numpy_helper.from_array(np.array(1, np.int64), "pad"), numpy_helper.from_array(np.array(1, np.int32), "axis"),
-         numpy_helper.from_array(table, "table"), numpy_helper.from_array(_weights(rng, 8, 4), "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    compiled = lepton_opt.compile(model)
-    assert not isinstance(compiled, PartitionedModel)
+    model = _ids_model("roberta_positions", nodes, {"pad": np.array(1, np.int64), "axis": np.array(1, np.int32),
+                                                    "table": table, "w": _weights(rng, 8, 4)}, 4)
+    feeds_list = []
     for batch, length in ((1, 7), (3, 19)):
         ids = rng.integers(2, 30, (batch, length)).astype(np.int64)
         ids[:, length - 3:] = 1  # padding
-        expected = ort_run(model, {"ids": ids})["y"]
-        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], expected, atol=1e-5, rtol=1e-5)
+        feeds_list.append({"ids": ids})
+    _assert_compiles_whole_for_each(model, feeds_list, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------- BERT buffers cut to the length
@@ -579,16 +595,9 @@ def test_bert_position_and_token_type_buffers_cut_to_a_dynamic_length():
              "one_axis": np.array([1], np.int64), "last_axis": np.array([2], np.int64),
              "position_ids": np.arange(64, dtype=np.int64)[None], "token_types": np.zeros((1, 64), np.int64),
              "words": rng.standard_normal((50, 8)).astype(np.float32), "table": positions}
-    graph = helper.make_graph(
-        nodes, "bert_buffers", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 8])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    compiled = lepton_opt.compile(model)
-    assert not isinstance(compiled, PartitionedModel)
-    for batch, length in ((1, 5), (2, 33)):
-        ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
-        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], ort_run(model, {"ids": ids})["y"], atol=1e-6)
+    model = _ids_model("bert_buffers", nodes, inits, 8)
+    _assert_compiles_whole_for_each(model, [{"ids": rng.integers(0, 50, shape).astype(np.int64)}
+                                            for shape in ((1, 5), (2, 33))], atol=1e-6)
 
 
 # ----------------------------------------------------------------- wav2vec2-family audio, dynamic
@@ -625,13 +634,10 @@ def test_wav2vec2_positional_conv_and_repeated_bias_compile_with_dynamic_frames(
     clamping, a max/min length no broadcast could match with the frames it is added to (HuBERT:
     "a tensor of unknown rank", then a FuseTIR failure), and Tile refused a symbolic repeat (WavLM);
     both now compile fully, for every batch and length, as onnxruntime runs them."""
-    model = _positional_conv_model()
-    compiled = lepton_opt.compile(model)
-    assert not isinstance(compiled, PartitionedModel)
     rng = np.random.default_rng(1)
-    for batch, frames in ((1, 25), (3, 40)):
-        x = rng.standard_normal((batch, frames, 16)).astype(np.float32)
-        np.testing.assert_allclose(compiled.run({"x": x})["z"], ort_run(model, {"x": x})["z"], atol=1e-4, rtol=1e-4)
+    _assert_compiles_whole_for_each(_positional_conv_model(),
+                                    [{"x": rng.standard_normal((batch, frames, 16)).astype(np.float32)}
+                                     for batch, frames in ((1, 25), (3, 40))], atol=1e-4, rtol=1e-4)
 
 
 def test_seeded_verification_of_an_audio_front_end_takes_a_length_it_can_run(tmp_path):
@@ -675,13 +681,6 @@ def test_mobilebert_trigram_embedding_compiles_with_a_dynamic_length():
              "to_end": np.array([2**63 - 1], np.int64), "zero": np.array([0], np.int64),
              "minus_one": np.array([-1], np.int64), "pad_end": np.array([0, 0, 0, 0, 1, 0], np.int64),
              "pad_start": np.array([0, 1, 0, 0, 0, 0], np.int64), "w": _weights(rng, 12, 6)}
-    graph = helper.make_graph(nodes, "mobilebert_trigram",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", 6])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    compiled = lepton_opt.compile(model)
-    assert not isinstance(compiled, PartitionedModel)
-    for batch, length in ((1, 6), (2, 31)):
-        ids = rng.integers(0, 50, (batch, length)).astype(np.int64)
-        np.testing.assert_allclose(compiled.run({"ids": ids})["y"], ort_run(model, {"ids": ids})["y"], atol=1e-5)
+    model = _ids_model("mobilebert_trigram", nodes, inits, 6)
+    _assert_compiles_whole_for_each(model, [{"ids": rng.integers(0, 50, shape).astype(np.int64)}
+                                            for shape in ((1, 6), (2, 31))], atol=1e-5)
